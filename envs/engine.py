@@ -1,0 +1,466 @@
+"""The serving engine: arrivals in, iterations out, on any executor.
+
+Each iteration the engine admits the requests that have arrived, asks the policy for an
+order over the live requests, lets ``BatchScheduler`` build a ``BatchPlan`` within the
+token budget, sequence cap and KV memory, hands the plan to the executor, and applies
+the result: computed tokens advance, tokens are sampled, requests finish, the clock
+moves by the iteration's duration, and every request's record is kept for the metrics.
+
+When nothing can change the batch — a decode-only batch with every running request in
+it, no arrival, completion or preemption before the next event, and a policy whose order
+only moves at events — an executor that supports it (the simulator) runs ``k``
+identical decode iterations in one closed-form step. ``k`` is the largest number that
+stops at the first of: the next arrival, the first completion, running out of KV blocks,
+or a caller's limit. The result equals stepping one iteration at a time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from envs.engine_config import EngineConfig
+from envs.live_request import Request, RequestState
+from envs.policy import Policy, SchedulerView, validate_order
+from envs.records import EngineCounters, ItlLog, RunRecord
+from envs.request import RequestSpec
+from envs.scheduler import BatchScheduler, ScheduledWork
+from gpu_backend.kv_manager import KVCacheManager
+from gpu_backend.plan import Executor
+
+_WAITING = RequestState.WAITING
+_RUNNING = RequestState.RUNNING
+_SWAPPED = RequestState.SWAPPED
+_FINISHED = RequestState.FINISHED
+_REJECTED = RequestState.REJECTED
+
+
+class EngineStallError(RuntimeError):
+    """Live requests exist but the engine could schedule nothing (a bug, reported with the state)."""
+
+
+@dataclass(slots=True)
+class StepInfo:
+    """What one call to ``ServingEngine.step`` did."""
+
+    num_iterations: int = 0
+    duration_s: float = 0.0
+    arrived: int = 0
+    finished: int = 0
+    preempted: int = 0
+    rejected: int = 0
+
+    @property
+    def had_event(self) -> bool:
+        return bool(self.arrived or self.finished or self.preempted or self.rejected)
+
+
+class ServingEngine:
+    """Serves one workload (a list of ``RequestSpec``) under one policy on one executor."""
+
+    def __init__(self, executor: Executor, policy: Policy, config: EngineConfig | None = None,
+                 validate_orders: bool = True):
+        self.executor = executor
+        self.policy = policy
+        self.config = config or EngineConfig()
+        self.validate_orders = validate_orders
+        cap = executor.capacity()
+        cfg = self.config
+        self.capacity = cap
+        self.kv = KVCacheManager(
+            cfg.num_gpu_blocks if cfg.num_gpu_blocks is not None else cap.num_gpu_blocks,
+            cfg.num_host_blocks if cfg.num_host_blocks is not None else cap.num_host_blocks,
+            cap.block_size, enable_prefix_caching=cfg.enable_prefix_caching,
+            keep_host_copies=cfg.keep_host_copies)
+        self.bytes_per_block = cap.bytes_per_block
+        self.multi_step = cfg.multi_step and executor.supports_multi_step
+        self.view = SchedulerView(self, oracle=getattr(policy, "oracle", False))
+        self._reset_state()
+
+    # ------------------------------------------------------------------ setup
+    def _reset_state(self) -> None:
+        self.clock = 0.0
+        self.iteration = 0
+        self.live: dict[int, Request] = {}
+        self.num_running = 0
+        self.num_swapped = 0
+        self.counters = EngineCounters()
+        self.itl = ItlLog()
+        self.records: list = []
+        self.rejections: list[tuple[int, str]] = []
+        self._roots: list[RequestSpec] = []
+        self._root_pos = 0
+        self._released: list[tuple[float, int, RequestSpec]] = []   # children whose parent finished
+        self._children: dict[int, list[RequestSpec]] = {}
+        self._num_specs = 0
+        self._num_done = 0
+        self.scheduler = BatchScheduler(self.config, self.kv, self.counters, self._on_preempt,
+                                        fill_token_ids=self.executor.needs_token_ids)
+        self.scheduler.bytes_per_block = self.bytes_per_block
+        self.wall_time_s = 0.0
+
+    def load(self, specs: Sequence[RequestSpec]) -> None:
+        """Start a run of ``specs`` from time 0 with empty KV memory and a reset policy."""
+        self.kv.reset()
+        self._reset_state()
+        ids = set()
+        roots = []
+        for s in specs:
+            if s.request_id in ids:
+                raise ValueError(f"workload lists request id {s.request_id} twice")
+            ids.add(s.request_id)
+        for s in specs:
+            if s.parent_id is None:
+                roots.append(s)
+            elif s.parent_id not in ids:
+                raise ValueError(f"request {s.request_id}: parent {s.parent_id} is not in the workload")
+            else:
+                self._children.setdefault(s.parent_id, []).append(s)
+        roots.sort(key=lambda s: (s.arrival_time, s.request_id))
+        self._roots = roots
+        self._num_specs = len(specs)
+        self.policy.reset(self.view)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def done(self) -> bool:
+        return self._num_done == self._num_specs
+
+    def next_arrival_time(self) -> float:
+        t = math.inf
+        if self._root_pos < len(self._roots):
+            t = self._roots[self._root_pos].arrival_time
+        if self._released and self._released[0][0] < t:
+            t = self._released[0][0]
+        return t
+
+    # ------------------------------------------------------------------ arrivals
+    def _admit_arrivals(self, info: StepInfo) -> None:
+        now = self.clock
+        roots = self._roots
+        released = self._released
+        while True:
+            if self._root_pos < len(roots) and roots[self._root_pos].arrival_time <= now and \
+                    not (released and released[0][0] < roots[self._root_pos].arrival_time):
+                spec = roots[self._root_pos]
+                self._root_pos += 1
+                self._arrive(spec, spec.arrival_time, info)
+            elif released and released[0][0] <= now:
+                t, _, spec = heapq.heappop(released)
+                self._arrive(spec, t, info)
+            else:
+                return
+
+    def _arrive(self, spec: RequestSpec, t: float, info: StepInfo) -> None:
+        req = Request(spec, t)
+        self.records.append(req.record)
+        reason = self._rejection_reason(req)
+        if reason is not None:
+            self._reject(req, reason, info)
+            return
+        self.live[req.request_id] = req
+        info.arrived += 1
+        self.policy.on_arrival(req)
+
+    def _rejection_reason(self, req: Request) -> str | None:
+        cap = self.capacity
+        total = req.prompt_len + req._target_output_len
+        if total > cap.max_model_len:
+            return (f"prompt {req.prompt_len} + output {req._target_output_len} tokens exceed "
+                    f"max_model_len {cap.max_model_len}")
+        need = self.kv.blocks_for(total - 1)
+        if need > self.kv.gpu.num_blocks:
+            return f"needs {need} KV blocks, the GPU has {self.kv.gpu.num_blocks}"
+        return None
+
+    def _reject(self, req: Request, reason: str, info: StepInfo) -> None:
+        req.state = _REJECTED
+        req.record.rejected_reason = reason
+        self.rejections.append((req.request_id, reason))
+        info.rejected += 1
+        self._num_done += 1
+        for child in self._children.pop(req.request_id, ()):
+            child_req = Request(child, self.clock)
+            self.records.append(child_req.record)
+            self._reject(child_req, f"parent request {req.request_id} was rejected", info)
+
+    # ------------------------------------------------------------------ stepping
+    def step(self, max_iterations: int | None = None, until_time: float | None = None) -> StepInfo:
+        """Run one iteration, or a closed-form decode run of several, or jump to the next arrival.
+
+        ``max_iterations`` caps a multi-iteration run; ``until_time`` makes a run stop at
+        the first iteration that ends at or after that time (as an arrival would).
+        """
+        info = StepInfo()
+        self._admit_arrivals(info)
+        if not self.live:
+            t = self.next_arrival_time()
+            if t == math.inf:
+                return info
+            if until_time is not None and until_time < t:
+                self.clock = max(self.clock, until_time)
+                return info
+            self.clock = t
+            self._admit_arrivals(info)
+            if not self.live:
+                return info
+        order = self.policy.order(self.view)
+        live = self.live
+        if self.validate_orders:
+            validate_order(order, live, getattr(self.policy, "name", type(self.policy).__name__))
+        ordered = [live[rid] for rid in order]
+        work = self.scheduler.schedule(ordered, self.iteration, self.num_running + self.num_swapped)
+        self._account_schedule(work, info)
+        if work.num_scheduled == 0 and not work.plan.swap_out:
+            raise EngineStallError(self._stall_report())
+        k = 1
+        if self.multi_step and self._steady(work):
+            k = self._run_length(work, max_iterations, until_time)
+            if k > 1:
+                work.plan.num_steps = k
+                self._grow_for_run(work, k)
+        result = self.executor.execute(work.plan)
+        self._apply(work, result, info)
+        return info
+
+    def _account_schedule(self, work: ScheduledWork, info: StepInfo) -> None:
+        c = self.counters
+        policy = self.policy
+        for req, cached in work.admitted:
+            self.num_running += 1
+            rec = req.record
+            rec.cached_tokens += cached
+            c.prompt_tokens_admitted += req.num_tokens
+            c.prompt_tokens_cached += cached
+            policy.on_admit(req, cached)
+        n_in = len(work.swapped_in)
+        self.num_running += n_in
+        self.num_swapped -= n_in
+        info.preempted += len(work.preempted)
+
+    def _on_preempt(self, req: Request) -> None:
+        self.num_running -= 1
+        if req.state is _SWAPPED:
+            self.num_swapped += 1
+        req.record.num_preemptions += 1
+        self.policy.on_preempt(req)
+
+    def _steady(self, work: ScheduledWork) -> bool:
+        plan = work.plan
+        if plan.prefills or plan.swap_in or plan.swap_out or work.preempted:
+            return False
+        if len(work.decode_reqs) != self.num_running:
+            return False
+        if len(self.live) != self.num_running and not self.policy.stable_between_events:
+            return False
+        return True
+
+    def _run_length(self, work: ScheduledWork, max_iterations: int | None, until_time: float | None) -> int:
+        reqs = work.decode_reqs
+        k = min(r._target_output_len - r.num_output_tokens for r in reqs)
+        if max_iterations is not None and max_iterations < k:
+            k = max_iterations
+        if k <= 1:
+            return 1
+        n = len(reqs)
+        a, b = self.executor.decode_step_affine(n)
+        first = a + b * work.plan.decode_context_sum
+        inc = b * n
+        deadline = self.next_arrival_time()
+        if until_time is not None and until_time < deadline:
+            deadline = until_time
+        if deadline != math.inf:
+            k = min(k, self._steps_to_reach(first, inc, deadline - self.clock))
+            if k <= 1:
+                return 1
+        bs = self.kv.block_size
+        avail = self.kv.num_available_blocks
+        if self._extra_blocks(reqs, k, bs) > avail:
+            lo, hi = 1, k  # largest k with extra blocks <= avail; k=1 is covered by the schedule
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if self._extra_blocks(reqs, mid, bs) <= avail:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            k = lo
+        return k
+
+    @staticmethod
+    def _steps_to_reach(first: float, inc: float, span: float) -> int:
+        """Smallest k >= 1 with sum_{i<k} (first + i*inc) >= span."""
+        if span <= first:
+            return 1
+        if inc <= 0.0:
+            k = max(1, math.ceil(span / first))
+        else:
+            # inc/2 k^2 + (first - inc/2) k - span >= 0
+            p = first - inc / 2
+            k = max(1, math.ceil((-p + math.sqrt(p * p + 2 * inc * span)) / inc))
+        total = lambda j: j * first + inc * (j * (j - 1) / 2)  # noqa: E731
+        while k > 1 and total(k - 1) >= span:
+            k -= 1
+        while total(k) < span:
+            k += 1
+        return k
+
+    @staticmethod
+    def _extra_blocks(reqs: list[Request], k: int, bs: int) -> int:
+        """Blocks the run needs beyond what the schedule already gave (tables cover computed + 1)."""
+        extra = 0
+        for r in reqs:
+            have = len(r.kv.block_table)
+            need = -(-(r.num_computed_tokens + k) // bs)
+            if need > have:
+                extra += need - have
+        return extra
+
+    def _grow_for_run(self, work: ScheduledWork, k: int) -> None:
+        kv = self.kv
+        for r in work.decode_reqs:
+            if not kv.grow(r.kv, r.num_computed_tokens + k):
+                raise EngineStallError(f"request {r.request_id}: closed-form run of {k} steps ran out of blocks")
+
+    # ------------------------------------------------------------------ results
+    def _apply(self, work: ScheduledWork, result, info: StepInfo) -> None:
+        plan = work.plan
+        k = plan.num_steps
+        t0 = self.clock
+        end = t0 + result.duration_s
+        if k == 1:
+            d0 = result.duration_s
+            inc = 0.0
+            first_end = end
+        else:
+            d0 = result.step_first_s
+            inc = result.step_increment_s
+            first_end = t0 + d0
+        self.clock = end
+        it = self.iteration
+        self.iteration = it + k
+        c = self.counters
+        c.iterations += k
+        c.busy_time_s += result.duration_s
+        policy = self.policy
+        sampled = result.sampled_tokens
+        finished: list[Request] = []
+        itl_samples = self.itl.samples
+        # decodes: k tokens each, the first at first_end, the last at end
+        for req in work.decode_reqs:
+            req.last_scheduled_iteration = it + k - 1
+            req.num_computed_tokens += k
+            req.num_output_tokens += k
+            req.num_tokens += k
+            rec = req.record
+            gap = first_end - req.last_token_time
+            itl_samples.append(gap)
+            last_gap = d0 + inc * (k - 1) if k > 1 else gap
+            m = gap if gap > last_gap else last_gap
+            if m > rec.max_itl_s:
+                rec.max_itl_s = m
+            req.last_token_time = end
+            if sampled is not None:
+                req.output_token_ids.append(sampled[req.request_id])
+            policy.on_tokens(req, k)
+            if req.num_output_tokens >= req._target_output_len:
+                finished.append(req)
+        if k > 1:
+            self.itl.runs.append((d0 + inc, inc, k - 1, len(work.decode_reqs)))
+        for chunk, req in zip(plan.prefills, work.prefill_reqs):
+            req.last_scheduled_iteration = it
+            req.num_computed_tokens += chunk.num_tokens
+            req.record.prefill_tokens_computed += chunk.num_tokens
+            if chunk.samples:
+                req.num_output_tokens += 1
+                req.num_tokens += 1
+                rec = req.record
+                if req.num_output_tokens == 1:
+                    rec.first_token_time = end
+                else:
+                    gap = end - req.last_token_time
+                    itl_samples.append(gap)
+                    if gap > rec.max_itl_s:
+                        rec.max_itl_s = gap
+                req.last_token_time = end
+                if sampled is not None:
+                    if req.output_token_ids is None:
+                        req.output_token_ids = []
+                    req.output_token_ids.append(sampled[req.request_id])
+                policy.on_tokens(req, 1)
+                if req.num_output_tokens >= req._target_output_len:
+                    finished.append(req)
+        for req in finished:
+            self._finish(req, end)
+        info.num_iterations += k
+        info.duration_s += result.duration_s
+        info.finished += len(finished)
+
+    def _finish(self, req: Request, t: float) -> None:
+        rec = req.record
+        rec.finish_time = t
+        rec.num_output_tokens = req.num_output_tokens
+        req.state = _FINISHED
+        kv = self.kv
+        keys = None
+        if kv.enable_prefix_caching:
+            keys = req.block_keys(req.num_computed_tokens // kv.block_size, kv.block_size)
+        kv.remove(req.kv, keys)
+        req.kv = None
+        req.drop_keys()
+        del self.live[req.request_id]
+        self.num_running -= 1
+        self._num_done += 1
+        self.policy.on_finish(req)
+        for child in self._children.pop(req.request_id, ()):
+            at = max(child.arrival_time, t + child.think_time_s)
+            heapq.heappush(self._released, (at, child.request_id, child))
+
+    # ------------------------------------------------------------------ whole runs
+    def run(self, progress: Callable[[int, int], None] | None = None,
+            max_iterations: int | None = None) -> RunRecord:
+        """Step until every request finished or was rejected; ``progress(done, total)`` after each step."""
+        t_start = time.perf_counter()
+        total = self._num_specs
+        while not self.done:
+            self.step()
+            if progress is not None:
+                progress(self._num_done, total)
+            if max_iterations is not None and self.iteration >= max_iterations:
+                break
+        self.wall_time_s += time.perf_counter() - t_start
+        return self.result()
+
+    def result(self) -> RunRecord:
+        for req in self.live.values():
+            req.record.num_output_tokens = req.num_output_tokens
+        return RunRecord(self.records, self.itl, self.counters, 0.0, self.clock)
+
+    def check_integrity(self) -> None:
+        """KV bookkeeping plus the engine's own counts and every live request's blocks."""
+        self.kv.check_integrity()
+        running = sum(1 for r in self.live.values() if r.state is _RUNNING)
+        swapped = sum(1 for r in self.live.values() if r.state is _SWAPPED)
+        if running != self.num_running or swapped != self.num_swapped:
+            raise AssertionError(f"engine counts running={self.num_running} swapped={self.num_swapped}, "
+                                 f"live requests say {running} and {swapped}")
+        bs = self.kv.block_size
+        for r in self.live.values():
+            if r.state is _RUNNING:
+                if len(r.kv.block_table) < -(-r.num_computed_tokens // bs):
+                    raise AssertionError(f"{r!r}: {len(r.kv.block_table)} blocks cannot hold its computed tokens")
+            elif r.state is _SWAPPED:
+                if not r.kv.swapped:
+                    raise AssertionError(f"{r!r} is swapped but its KV is not")
+            elif r.state is _WAITING and r.num_computed_tokens:
+                raise AssertionError(f"{r!r} is waiting with computed tokens")
+
+    def _stall_report(self) -> str:
+        states = {}
+        for r in self.live.values():
+            states[r.state.name] = states.get(r.state.name, 0) + 1
+        return (f"engine stalled at t={self.clock:.6f}s iteration {self.iteration}: live {states}, "
+                f"free GPU blocks {self.kv.gpu.num_free}, evictable {self.kv.cache.num_evictable_blocks}, "
+                f"policy {getattr(self.policy, 'name', '?')}")

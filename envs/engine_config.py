@@ -1,0 +1,72 @@
+"""The serving engine's settings: token budget, sequence cap, batching rule, preemption, caching.
+
+The batching rules are the four stylised policies of Dai et al. (papers.md §7.2), named
+after the systems that introduced them. Any request order (a Policy) can be combined
+with any rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+BATCHING_RULES = {
+    # name: (decode_first, mixed, chunked prefill by default)
+    "sarathi": (True, True, True),              # Sarathi-Serve: decodes first, then prefill chunks
+    "orca": (False, True, True),                # Orca: prefill chunks first, then decodes
+    "vllm": (False, False, False),              # vanilla vLLM: whole prefills when any, else decodes
+    "fastertransformer": (True, False, False),  # FasterTransformer: decodes when any, else whole prefills
+}
+PREEMPTION_MODES = ("recompute", "swap")
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """How the engine builds each iteration's batch.
+
+    ``max_num_batched_tokens`` is the per-iteration token budget (Sarathi's chunk size,
+    vLLM's ``max_num_batched_tokens``); ``max_num_seqs`` caps the sequences in one batch.
+    Preempted requests are swapped to host memory (``swap``; falls back to recompute when
+    host memory is full) or dropped and recomputed later (``recompute``, vLLM V1's only
+    mode); with prefix caching a recomputed request usually finds its own blocks cached.
+    ``multi_step`` lets a simulator advance identical decode iterations in closed form.
+    """
+
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    batching: str = "sarathi"
+    chunked_prefill: bool | None = None   # None: the batching rule's default
+    preemption_mode: str = "recompute"
+    enable_prefix_caching: bool = True
+    keep_host_copies: bool = True
+    multi_step: bool = True
+    num_gpu_blocks: int | None = None     # override the executor's KV capacity
+    num_host_blocks: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batching not in BATCHING_RULES:
+            raise ValueError(f"unknown batching rule {self.batching!r}; choose one of {sorted(BATCHING_RULES)}")
+        if self.preemption_mode not in PREEMPTION_MODES:
+            raise ValueError(f"unknown preemption_mode {self.preemption_mode!r}; choose one of {PREEMPTION_MODES}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        for name in ("num_gpu_blocks", "num_host_blocks"):
+            v = getattr(self, name)
+            if v is not None and v < (1 if name == "num_gpu_blocks" else 0):
+                raise ValueError(f"{name} must be {'>= 1' if name == 'num_gpu_blocks' else '>= 0'}, got {v}")
+
+    @property
+    def decode_first(self) -> bool:
+        return BATCHING_RULES[self.batching][0]
+
+    @property
+    def mixed(self) -> bool:
+        return BATCHING_RULES[self.batching][1]
+
+    @property
+    def chunking(self) -> bool:
+        return BATCHING_RULES[self.batching][2] if self.chunked_prefill is None else self.chunked_prefill
+
+    def with_(self, **changes) -> "EngineConfig":
+        return replace(self, **changes)

@@ -1,0 +1,257 @@
+"""Turning a policy's order into one iteration's batch.
+
+Two passes over the order, decodes then prefills (decode-first rules) or the other way
+round (prefill-first rules); rules without mixing stop after the first pass that
+scheduled anything. Each unit of work takes its tokens from the budget, a sequence slot
+and KV blocks:
+
+- a running request in decode: one token, maybe one new block;
+- a running request in prefill: a chunk (as much of the rest as the budget allows, or
+  all of it when chunked prefill is off);
+- a waiting request: its longest cached prefix first (prefix-cache hits are tokens not
+  computed), then a chunk;
+- a swapped request: its blocks back from host memory, then its unit.
+
+When blocks run out, cached blocks nobody uses are evicted (LRU), then running requests
+of *lower* priority than the unit are preempted, lowest first (by swap, or by
+recompute: the victim drops its KV, its computed full blocks stay in the prefix cache).
+A running request that still cannot grow preempts itself; a waiting or swapped one
+blocks the pass (strict priority, as vLLM).
+
+Without chunked prefill a prompt longer than the budget runs alone in its iteration
+(vLLM instead requires the budget to cover the longest prompt).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from envs.engine_config import EngineConfig
+from envs.live_request import Request, RequestState
+from envs.records import EngineCounters
+from gpu_backend.kv_manager import KVCacheManager
+from gpu_backend.plan import BatchPlan, PrefillChunk
+
+_RUNNING = RequestState.RUNNING
+_WAITING = RequestState.WAITING
+_SWAPPED = RequestState.SWAPPED
+
+
+@dataclass(slots=True)
+class ScheduledWork:
+    """A plan plus who is in it, so the engine can apply the result."""
+
+    plan: BatchPlan
+    prefill_reqs: list[Request] = field(default_factory=list)   # parallel to plan.prefills
+    decode_reqs: list[Request] = field(default_factory=list)    # parallel to plan.decode_seq_ids
+    admitted: list[tuple[Request, int]] = field(default_factory=list)  # (request, cached tokens)
+    preempted: list[Request] = field(default_factory=list)
+    swapped_in: list[Request] = field(default_factory=list)
+
+    @property
+    def num_scheduled(self) -> int:
+        return len(self.prefill_reqs) + len(self.decode_reqs)
+
+
+class BatchScheduler:
+    """Builds ``ScheduledWork`` from an ordered list of live requests."""
+
+    def __init__(self, config: EngineConfig, kv: KVCacheManager, counters: EngineCounters,
+                 on_preempt, fill_token_ids: bool = False):
+        self.config = config
+        self.kv = kv
+        self.counters = counters
+        self.on_preempt = on_preempt          # engine callback: (request, mode) after a preemption
+        self.fill_token_ids = fill_token_ids
+        self.bytes_per_block = 0              # set by the engine (for swap byte counters)
+        self._order: list[Request] = []
+        self._tail = 0
+        self._iteration = 0
+        self._work: ScheduledWork | None = None
+
+    # ---------------------------------------------------------------- entry
+    def schedule(self, ordered: list[Request], iteration: int, num_resident: int) -> ScheduledWork:
+        """``num_resident``: running + swapped requests (the decode pass stops once it has seen them all)."""
+        cfg = self.config
+        work = ScheduledWork(BatchPlan())
+        self._work = work
+        self._order = ordered
+        self._tail = len(ordered) - 1
+        self._iteration = iteration
+        budget = [cfg.max_num_batched_tokens, cfg.max_num_seqs]
+        first, second = (self._decode_pass, self._prefill_pass) if cfg.decode_first else \
+            (self._prefill_pass, self._decode_pass)
+        first(budget, num_resident)
+        if cfg.mixed or work.num_scheduled == 0:
+            second(budget, num_resident)
+        plan = work.plan
+        plan.decode_context_sum = sum(plan.decode_positions) + len(plan.decode_positions)
+        return work
+
+    # ---------------------------------------------------------------- passes
+    def _decode_pass(self, budget: list[int], num_resident: int) -> None:
+        it = self._iteration
+        seen = 0
+        kv = self.kv
+        plan = self._work.plan
+        decode_reqs = self._work.decode_reqs
+        for idx, req in enumerate(self._order):
+            if seen >= num_resident or budget[0] <= 0 or budget[1] <= 0:
+                return
+            st = req.state
+            if st is _WAITING:
+                continue
+            seen += 1
+            if req.touched == it or req.num_output_tokens == 0 \
+                    or req.num_computed_tokens != req.num_tokens - 1:
+                continue
+            if st is _SWAPPED:
+                if not self._swap_in(idx, req, req.num_tokens):
+                    return
+            elif not self._grow(idx, req, req.num_tokens):
+                self._preempt(req)
+                continue
+            req.touched = it
+            budget[0] -= 1
+            budget[1] -= 1
+            decode_reqs.append(req)
+            plan.decode_seq_ids.append(req.request_id)
+            plan.decode_positions.append(req.num_computed_tokens)
+            plan.decode_block_tables.append(req.kv.block_table)
+
+    def _prefill_pass(self, budget: list[int], num_resident: int) -> None:
+        it = self._iteration
+        chunking = self.config.chunking
+        kv = self.kv
+        bs = kv.block_size
+        work = self._work
+        for idx, req in enumerate(self._order):
+            tokens_left, seqs_left = budget
+            if tokens_left <= 0 or seqs_left <= 0:
+                return
+            if req.touched == it:
+                continue
+            if req.num_output_tokens > 0 and req.num_computed_tokens == req.num_tokens - 1:
+                continue  # a decode unit
+            st = req.state
+            cached = 0
+            if st is _WAITING:
+                if req.kv is None:
+                    req.kv = kv.new_seq(req.request_id)
+                if kv.enable_prefix_caching:
+                    keys = req.block_keys((req.num_tokens - 1) // bs, bs)
+                    cached = kv.match(req.kv, keys) * bs
+                req.num_computed_tokens = cached
+            remaining = req.num_tokens - req.num_computed_tokens
+            if remaining <= tokens_left:
+                n = remaining
+            elif chunking:
+                n = tokens_left
+            elif tokens_left == self.config.max_num_batched_tokens:
+                n = remaining  # without chunking, a prompt longer than the budget runs alone
+            else:
+                if st is _WAITING:
+                    kv.free(req.kv)
+                    req.num_computed_tokens = 0
+                return
+            target = req.num_computed_tokens + n
+            if st is _SWAPPED:
+                if not self._swap_in(idx, req, target):
+                    return
+            elif not self._grow(idx, req, target):
+                if st is _RUNNING:
+                    self._preempt(req)
+                    continue
+                kv.free(req.kv)
+                req.num_computed_tokens = 0
+                return
+            if st is _WAITING:
+                req.state = _RUNNING
+                work.admitted.append((req, cached))
+            req.touched = it
+            budget[0] = tokens_left - n if n < tokens_left else 0
+            budget[1] = seqs_left - 1
+            start = req.num_computed_tokens
+            chunk = PrefillChunk(req.request_id, start, n, req.kv.block_table, start + n == req.num_tokens)
+            if self.fill_token_ids:
+                chunk.token_ids = self._token_ids(req, start, n)
+            work.plan.prefills.append(chunk)
+            work.prefill_reqs.append(req)
+
+    # ---------------------------------------------------------------- memory
+    def _grow(self, idx: int, req: Request, num_tokens: int) -> bool:
+        kv = self.kv
+        seq = req.kv
+        while not kv.grow(seq, num_tokens):
+            if not self._preempt_below(idx):
+                return False
+        return True
+
+    def _swap_in(self, idx: int, req: Request, num_tokens: int) -> bool:
+        kv = self.kv
+        bs = kv.block_size
+        keys = req.block_keys(req.num_computed_tokens // bs, bs) if kv.enable_prefix_caching else ()
+        while True:
+            moves = kv.swap_in(req.kv, keys, num_tokens)
+            if moves is not None:
+                break
+            if not self._preempt_below(idx):
+                return False
+        req.state = _RUNNING
+        self._work.plan.swap_in.extend(moves)
+        self._work.swapped_in.append(req)
+        c = self.counters
+        c.swap_in_copies += len(moves)
+        c.swap_in_bytes += sum(m.num_blocks for m in moves) * self.bytes_per_block
+        return True
+
+    def _preempt_below(self, idx: int) -> bool:
+        """Preempt the lowest-priority running request ranked after ``idx`` that is not in the batch."""
+        order = self._order
+        it = self._iteration
+        t = self._tail
+        while t > idx:
+            v = order[t]
+            t -= 1
+            if v.state is _RUNNING and v.touched != it:
+                self._tail = t
+                self._preempt(v)
+                return True
+        self._tail = t
+        return False
+
+    def _preempt(self, req: Request) -> None:
+        kv = self.kv
+        bs = kv.block_size
+        work = self._work
+        c = self.counters
+        if self.config.preemption_mode == "swap" and kv.host is not None:
+            moves = kv.swap_out(req.kv, req.num_computed_tokens)
+            if moves is not None:
+                req.state = _SWAPPED
+                work.plan.swap_out.extend(moves)
+                c.preemptions_swap += 1
+                c.swap_out_copies += len(moves)
+                c.swap_out_bytes += sum(m.num_blocks for m in moves) * self.bytes_per_block
+                req.touched = self._iteration  # not again in this iteration
+                work.preempted.append(req)
+                self.on_preempt(req)
+                return
+        keys = req.block_keys(req.num_computed_tokens // bs, bs) if kv.enable_prefix_caching else None
+        kv.free(req.kv, keys)
+        req.state = _WAITING
+        req.num_computed_tokens = 0
+        c.preemptions_recompute += 1
+        req.touched = self._iteration
+        work.preempted.append(req)
+        self.on_preempt(req)
+
+    @staticmethod
+    def _token_ids(req: Request, start: int, n: int) -> list[int]:
+        prompt = req.spec.prompt.token_ids()
+        end = start + n
+        if end <= len(prompt):
+            return prompt[start:end].tolist()
+        out = list(req.output_token_ids or [])
+        full = prompt.tolist() + out
+        return full[start:end]

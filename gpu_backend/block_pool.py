@@ -1,0 +1,242 @@
+"""A pool of fixed-size KV blocks with reference counts, handed out as contiguous runs.
+
+Why runs: moving a request's KV between the GPU and host memory costs a fixed latency
+per copy plus bytes over bandwidth (FastSwitch, papers.md §5). If a request's blocks
+are scattered one by one, a swap is hundreds of 64 KB copies; if they form a few long
+runs ("block groups"), it is a few large copies. So the pool keeps its free space as
+maximal runs (split on allocation, merged with both neighbours on free), places a new
+request's blocks in the middle of the largest free run so that it and its neighbour
+can both grow in place, and grows an existing run in place whenever the next block is
+free.
+
+The same class serves the GPU pool and the pinned host pool; the real executor maps
+block ids to tensor slots, the simulator maps them to nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+class OutOfBlocksError(RuntimeError):
+    """Raised when an allocation asks for more blocks than are free."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockGroup:
+    """A run of contiguous blocks ``start .. start+length-1``."""
+
+    start: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+def runs_of(block_ids: Sequence[int]) -> list[BlockGroup]:
+    """Split a block table into its maximal runs of consecutive ids, in table order."""
+    groups: list[BlockGroup] = []
+    if not block_ids:
+        return groups
+    start = prev = block_ids[0]
+    for b in block_ids[1:]:
+        if b != prev + 1:
+            groups.append(BlockGroup(start, prev - start + 1))
+            start = b
+        prev = b
+    groups.append(BlockGroup(start, prev - start + 1))
+    return groups
+
+
+class BlockPool:
+    """Fixed set of ``num_blocks`` blocks; ids ``0 .. num_blocks-1``.
+
+    A block is free exactly when its reference count is 0. ``allocate*`` returns blocks
+    with count 1; ``retain`` adds holders; ``release`` drops them and frees blocks that
+    reach 0. The free space is kept as maximal runs in two dicts (by start and by end)
+    and a lazily-cleaned max-heap of run lengths.
+    """
+
+    def __init__(self, num_blocks: int, name: str = "gpu"):
+        if num_blocks < 1:
+            raise ValueError(f"{name} pool: num_blocks must be >= 1, got {num_blocks}")
+        self.name = name
+        self.num_blocks = int(num_blocks)
+        self.ref_counts: list[int] = [0] * self.num_blocks
+        self._run_len: dict[int, int] = {0: self.num_blocks}      # free run start -> length
+        self._run_start: dict[int, int] = {self.num_blocks: 0}    # free run end -> start
+        self._heap: list[tuple[int, int]] = [(-self.num_blocks, 0)]
+        self.num_free = self.num_blocks
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def num_used(self) -> int:
+        return self.num_blocks - self.num_free
+
+    def free_runs(self) -> list[BlockGroup]:
+        return [BlockGroup(s, n) for s, n in sorted(self._run_len.items())]
+
+    # ------------------------------------------------------------- allocation
+    def allocate(self, n: int, after: int | None = None) -> list[int]:
+        """``n`` blocks, as few runs as possible; continue block ``after`` in place if its successor is free."""
+        if n <= 0:
+            if n == 0:
+                return []
+            raise ValueError(f"{self.name} pool: cannot allocate {n} blocks")
+        if n > self.num_free:
+            raise OutOfBlocksError(f"{self.name} pool: asked for {n} blocks, {self.num_free} free")
+        out: list[int] = []
+        if after is not None:
+            nxt = after + 1
+            run = self._run_len.get(nxt)
+            if run is not None:
+                take = n if n < run else run
+                self._take(nxt, run, nxt, take)
+                out.extend(range(nxt, nxt + take))
+                n -= take
+        while n:
+            start, length = self._largest_run()
+            if length > n:
+                # New group: centre it in the largest run (start at 0 when nothing precedes it).
+                at = start if start == 0 else start + (length - n) // 2
+                self._take(start, length, at, n)
+                out.extend(range(at, at + n))
+                n = 0
+            else:
+                self._take(start, length, start, length)
+                out.extend(range(start, start + length))
+                n -= length
+        return out
+
+    def allocate_one(self, after: int | None = None) -> int:
+        """One block (the decode hot path): in place after ``after`` when possible."""
+        if after is not None:
+            nxt = after + 1
+            run = self._run_len.get(nxt)
+            if run is not None:
+                self._take(nxt, run, nxt, 1)
+                return nxt
+        if not self.num_free:
+            raise OutOfBlocksError(f"{self.name} pool: asked for 1 block, 0 free")
+        start, length = self._largest_run()
+        at = start if (start == 0 or length == 1) else start + (length - 1) // 2
+        self._take(start, length, at, 1)
+        return at
+
+    def _largest_run(self) -> tuple[int, int]:
+        heap = self._heap
+        run_len = self._run_len
+        while heap:
+            neg_len, start = heap[0]
+            if run_len.get(start) == -neg_len:
+                return start, -neg_len
+            heapq.heappop(heap)
+        raise OutOfBlocksError(f"{self.name} pool: no free run")  # num_free > 0 guarantees one
+
+    def _take(self, start: int, length: int, at: int, n: int) -> None:
+        """Carve ``[at, at+n)`` out of the free run ``[start, start+length)``."""
+        end = start + length
+        del self._run_len[start]
+        del self._run_start[end]
+        if at > start:
+            self._add_run(start, at - start)
+        if at + n < end:
+            self._add_run(at + n, end - at - n)
+        self.ref_counts[at:at + n] = [1] * n
+        self.num_free -= n
+        heap = self._heap
+        if len(heap) > 64 + 4 * len(self._run_len):
+            self._heap = [(-l, s) for s, l in self._run_len.items()]
+            heapq.heapify(self._heap)
+
+    def _add_run(self, start: int, length: int) -> None:
+        self._run_len[start] = length
+        self._run_start[start + length] = start
+        heapq.heappush(self._heap, (-length, start))
+
+    # ------------------------------------------------------- reference counts
+    def retain(self, block_ids: Iterable[int]) -> None:
+        rc = self.ref_counts
+        for b in block_ids:
+            c = rc[b]
+            if c <= 0:
+                raise ValueError(f"{self.name} pool: retain of free block {b}")
+            rc[b] = c + 1
+
+    def release(self, block_ids: Sequence[int]) -> int:
+        """Drop one reference from each block; free those that reach 0. Returns how many were freed."""
+        rc = self.ref_counts
+        freed = 0
+        run_start = -2
+        run_end = -2
+        for b in block_ids:
+            c = rc[b]
+            if c <= 0:
+                raise ValueError(f"{self.name} pool: release of free block {b}")
+            rc[b] = c - 1
+            if c == 1:
+                if b == run_end:
+                    run_end += 1
+                else:
+                    if run_end > run_start:
+                        self._free_run(run_start, run_end - run_start)
+                        freed += run_end - run_start
+                    run_start = b
+                    run_end = b + 1
+        if run_end > run_start:
+            self._free_run(run_start, run_end - run_start)
+            freed += run_end - run_start
+        return freed
+
+    def _free_run(self, start: int, length: int) -> None:
+        """Return ``[start, start+length)`` (already at count 0) to the free runs, merging neighbours."""
+        end = start + length
+        prev_start = self._run_start.pop(start, None)
+        if prev_start is not None:
+            del self._run_len[prev_start]
+            start = prev_start
+        next_len = self._run_len.pop(end, None)
+        if next_len is not None:
+            del self._run_start[end + next_len]
+            end += next_len
+        self._add_run(start, end - start)
+        self.num_free += length
+
+    # ---------------------------------------------------------------- checking
+    def check_integrity(self, expected_counts: np.ndarray | None = None) -> None:
+        """Free runs are maximal, disjoint and exactly the blocks with count 0; counts match the holders."""
+        rc = np.asarray(self.ref_counts, dtype=np.int64)
+        if (rc < 0).any():
+            raise AssertionError(f"{self.name} pool: negative reference count at block {int(np.argmax(rc < 0))}")
+        if expected_counts is not None and not np.array_equal(rc, np.asarray(expected_counts)):
+            bad = int(np.flatnonzero(rc != expected_counts)[0])
+            raise AssertionError(
+                f"{self.name} pool: block {bad} has reference count {int(rc[bad])}, "
+                f"holders account for {int(expected_counts[bad])}")
+        free_mask = np.zeros(self.num_blocks, dtype=bool)
+        prev_end = -1
+        for start, length in sorted(self._run_len.items()):
+            if length <= 0:
+                raise AssertionError(f"{self.name} pool: empty free run at {start}")
+            if start <= prev_end:
+                raise AssertionError(f"{self.name} pool: free run at {start} overlaps or touches the previous one")
+            if self._run_start.get(start + length) != start:
+                raise AssertionError(f"{self.name} pool: end index of run at {start} is inconsistent")
+            if not any(s == start and -l == length for l, s in self._heap):
+                raise AssertionError(f"{self.name} pool: run at {start} is missing from the length heap")
+            free_mask[start:start + length] = True
+            prev_end = start + length
+        if len(self._run_start) != len(self._run_len):
+            raise AssertionError(f"{self.name} pool: start and end indexes differ in size")
+        if not np.array_equal(free_mask, rc == 0):
+            bad = int(np.flatnonzero(free_mask != (rc == 0))[0])
+            raise AssertionError(
+                f"{self.name} pool: block {bad} is {'free' if free_mask[bad] else 'not free'} "
+                f"but has reference count {int(rc[bad])}")
+        if int(free_mask.sum()) != self.num_free:
+            raise AssertionError(f"{self.name} pool: num_free {self.num_free} != {int(free_mask.sum())} free blocks")

@@ -1,0 +1,255 @@
+"""How long one engine iteration takes, predicted from the batch's shape.
+
+Why a model of the batch's *shape*: an iteration's time is set by a handful of
+quantities — tokens pushed through the linear layers, weight bytes read, attention work
+and KV bytes read, bytes and copies moved over the host link — whatever requests they
+came from. Predicting from these features (``BatchShape``) lets the analytic roofline
+model that ships for a device and model be replaced by one fitted to the real executor
+(``LinearCostModel``, coefficients from ``servegym profile``) without touching the engine.
+
+Both models are affine in the decode context length for a fixed batch, which is what
+lets the simulator advance many decode iterations at once in closed form
+(``decode_affine``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Protocol, Sequence
+
+from gpu_backend.plan import BatchPlan, GroupMove
+
+
+@dataclass(frozen=True, slots=True)
+class ModelShape:
+    """A Llama-architecture model's dimensions: all the cost model needs to know about it."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int
+    dtype_bytes: int = 2
+    head_dim: int = 0             # 0: hidden_size // num_heads
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, int) and not isinstance(v, bool) and f.name != "head_dim" and v <= 0:
+                raise ValueError(f"model {self.name!r}: {f.name} must be > 0, got {v}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"model {self.name!r}: num_heads {self.num_heads} is not a multiple "
+                             f"of num_kv_heads {self.num_kv_heads}")
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V of one token across all layers."""
+        return 2 * self.num_layers * self.num_kv_heads * self.dim_per_head * self.dtype_bytes
+
+    @property
+    def linear_params_per_token(self) -> int:
+        """Parameters every token multiplies through (attention projections and MLP, all layers)."""
+        h, d = self.hidden_size, self.dim_per_head
+        attn = h * self.num_heads * d * 2 + h * self.num_kv_heads * d * 2
+        mlp = 3 * h * self.intermediate_size
+        return self.num_layers * (attn + mlp)
+
+    @property
+    def lm_head_params(self) -> int:
+        return self.hidden_size * self.vocab_size
+
+    @property
+    def num_params(self) -> int:
+        norms = (2 * self.num_layers + 1) * self.hidden_size
+        embeddings = self.lm_head_params * (1 if self.tie_word_embeddings else 2)
+        return self.linear_params_per_token + embeddings + norms
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.num_params * self.dtype_bytes
+
+    @property
+    def weight_bytes_read_per_step(self) -> int:
+        """Weights streamed from memory once per iteration (the input embedding is only gathered)."""
+        read = self.linear_params_per_token + self.lm_head_params + (2 * self.num_layers + 1) * self.hidden_size
+        return read * self.dtype_bytes
+
+    @property
+    def attention_flops_per_pair(self) -> int:
+        """FLOPs of one (query token, key token) pair: QK^T and PV over every head of every layer."""
+        return 4 * self.num_layers * self.num_heads * self.dim_per_head
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """What the cost model needs to know about an accelerator and its host link."""
+
+    name: str
+    memory_bytes: int
+    hbm_bandwidth: float          # bytes/s actually reached by large device copies
+    matmul_flops: float           # dense bf16 FLOP/s reached by large matrix multiplies
+    attention_flops: float        # FLOP/s reached by attention kernels
+    host_bandwidth: float         # bytes/s of large pinned host<->device copies
+    copy_latency_s: float         # fixed cost of one host<->device copy
+    iteration_overhead_s: float   # scheduling, launches and sampling per iteration
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name != "name" and not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"device {self.name!r}: {f.name} must be a positive number, got {v}")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchShape:
+    """The features of one iteration that its duration depends on."""
+
+    prefill_tokens: int = 0
+    prefill_attention_pairs: float = 0.0   # sum over chunks of n * (start + (n + 1) / 2)
+    prefill_kv_read_tokens: int = 0         # sum over chunks of start + n
+    num_decode: int = 0
+    decode_context_tokens: int = 0          # KV tokens read by decode attention (new token included)
+    num_sampled: int = 0                    # sequences producing a token (each needs the LM head)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prefill_tokens + self.num_decode
+
+    @classmethod
+    def from_plan(cls, plan: BatchPlan) -> "BatchShape":
+        p_tokens = 0
+        pairs = 0.0
+        kv_read = 0
+        sampled = 0
+        for c in plan.prefills:
+            n = c.num_tokens
+            p_tokens += n
+            pairs += n * (c.start + (n + 1) * 0.5)
+            kv_read += c.start + n
+            sampled += c.samples
+        nd = len(plan.decode_seq_ids)
+        return cls(p_tokens, pairs, kv_read, nd, plan.decode_context_sum, sampled + nd)
+
+
+class CostModel(Protocol):
+    def compute_time(self, shape: BatchShape) -> float: ...
+
+    def decode_affine(self, num_seqs: int) -> tuple[float, float]:
+        """(a, b) with ``compute_time`` of a decode-only batch of ``num_seqs`` reading S tokens = a + b*S."""
+        ...
+
+    def swap_time(self, moves: Sequence[GroupMove]) -> float: ...
+
+
+class RooflineCostModel:
+    """Analytic: each kernel class takes the longer of its compute time and its memory time.
+
+    time = overhead
+         + max(weight bytes / BW, linear FLOPs / matmul rate)                 (linear layers)
+         + max(attention FLOPs / attention rate, KV bytes read / BW)          (attention)
+         + KV bytes written / BW
+    swap = sum over copies of (latency + bytes / host bandwidth)
+    """
+
+    def __init__(self, model: ModelShape, device: DeviceSpec, block_size: int):
+        self.model = model
+        self.device = device
+        self.block_size = block_size
+        self.bytes_per_block = model.kv_bytes_per_token * block_size
+        bw = device.hbm_bandwidth
+        self._weight_time = model.weight_bytes_read_per_step / bw
+        self._flops_per_token = 2.0 * model.linear_params_per_token
+        self._flops_per_sample = 2.0 * model.lm_head_params
+        self._attn_s_per_pair = model.attention_flops_per_pair / device.attention_flops
+        self._kv_s_per_token = model.kv_bytes_per_token / bw
+        self._ctx_s_per_token = max(self._attn_s_per_pair, self._kv_s_per_token)
+        self._affine_cache: dict[int, tuple[float, float]] = {}
+
+    def _linear_time(self, tokens: int, sampled: int) -> float:
+        flops = self._flops_per_token * tokens + self._flops_per_sample * sampled
+        t = flops / self.device.matmul_flops
+        return t if t > self._weight_time else self._weight_time
+
+    def decode_affine(self, num_seqs: int) -> tuple[float, float]:
+        hit = self._affine_cache.get(num_seqs)
+        if hit is not None:
+            return hit
+        a = (self.device.iteration_overhead_s + self._linear_time(num_seqs, num_seqs)
+             + self._kv_s_per_token * num_seqs)
+        out = (a, self._ctx_s_per_token)
+        self._affine_cache[num_seqs] = out
+        return out
+
+    def compute_time(self, s: BatchShape) -> float:
+        if s.prefill_tokens == 0:
+            if s.num_decode == 0:
+                return 0.0
+            a, b = self.decode_affine(s.num_decode)
+            return a + b * s.decode_context_tokens
+        attn = max(self._attn_s_per_pair * (s.prefill_attention_pairs + s.decode_context_tokens),
+                   self._kv_s_per_token * (s.prefill_kv_read_tokens + s.decode_context_tokens))
+        return (self.device.iteration_overhead_s + self._linear_time(s.num_tokens, s.num_sampled)
+                + attn + self._kv_s_per_token * s.num_tokens)
+
+    def swap_time(self, moves: Sequence[GroupMove]) -> float:
+        if not moves:
+            return 0.0
+        blocks = sum(m.num_blocks for m in moves)
+        return len(moves) * self.device.copy_latency_s + blocks * self.bytes_per_block / self.device.host_bandwidth
+
+
+LINEAR_FEATURES = ("intercept", "prefill_tokens", "prefill_attention_pairs", "prefill_kv_read_tokens",
+                   "num_decode", "decode_context_tokens", "num_sampled")
+
+
+class LinearCostModel:
+    """Fitted: time = c · features, one coefficient per ``LINEAR_FEATURES`` entry (seconds per unit).
+
+    ``servegym profile`` fits the coefficients on the real executor; swap time keeps the
+    latency-plus-bandwidth form with fitted constants.
+    """
+
+    def __init__(self, coefficients: dict[str, float], copy_latency_s: float, host_bandwidth: float,
+                 bytes_per_block: int):
+        missing = [f for f in LINEAR_FEATURES if f not in coefficients]
+        if missing:
+            raise ValueError(f"linear cost model: missing coefficients {missing}")
+        unknown = sorted(set(coefficients) - set(LINEAR_FEATURES))
+        if unknown:
+            raise ValueError(f"linear cost model: unknown coefficients {unknown}; known: {list(LINEAR_FEATURES)}")
+        self.c = {k: float(coefficients[k]) for k in LINEAR_FEATURES}
+        self.copy_latency_s = copy_latency_s
+        self.host_bandwidth = host_bandwidth
+        self.bytes_per_block = bytes_per_block
+
+    def decode_affine(self, num_seqs: int) -> tuple[float, float]:
+        c = self.c
+        a = c["intercept"] + (c["num_decode"] + c["num_sampled"]) * num_seqs
+        return a, c["decode_context_tokens"]
+
+    def compute_time(self, s: BatchShape) -> float:
+        if s.prefill_tokens == 0:
+            if s.num_decode == 0:
+                return 0.0
+            a, b = self.decode_affine(s.num_decode)
+            return a + b * s.decode_context_tokens
+        c = self.c
+        return (c["intercept"] + c["prefill_tokens"] * s.prefill_tokens
+                + c["prefill_attention_pairs"] * s.prefill_attention_pairs
+                + c["prefill_kv_read_tokens"] * s.prefill_kv_read_tokens
+                + c["num_decode"] * s.num_decode + c["decode_context_tokens"] * s.decode_context_tokens
+                + c["num_sampled"] * s.num_sampled)
+
+    def swap_time(self, moves: Sequence[GroupMove]) -> float:
+        if not moves:
+            return 0.0
+        blocks = sum(m.num_blocks for m in moves)
+        return len(moves) * self.copy_latency_s + blocks * self.bytes_per_block / self.host_bandwidth

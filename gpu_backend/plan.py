@@ -1,0 +1,102 @@
+"""The contracts between the serving engine and an executor: ``BatchPlan`` in, ``StepResult`` out.
+
+Both executors (the simulator's cost model and the real model on a GPU) take the same
+plan, so a schedule that runs in one runs in the other, and the simulator can be judged
+against the real thing by replaying identical plans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMove:
+    """Copy ``num_blocks`` contiguous blocks from ``src_start`` to ``dst_start`` (one copy per move)."""
+
+    src_start: int
+    dst_start: int
+    num_blocks: int
+
+
+@dataclass(slots=True)
+class PrefillChunk:
+    """Compute ``num_tokens`` prompt (or recomputed history) tokens of one sequence."""
+
+    seq_id: int
+    start: int                      # tokens whose KV already exists: cached prefix + earlier chunks
+    num_tokens: int                 # tokens computed this iteration: positions start .. start+num_tokens-1
+    block_table: list[int]          # the sequence's GPU blocks (live list, covers start+num_tokens tokens)
+    samples: bool                   # True when the chunk reaches the end, so a token is sampled
+    token_ids: Sequence[int] | None = None  # positions start .. start+num_tokens-1; filled for real executors
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """Everything one iteration (or, for the simulator, ``num_steps`` identical decode iterations) does.
+
+    Decode fields are parallel lists, one entry per decoding sequence: each computes the
+    KV of its last token (at ``decode_positions[i]``) and samples the next one.
+    Swap moves happen before the compute and are waited for.
+    """
+
+    prefills: list[PrefillChunk] = field(default_factory=list)
+    decode_seq_ids: list[int] = field(default_factory=list)
+    decode_positions: list[int] = field(default_factory=list)     # context length before the step
+    decode_block_tables: list[list[int]] = field(default_factory=list)
+    decode_input_ids: list[int] | None = None                     # last tokens; filled for real executors
+    decode_context_sum: int = 0                                   # sum(decode_positions) + len(decode_seq_ids)
+    swap_in: list[GroupMove] = field(default_factory=list)        # host -> GPU
+    swap_out: list[GroupMove] = field(default_factory=list)       # GPU -> host
+    num_steps: int = 1                                            # > 1 only for a pure decode run (simulator)
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.prefills)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefill_tokens + len(self.decode_seq_ids)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.prefills or self.decode_seq_ids or self.swap_in or self.swap_out)
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What an executor reports for a plan. For ``num_steps = k`` the i-th step (0-based) took
+    ``step_first_s + i * step_increment_s`` and ``duration_s`` is their sum plus swap time."""
+
+    duration_s: float
+    compute_s: float
+    swap_s: float = 0.0
+    step_first_s: float = 0.0
+    step_increment_s: float = 0.0
+    sampled_tokens: dict[int, int] | None = None   # seq_id -> token id, from real executors
+
+
+@dataclass(frozen=True, slots=True)
+class KVCapacity:
+    num_gpu_blocks: int
+    num_host_blocks: int
+    block_size: int
+    bytes_per_block: int
+    max_model_len: int
+
+
+class Executor(Protocol):
+    """Runs plans. ``supports_multi_step`` executors accept ``num_steps > 1`` decode plans and
+    expose ``decode_step_affine`` so the engine can find how many steps fit before an event."""
+
+    supports_multi_step: bool
+    needs_token_ids: bool
+
+    def capacity(self) -> KVCapacity: ...
+
+    def execute(self, plan: BatchPlan) -> StepResult: ...
+
+    def decode_step_affine(self, num_seqs: int) -> tuple[float, float]:
+        """(a, b): a decode-only step over ``num_seqs`` sequences reading ``S`` context tokens takes ``a + b*S``."""
+        ...

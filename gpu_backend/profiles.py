@@ -1,0 +1,141 @@
+"""Named cost profiles: a model shape, a device, the KV memory they leave, and a cost model.
+
+A profile is one small JSON file in ``gpu_backend/profiles/`` (or any path), so that a
+profile fitted on a GPU by ``servegym profile`` drops in beside the analytic ones that
+ship. The KV block counts are derived from the device memory unless the file fixes them
+(a fitted profile fixes them to what the real executor had, so both backends see the
+same memory pressure).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpu_backend.cost_model import CostModel, DeviceSpec, LinearCostModel, ModelShape, RooflineCostModel
+
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+DEFAULT_PROFILE = "h100-llama-8b"
+
+
+class ProfileError(ValueError):
+    """A profile file is missing, malformed or inconsistent; the message names the file and field."""
+
+
+@dataclass(frozen=True, slots=True)
+class CostProfile:
+    name: str
+    description: str
+    model: ModelShape
+    device: DeviceSpec
+    block_size: int
+    num_gpu_blocks: int
+    num_host_blocks: int
+    max_model_len: int
+    cost: CostModel
+    source: str
+
+    @property
+    def bytes_per_block(self) -> int:
+        return self.model.kv_bytes_per_token * self.block_size
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
+
+
+def _field(obj: dict, key: str, where: str, kind=(int, float)):
+    if key not in obj:
+        raise ProfileError(f"{where}: missing field {key!r}")
+    v = obj[key]
+    if not isinstance(v, kind) or isinstance(v, bool):
+        raise ProfileError(f"{where}: field {key!r} has the wrong type ({type(v).__name__}: {v!r})")
+    return v
+
+
+def load_profile(name_or_path: str) -> CostProfile:
+    """Load a shipped profile by name (see ``list_profiles``) or any profile JSON by path."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".json" and path.exists()):
+        path = PROFILE_DIR / f"{name_or_path}.json"
+        if not path.exists():
+            raise ProfileError(f"unknown profile {name_or_path!r}; available: {', '.join(list_profiles())}")
+    src = str(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"{src}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ProfileError(f"{src}: the top level must be an object")
+    m = data.get("model")
+    d = data.get("device")
+    kv = data.get("kv", {})
+    cm = data.get("cost_model", {"kind": "roofline"})
+    if not isinstance(m, dict) or not isinstance(d, dict):
+        raise ProfileError(f"{src}: needs 'model' and 'device' objects")
+    try:
+        model = ModelShape(
+            name=str(m.get("name", path.stem)),
+            num_layers=_field(m, "num_layers", f"{src}: model", int),
+            hidden_size=_field(m, "hidden_size", f"{src}: model", int),
+            num_heads=_field(m, "num_heads", f"{src}: model", int),
+            num_kv_heads=_field(m, "num_kv_heads", f"{src}: model", int),
+            intermediate_size=_field(m, "intermediate_size", f"{src}: model", int),
+            vocab_size=_field(m, "vocab_size", f"{src}: model", int),
+            dtype_bytes=m.get("dtype_bytes", 2),
+            head_dim=m.get("head_dim", 0),
+            tie_word_embeddings=bool(m.get("tie_word_embeddings", False)),
+        )
+        device = DeviceSpec(
+            name=str(d.get("name", "device")),
+            memory_bytes=_field(d, "memory_bytes", f"{src}: device"),
+            hbm_bandwidth=_field(d, "hbm_bandwidth", f"{src}: device"),
+            matmul_flops=_field(d, "matmul_flops", f"{src}: device"),
+            attention_flops=_field(d, "attention_flops", f"{src}: device"),
+            host_bandwidth=_field(d, "host_bandwidth", f"{src}: device"),
+            copy_latency_s=_field(d, "copy_latency_s", f"{src}: device"),
+            iteration_overhead_s=_field(d, "iteration_overhead_s", f"{src}: device"),
+        )
+    except ValueError as e:
+        if isinstance(e, ProfileError):
+            raise
+        raise ProfileError(f"{src}: {e}") from e
+    block_size = kv.get("block_size", 16)
+    if not isinstance(block_size, int) or block_size < 1:
+        raise ProfileError(f"{src}: kv.block_size must be a positive integer, got {block_size!r}")
+    bytes_per_block = model.kv_bytes_per_token * block_size
+    if "num_gpu_blocks" in kv:
+        num_gpu_blocks = _field(kv, "num_gpu_blocks", f"{src}: kv", int)
+    else:
+        util = kv.get("gpu_memory_utilization", 0.9)
+        reserve = kv.get("activation_reserve_bytes", 2 * 2**30)
+        if not (0 < util <= 1):
+            raise ProfileError(f"{src}: kv.gpu_memory_utilization must be in (0, 1], got {util!r}")
+        free = device.memory_bytes * util - model.weight_bytes - reserve
+        num_gpu_blocks = math.floor(free / bytes_per_block)
+    if num_gpu_blocks < 1:
+        raise ProfileError(f"{src}: the model's weights leave no GPU memory for KV blocks")
+    if "num_host_blocks" in kv:
+        num_host_blocks = _field(kv, "num_host_blocks", f"{src}: kv", int)
+    else:
+        num_host_blocks = math.floor(kv.get("swap_space_bytes", 64 * 2**30) / bytes_per_block)
+    max_model_len = kv.get("max_model_len", 131072)
+    kind = cm.get("kind")
+    if kind == "roofline":
+        cost: CostModel = RooflineCostModel(model, device, block_size)
+    elif kind == "linear":
+        coeffs = cm.get("coefficients")
+        if not isinstance(coeffs, dict):
+            raise ProfileError(f"{src}: cost_model.coefficients must be an object")
+        try:
+            cost = LinearCostModel(coeffs, device.copy_latency_s, device.host_bandwidth, bytes_per_block)
+        except ValueError as e:
+            raise ProfileError(f"{src}: {e}") from e
+    else:
+        raise ProfileError(f"{src}: cost_model.kind must be 'roofline' or 'linear', got {kind!r}")
+    return CostProfile(
+        name=str(data.get("name", path.stem)), description=str(data.get("description", "")),
+        model=model, device=device, block_size=block_size, num_gpu_blocks=int(num_gpu_blocks),
+        num_host_blocks=int(num_host_blocks), max_model_len=int(max_model_len), cost=cost, source=src)

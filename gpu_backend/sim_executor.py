@@ -1,0 +1,55 @@
+"""The simulator's executor: a cost model's prediction in place of running the model.
+
+It takes exactly the ``BatchPlan`` a real executor takes and returns how long that plan
+would have run. It also accepts decode plans of ``num_steps > 1`` (identical decode
+iterations, context growing by one token per sequence per step) and times them in
+closed form, which is what makes the simulator fast enough to be an RL training loop.
+"""
+
+from __future__ import annotations
+
+from gpu_backend.cost_model import BatchShape
+from gpu_backend.plan import BatchPlan, KVCapacity, StepResult
+from gpu_backend.profiles import CostProfile, load_profile
+
+
+class SimExecutor:
+    """Predicts iteration durations with a profile's cost model."""
+
+    supports_multi_step = True
+    needs_token_ids = False
+
+    def __init__(self, profile: CostProfile | str, num_gpu_blocks: int | None = None,
+                 num_host_blocks: int | None = None):
+        self.profile = load_profile(profile) if isinstance(profile, str) else profile
+        self.cost = self.profile.cost
+        self._num_gpu_blocks = num_gpu_blocks if num_gpu_blocks is not None else self.profile.num_gpu_blocks
+        self._num_host_blocks = num_host_blocks if num_host_blocks is not None else self.profile.num_host_blocks
+        if self._num_gpu_blocks < 1:
+            raise ValueError(f"num_gpu_blocks must be >= 1, got {self._num_gpu_blocks}")
+        if self._num_host_blocks < 0:
+            raise ValueError(f"num_host_blocks must be >= 0, got {self._num_host_blocks}")
+
+    def capacity(self) -> KVCapacity:
+        p = self.profile
+        return KVCapacity(self._num_gpu_blocks, self._num_host_blocks, p.block_size,
+                          p.bytes_per_block, p.max_model_len)
+
+    def decode_step_affine(self, num_seqs: int) -> tuple[float, float]:
+        return self.cost.decode_affine(num_seqs)
+
+    def execute(self, plan: BatchPlan) -> StepResult:
+        swap = self.cost.swap_time(plan.swap_in) + self.cost.swap_time(plan.swap_out) \
+            if (plan.swap_in or plan.swap_out) else 0.0
+        k = plan.num_steps
+        if k == 1:
+            compute = self.cost.compute_time(BatchShape.from_plan(plan))
+            return StepResult(compute + swap, compute, swap, compute, 0.0)
+        if plan.prefills or swap:
+            raise ValueError(f"a {k}-step plan must be decode-only without swaps")
+        n = len(plan.decode_seq_ids)
+        a, b = self.cost.decode_affine(n)
+        first = a + b * plan.decode_context_sum
+        inc = b * n
+        compute = k * first + inc * (k * (k - 1) / 2)
+        return StepResult(compute, compute, 0.0, first, inc)

@@ -1,0 +1,1 @@
+"""Command-line entry points (``servegym``) and run configurations."""
