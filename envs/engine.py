@@ -93,6 +93,7 @@ class ServingEngine:
         self.rejections: list[tuple[int, str]] = []
         self._roots: list[RequestSpec] = []
         self._root_pos = 0
+        self._next_root_time = math.inf
         self._released: list[tuple[float, int, RequestSpec]] = []   # children whose parent finished
         self._children: dict[int, list[RequestSpec]] = {}
         self._num_specs = 0
@@ -121,6 +122,8 @@ class ServingEngine:
                 self._children.setdefault(s.parent_id, []).append(s)
         roots.sort(key=lambda s: (s.arrival_time, s.request_id))
         self._roots = roots
+        self._root_pos = -1
+        self._advance_roots()
         self._num_specs = len(specs)
         self.policy.reset(self.view)
 
@@ -130,27 +133,31 @@ class ServingEngine:
         return self._num_done == self._num_specs
 
     def next_arrival_time(self) -> float:
-        t = math.inf
-        if self._root_pos < len(self._roots):
-            t = self._roots[self._root_pos].arrival_time
+        t = self._next_root_time
         if self._released and self._released[0][0] < t:
             t = self._released[0][0]
         return t
 
+    def _advance_roots(self) -> None:
+        self._root_pos += 1
+        self._next_root_time = self._roots[self._root_pos].arrival_time \
+            if self._root_pos < len(self._roots) else math.inf
+
     # ------------------------------------------------------------------ arrivals
     def _admit_arrivals(self, info: StepInfo) -> None:
         now = self.clock
-        roots = self._roots
         released = self._released
         while True:
-            if self._root_pos < len(roots) and roots[self._root_pos].arrival_time <= now and \
-                    not (released and released[0][0] < roots[self._root_pos].arrival_time):
-                spec = roots[self._root_pos]
-                self._root_pos += 1
-                self._arrive(spec, spec.arrival_time, info)
-            elif released and released[0][0] <= now:
+            t_root = self._next_root_time
+            if released and released[0][0] < t_root:
+                if released[0][0] > now:
+                    return
                 t, _, spec = heapq.heappop(released)
                 self._arrive(spec, t, info)
+            elif t_root <= now:
+                spec = self._roots[self._root_pos]
+                self._advance_roots()
+                self._arrive(spec, t_root, info)
             else:
                 return
 
@@ -209,7 +216,7 @@ class ServingEngine:
                 return info
         order = self.policy.order(self.view)
         live = self.live
-        if self.validate_orders:
+        if self.validate_orders and (len(order) != len(live) or live.keys() != set(order)):
             validate_order(order, live, getattr(self.policy, "name", type(self.policy).__name__))
         ordered = [live[rid] for rid in order]
         work = self.scheduler.schedule(ordered, self.iteration, self.num_running + self.num_swapped)
@@ -221,7 +228,6 @@ class ServingEngine:
             k = self._run_length(work, max_iterations, until_time)
             if k > 1:
                 work.plan.num_steps = k
-                self._grow_for_run(work, k)
         result = self.executor.execute(work.plan)
         self._apply(work, result, info)
         return info
@@ -259,6 +265,7 @@ class ServingEngine:
         return True
 
     def _run_length(self, work: ScheduledWork, max_iterations: int | None, until_time: float | None) -> int:
+        """How many identical decode iterations to run at once; grows the block tables to match."""
         reqs = work.decode_reqs
         k = min(r._target_output_len - r.num_output_tokens for r in reqs)
         if max_iterations is not None and max_iterations < k:
@@ -276,17 +283,27 @@ class ServingEngine:
             k = min(k, self._steps_to_reach(first, inc, deadline - self.clock))
             if k <= 1:
                 return 1
-        bs = self.kv.block_size
-        avail = self.kv.num_available_blocks
-        if self._extra_blocks(reqs, k, bs) > avail:
-            lo, hi = 1, k  # largest k with extra blocks <= avail; k=1 is covered by the schedule
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if self._extra_blocks(reqs, mid, bs) <= avail:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            k = lo
+        kv = self.kv
+        bs = kv.block_size
+        short = self._blocks_short(reqs, k, bs)
+        if short:
+            avail = kv.num_available_blocks
+            if sum(short.values()) > avail:
+                lo, hi = 1, k  # the largest k whose extra blocks fit; k=1 is covered by the schedule
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if sum(self._blocks_short(reqs, mid, bs).values()) <= avail:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                k = lo
+                if k <= 1:
+                    return 1
+                short = self._blocks_short(reqs, k, bs)
+            for r in short:
+                if not kv.grow(r.kv, r.num_computed_tokens + k):
+                    raise EngineStallError(
+                        f"request {r.request_id}: closed-form run of {k} steps ran out of blocks")
         return k
 
     @staticmethod
@@ -300,29 +317,22 @@ class ServingEngine:
             # inc/2 k^2 + (first - inc/2) k - span >= 0
             p = first - inc / 2
             k = max(1, math.ceil((-p + math.sqrt(p * p + 2 * inc * span)) / inc))
-        total = lambda j: j * first + inc * (j * (j - 1) / 2)  # noqa: E731
-        while k > 1 and total(k - 1) >= span:
+        while k > 1 and (k - 1) * first + inc * ((k - 1) * (k - 2) / 2) >= span:
             k -= 1
-        while total(k) < span:
+        while k * first + inc * (k * (k - 1) / 2) < span:
             k += 1
         return k
 
     @staticmethod
-    def _extra_blocks(reqs: list[Request], k: int, bs: int) -> int:
-        """Blocks the run needs beyond what the schedule already gave (tables cover computed + 1)."""
-        extra = 0
+    def _blocks_short(reqs: list[Request], k: int, bs: int) -> dict[Request, int]:
+        """Requests whose tables (covering computed + 1 tokens) need more blocks for k steps, and how many."""
+        out = {}
         for r in reqs:
-            have = len(r.kv.block_table)
-            need = -(-(r.num_computed_tokens + k) // bs)
-            if need > have:
-                extra += need - have
-        return extra
-
-    def _grow_for_run(self, work: ScheduledWork, k: int) -> None:
-        kv = self.kv
-        for r in work.decode_reqs:
-            if not kv.grow(r.kv, r.num_computed_tokens + k):
-                raise EngineStallError(f"request {r.request_id}: closed-form run of {k} steps ran out of blocks")
+            end = r.num_computed_tokens + k
+            have = len(r.kv.block_table) * bs
+            if end > have:
+                out[r] = -(-(end - have) // bs)
+        return out
 
     # ------------------------------------------------------------------ results
     def _apply(self, work: ScheduledWork, result, info: StepInfo) -> None:

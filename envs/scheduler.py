@@ -93,31 +93,38 @@ class BatchScheduler:
         it = self._iteration
         seen = 0
         kv = self.kv
+        bs = kv.block_size
         plan = self._work.plan
         decode_reqs = self._work.decode_reqs
+        seq_ids = plan.decode_seq_ids
+        positions = plan.decode_positions
+        tables = plan.decode_block_tables
+        tokens_left, seqs_left = budget
         for idx, req in enumerate(self._order):
-            if seen >= num_resident or budget[0] <= 0 or budget[1] <= 0:
-                return
+            if seen >= num_resident or tokens_left <= 0 or seqs_left <= 0:
+                break
             st = req.state
             if st is _WAITING:
                 continue
             seen += 1
-            if req.touched == it or req.num_output_tokens == 0 \
-                    or req.num_computed_tokens != req.num_tokens - 1:
+            computed = req.num_computed_tokens
+            if req.touched == it or req.num_output_tokens == 0 or computed != req.num_tokens - 1:
                 continue
             if st is _SWAPPED:
-                if not self._swap_in(idx, req, req.num_tokens):
-                    return
-            elif not self._grow(idx, req, req.num_tokens):
+                if not self._swap_in(idx, req, computed + 1):
+                    break
+            elif computed >= len(req.kv.block_table) * bs and not self._grow(idx, req, computed + 1):
                 self._preempt(req)
                 continue
             req.touched = it
-            budget[0] -= 1
-            budget[1] -= 1
+            tokens_left -= 1
+            seqs_left -= 1
             decode_reqs.append(req)
-            plan.decode_seq_ids.append(req.request_id)
-            plan.decode_positions.append(req.num_computed_tokens)
-            plan.decode_block_tables.append(req.kv.block_table)
+            seq_ids.append(req.request_id)
+            positions.append(computed)
+            tables.append(req.kv.block_table)
+        budget[0] = tokens_left
+        budget[1] = seqs_left
 
     def _prefill_pass(self, budget: list[int], num_resident: int) -> None:
         it = self._iteration
