@@ -7,6 +7,7 @@ resumes before anything that arrived after it.
 
 from __future__ import annotations
 
+from envs.live_request import Request
 from envs.policy import Policy, SchedulerView, register_policy
 
 
@@ -15,6 +16,9 @@ class FCFS(Policy):
 
     def order(self, view: SchedulerView) -> list[int]:
         return list(view.live)
+
+    def ordered_requests(self, view: SchedulerView) -> list[Request]:
+        return list(view.live.values())
 
 
 register_policy("fcfs", FCFS, "first come, first served (arrival order)")

@@ -3,3 +3,11 @@
 Importing ``envs`` registers the Gymnasium ids (``servegym/Serve-v0``) when gymnasium
 is installed.
 """
+
+try:
+    import gymnasium as _gym
+except ImportError:  # the simulator and CLI work without gymnasium's env registry
+    _gym = None
+
+if _gym is not None and "servegym/Serve-v0" not in _gym.registry:
+    _gym.register(id="servegym/Serve-v0", entry_point="envs.serve_env:ServeEnv", nondeterministic=False)

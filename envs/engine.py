@@ -49,6 +49,7 @@ class StepInfo:
     num_iterations: int = 0
     duration_s: float = 0.0
     arrived: int = 0
+    arrival_time_sum: float = 0.0   # sum of the arrival times of the requests admitted
     finished: int = 0
     preempted: int = 0
     rejected: int = 0
@@ -90,6 +91,7 @@ class ServingEngine:
         self.counters = EngineCounters()
         self.itl = ItlLog()
         self.records: list = []
+        self.completed: list = []   # records of finished and rejected requests, in completion order
         self.rejections: list[tuple[int, str]] = []
         self._roots: list[RequestSpec] = []
         self._root_pos = 0
@@ -170,6 +172,7 @@ class ServingEngine:
             return
         self.live[req.request_id] = req
         info.arrived += 1
+        info.arrival_time_sum += t
         self.policy.on_arrival(req)
 
     def _rejection_reason(self, req: Request) -> str | None:
@@ -187,6 +190,7 @@ class ServingEngine:
         req.state = _REJECTED
         req.record.rejected_reason = reason
         self.rejections.append((req.request_id, reason))
+        self.completed.append(req.record)
         info.rejected += 1
         self._num_done += 1
         for child in self._children.pop(req.request_id, ()):
@@ -197,6 +201,9 @@ class ServingEngine:
     # ------------------------------------------------------------------ stepping
     def step(self, max_iterations: int | None = None, until_time: float | None = None) -> StepInfo:
         """Run one iteration, or a closed-form decode run of several, or jump to the next arrival.
+
+        Arrivals due by the end are admitted before returning, so the live set a caller sees
+        is the one the next iteration schedules.
 
         ``max_iterations`` caps a multi-iteration run; ``until_time`` makes a run stop at
         the first iteration that ends at or after that time (as an arrival would).
@@ -214,11 +221,13 @@ class ServingEngine:
             self._admit_arrivals(info)
             if not self.live:
                 return info
-        order = self.policy.order(self.view)
-        live = self.live
-        if self.validate_orders and (len(order) != len(live) or live.keys() != set(order)):
-            validate_order(order, live, getattr(self.policy, "name", type(self.policy).__name__))
-        ordered = [live[rid] for rid in order]
+        ordered = self.policy.ordered_requests(self.view)
+        if ordered is None:
+            order = self.policy.order(self.view)
+            live = self.live
+            if self.validate_orders and (len(order) != len(live) or live.keys() != set(order)):
+                validate_order(order, live, getattr(self.policy, "name", type(self.policy).__name__))
+            ordered = [live[rid] for rid in order]
         work = self.scheduler.schedule(ordered, self.iteration, self.num_running + self.num_swapped)
         self._account_schedule(work, info)
         if work.num_scheduled == 0 and not work.plan.swap_out:
@@ -230,6 +239,7 @@ class ServingEngine:
                 work.plan.num_steps = k
         result = self.executor.execute(work.plan)
         self._apply(work, result, info)
+        self._admit_arrivals(info)  # so a caller (the env) sees arrivals before the next schedule
         return info
 
     def _account_schedule(self, work: ScheduledWork, info: StepInfo) -> None:
@@ -285,25 +295,21 @@ class ServingEngine:
                 return 1
         kv = self.kv
         bs = kv.block_size
-        short = self._blocks_short(reqs, k, bs)
-        if short:
+        extra = self._extra_blocks(reqs, k, bs)
+        if extra:
             avail = kv.num_available_blocks
-            if sum(short.values()) > avail:
+            if extra > avail:
                 lo, hi = 1, k  # the largest k whose extra blocks fit; k=1 is covered by the schedule
                 while lo < hi:
                     mid = (lo + hi + 1) // 2
-                    if sum(self._blocks_short(reqs, mid, bs).values()) <= avail:
+                    if self._extra_blocks(reqs, mid, bs) <= avail:
                         lo = mid
                     else:
                         hi = mid - 1
                 k = lo
                 if k <= 1:
                     return 1
-                short = self._blocks_short(reqs, k, bs)
-            for r in short:
-                if not kv.grow(r.kv, r.num_computed_tokens + k):
-                    raise EngineStallError(
-                        f"request {r.request_id}: closed-form run of {k} steps ran out of blocks")
+            self._grow_in_step_order(reqs, k, bs)
         return k
 
     @staticmethod
@@ -323,16 +329,36 @@ class ServingEngine:
             k += 1
         return k
 
+    def _grow_in_step_order(self, reqs: list[Request], k: int, bs: int) -> None:
+        """Give the run its blocks in the order stepping would: step by step, batch order within a step.
+
+        Same order, same block ids, same groups: swap copies and eviction then match stepping exactly.
+        """
+        needs: list[tuple[int, int, Request]] = []
+        for pos, r in enumerate(reqs):
+            covered = len(r.kv.block_table) * bs     # tokens the table holds
+            # step j (0-based) writes position computed + j; it needs a block when that reaches `covered`
+            j = covered - r.num_computed_tokens
+            while j < k:
+                needs.append((j, pos, r))
+                j += bs
+        needs.sort(key=lambda e: (e[0], e[1]))
+        kv = self.kv
+        for j, _, r in needs:
+            if not kv.grow(r.kv, r.num_computed_tokens + j + 1):
+                raise EngineStallError(
+                    f"request {r.request_id}: closed-form run of {k} steps ran out of blocks at step {j}")
+
     @staticmethod
-    def _blocks_short(reqs: list[Request], k: int, bs: int) -> dict[Request, int]:
-        """Requests whose tables (covering computed + 1 tokens) need more blocks for k steps, and how many."""
-        out = {}
+    def _extra_blocks(reqs: list[Request], k: int, bs: int) -> int:
+        """Blocks a k-step run needs beyond the tables (which the schedule made cover computed + 1)."""
+        extra = 0
         for r in reqs:
             end = r.num_computed_tokens + k
             have = len(r.kv.block_table) * bs
             if end > have:
-                out[r] = -(-(end - have) // bs)
-        return out
+                extra += -(-(end - have) // bs)
+        return extra
 
     # ------------------------------------------------------------------ results
     def _apply(self, work: ScheduledWork, result, info: StepInfo) -> None:
@@ -413,6 +439,7 @@ class ServingEngine:
         rec.finish_time = t
         rec.num_output_tokens = req.num_output_tokens
         req.state = _FINISHED
+        self.completed.append(rec)
         kv = self.kv
         keys = None
         if kv.enable_prefix_caching:

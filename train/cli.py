@@ -1,0 +1,81 @@
+"""``servegym``: the command-line door to the simulator, workloads, policies and profiles.
+
+Subcommands: ``simulate`` (one workload under one or all policies, a metrics table and
+JSON), ``workloads``, ``policies`` and ``profiles`` (what exists). Later subcommands
+(benchmark, train, evaluate, profile, fidelity) plug into the same parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from train.simulate import add_simulate_args, run_simulate
+
+
+def _cmd_workloads(args: argparse.Namespace) -> int:
+    from envs.workloads import list_workloads
+
+    rows = [(w.name, w.kind, "-" if w.num_requests is None else f"{w.num_requests:,}", w.description)
+            for w in list_workloads()]
+    _print_rows(("name", "kind", "requests", "description"), rows)
+    return 0
+
+
+def _cmd_policies(args: argparse.Namespace) -> int:
+    import baselines  # noqa: F401  (registers the baselines)
+    from envs.policy import list_policies
+
+    rows = [(p.name, "yes" if p.oracle else "no", p.description) for p in list_policies()]
+    _print_rows(("name", "oracle", "description"), rows)
+    return 0
+
+
+def _cmd_profiles(args: argparse.Namespace) -> int:
+    from gpu_backend.profiles import list_profiles, load_profile
+
+    rows = []
+    for name in list_profiles():
+        p = load_profile(name)
+        rows.append((name, p.device.name, p.model.name, type(p.cost).__name__.replace("CostModel", "").lower(),
+                     f"{p.num_gpu_blocks:,}", f"{p.num_gpu_blocks * p.block_size:,}"))
+    _print_rows(("name", "device", "model", "cost model", "GPU blocks", "KV tokens"), rows)
+    return 0
+
+
+def _print_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="servegym", description="An RL environment and simulator for LLM-serving schedulers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sim = sub.add_parser("simulate", help="serve a workload under a policy and print its metrics")
+    add_simulate_args(sim)
+    sim.set_defaults(func=run_simulate)
+    sub.add_parser("workloads", help="list the named workloads").set_defaults(func=_cmd_workloads)
+    sub.add_parser("policies", help="list the registered policies").set_defaults(func=_cmd_policies)
+    sub.add_parser("profiles", help="list the cost profiles (device x model)").set_defaults(func=_cmd_profiles)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, OSError) as e:
+        # Bad input (names, files, values): one clear line, no traceback.
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"servegym {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

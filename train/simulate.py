@@ -1,0 +1,145 @@
+"""``servegym simulate``: one workload, one policy (or all of them), one table, one JSON.
+
+The JSON holds the metrics of ``envs.metrics`` plus ``sim_wall_s``, the wall time of the
+simulation loop alone (loading the workload and computing metrics excluded), so the
+simulator's speed can be measured from the command line. Same seed, same JSON (wall
+times aside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from envs.engine_config import BATCHING_RULES, PREEMPTION_MODES, EngineConfig
+from gpu_backend.profiles import DEFAULT_PROFILE
+
+
+def add_simulate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workload", "-w", default="azure-conv", help="a name from `servegym workloads`")
+    p.add_argument("--policy", "-p", default="fcfs",
+                   help="a name from `servegym policies`, a comma-separated list, or 'all'")
+    p.add_argument("--num-requests", "-n", type=int, default=None,
+                   help="serve only the first N requests of the workload")
+    p.add_argument("--rate", type=float, default=None,
+                   help="re-time arrivals as a Poisson process at R requests/s")
+    p.add_argument("--profile", default=DEFAULT_PROFILE,
+                   help="cost profile (device x model) from `servegym profiles`, or a profile JSON path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the metrics as JSON to FILE")
+    p.add_argument("--batching", choices=sorted(BATCHING_RULES), default="sarathi")
+    p.add_argument("--preemption", choices=PREEMPTION_MODES, default="recompute")
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048, help="per-iteration token budget")
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--no-multi-step", action="store_true",
+                   help="step one iteration at a time (no closed-form decode runs)")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="progress bar (auto: only on a terminal)")
+
+
+def _policy_names(spec: str) -> list[str]:
+    from envs.policy import list_policies
+
+    if spec == "all":
+        return [p.name for p in list_policies()]
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise ValueError(f"--policy {spec!r} names no policy")
+    return names
+
+
+def simulate_once(specs, policy_name: str, profile: str, config: EngineConfig,
+                  progress: bool = False, desc: str = "") -> tuple[Any, float, Any]:
+    """Run one policy over ``specs``; returns (RunRecord, loop wall seconds, engine)."""
+    from envs.engine import ServingEngine
+    from envs.policy import make_policy
+    from gpu_backend.sim_executor import SimExecutor
+
+    engine = ServingEngine(SimExecutor(profile), make_policy(policy_name), config)
+    engine.load(specs)
+    bar = None
+    callback = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(specs), desc=desc or policy_name, unit="req", file=sys.stderr,
+                   dynamic_ncols=True, mininterval=0.2)
+
+        def callback(done: int, total: int) -> None:
+            if done - bar.n >= 64 or done == total:
+                bar.update(done - bar.n)
+    t0 = time.perf_counter()
+    record = engine.run(progress=callback)
+    wall = time.perf_counter() - t0
+    if bar is not None:
+        bar.update(len(specs) - bar.n)
+        bar.close()
+    return record, wall, engine
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    import baselines  # noqa: F401  (registers the baselines)
+    from envs.metrics import compute_metrics
+    from envs.metrics_table import format_metrics_table, format_single_run
+    from envs.policy import make_policy
+    from envs.workloads import get_workload, retime_poisson
+    from gpu_backend.profiles import load_profile
+
+    if args.num_requests is not None and args.num_requests < 1:
+        raise ValueError(f"--num-requests must be >= 1, got {args.num_requests}")
+    if args.rate is not None and not (args.rate > 0 and math.isfinite(args.rate)):
+        raise ValueError(f"--rate must be a positive number of requests per second, got {args.rate}")
+    names = _policy_names(args.policy)
+    for name in names:
+        make_policy(name)  # fail on a bad name before any simulation runs
+    profile = load_profile(args.profile)
+    workload = get_workload(args.workload)
+    specs = workload.generate(args.seed, args.num_requests)
+    if args.rate is not None:
+        specs = retime_poisson(specs, args.rate, args.seed)
+    config = EngineConfig(
+        max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+        batching=args.batching, preemption_mode=args.preemption,
+        enable_prefix_caching=not args.no_prefix_caching, multi_step=not args.no_multi_step)
+    show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
+    results: dict[str, dict[str, Any]] = {}
+    table_rows = []
+    for name in names:
+        record, wall, engine = simulate_once(specs, name, profile, config, progress=show)
+        metrics = compute_metrics(record, kv_bytes_per_token=profile.model.kv_bytes_per_token)
+        out = metrics.to_dict()
+        out["sim_wall_s"] = wall
+        out["sim_requests_per_s"] = len(specs) / wall if wall > 0 else None
+        out["iterations"] = engine.iteration
+        results[name] = out
+        table_rows.append((name, metrics))
+        if len(names) == 1:
+            print(format_single_run(metrics))
+    header = (f"workload {args.workload} ({len(specs):,} requests"
+              f"{'' if args.rate is None else f', Poisson {args.rate:g} req/s'}), profile {profile.name}, "
+              f"batching {args.batching}, preemption {args.preemption}, seed {args.seed}")
+    print(header)
+    print(format_metrics_table(table_rows))
+    walls = ", ".join(f"{n} {r['sim_wall_s']:.2f}s" for n, r in results.items())
+    print(f"simulation loop wall time: {walls}")
+    if args.json is not None:
+        run_info = {"workload": args.workload, "num_requests": len(specs), "rate": args.rate,
+                    "profile": profile.name, "seed": args.seed, "config": _config_dict(config)}
+        payload: dict[str, Any]
+        if len(names) == 1:
+            payload = {**results[names[0]], "policy": names[0], "run": run_info}
+        else:
+            payload = {"policies": results, "run": run_info}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    return 0
+
+
+def _config_dict(config: EngineConfig) -> dict[str, Any]:
+    return {f: getattr(config, f) for f in config.__dataclass_fields__}
