@@ -200,10 +200,11 @@ class ServingEngine:
 
     # ------------------------------------------------------------------ stepping
     def step(self, max_iterations: int | None = None, until_time: float | None = None) -> StepInfo:
-        """Run one iteration, or a closed-form decode run of several, or jump to the next arrival.
+        """Run one iteration, or a closed-form decode run of several, or admit arrivals.
 
         Arrivals due by the end are admitted before returning, so the live set a caller sees
-        is the one the next iteration schedules.
+        is the one the next iteration schedules. A call that finds arrivals due at its start
+        (the first call, or after idling until the next arrival) only admits them.
 
         ``max_iterations`` caps a multi-iteration run; ``until_time`` makes a run stop at
         the first iteration that ends at or after that time (as an arrival would).
@@ -217,10 +218,10 @@ class ServingEngine:
             if until_time is not None and until_time < t:
                 self.clock = max(self.clock, until_time)
                 return info
-            self.clock = t
+            self.clock = t  # idle until the next arrival
             self._admit_arrivals(info)
-            if not self.live:
-                return info
+        if info.arrived or info.rejected:
+            return info  # let the caller see who arrived before anything is scheduled
         ordered = self.policy.ordered_requests(self.view)
         if ordered is None:
             order = self.policy.order(self.view)

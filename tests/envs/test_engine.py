@@ -154,8 +154,11 @@ class _BadOrder(Policy):
 def test_an_invalid_order_names_the_policy():
     eng = ServingEngine(SimExecutor(PROFILE), _BadOrder(), EngineConfig())
     eng.load([spec(0, 0.0, 10, 2)])
+    info = eng.step()  # admits the arrival, schedules nothing yet
+    assert info.arrived == 1 and info.num_iterations == 0
     with pytest.raises(ValueError, match="policy 'bad' ordered request 12345, which is not live"):
         eng.step()
+    assert eng.records[0].first_token_time != eng.records[0].first_token_time  # nothing was lost or run
 
 
 def test_multi_turn_children_arrive_after_their_parent():
