@@ -161,33 +161,46 @@ class BlockPool:
 
     # ------------------------------------------------------- reference counts
     def retain(self, block_ids: Iterable[int]) -> None:
+        """Add one holder to each block; all or nothing (a free block raises ValueError, nothing retained)."""
         rc = self.ref_counts
-        for b in block_ids:
+        block_ids = list(block_ids)
+        for i, b in enumerate(block_ids):
             c = rc[b]
             if c <= 0:
+                for x in block_ids[:i]:
+                    rc[x] -= 1
                 raise ValueError(f"{self.name} pool: retain of free block {b}")
             rc[b] = c + 1
 
     def release(self, block_ids: Sequence[int]) -> int:
-        """Drop one reference from each block; free those that reach 0. Returns how many were freed."""
+        """Drop one reference from each block; free those that reach 0. Returns how many were freed.
+
+        All or nothing: a block that is (or becomes, by an earlier entry) free raises
+        ValueError with every count restored and nothing freed.
+        """
         rc = self.ref_counts
-        freed = 0
-        run_start = -2
-        run_end = -2
-        for b in block_ids:
+        zeroed: list[int] = []
+        for i, b in enumerate(block_ids):
             c = rc[b]
             if c <= 0:
+                for x in block_ids[:i]:
+                    rc[x] += 1
                 raise ValueError(f"{self.name} pool: release of free block {b}")
             rc[b] = c - 1
             if c == 1:
-                if b == run_end:
-                    run_end += 1
-                else:
-                    if run_end > run_start:
-                        self._free_run(run_start, run_end - run_start)
-                        freed += run_end - run_start
-                    run_start = b
-                    run_end = b + 1
+                zeroed.append(b)
+        freed = 0
+        run_start = -2
+        run_end = -2
+        for b in zeroed:
+            if b == run_end:
+                run_end += 1
+            else:
+                if run_end > run_start:
+                    self._free_run(run_start, run_end - run_start)
+                    freed += run_end - run_start
+                run_start = b
+                run_end = b + 1
         if run_end > run_start:
             self._free_run(run_start, run_end - run_start)
             freed += run_end - run_start

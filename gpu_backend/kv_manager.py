@@ -148,11 +148,11 @@ class KVCacheManager:
         seq.block_table = []
         self._unlock(seq)
         self.drop_host_copy(seq)
+        seq.swapped = False  # a swapped sequence freed here has no KV left anywhere
 
     def remove(self, seq: SeqKV, cache_keys: Sequence[int] | None = None) -> None:
         """The sequence is done: free everything it holds and forget it."""
         self.free(seq, cache_keys)
-        seq.swapped = False
         del self.seqs[seq.seq_id]
 
     def _unlock(self, seq: SeqKV) -> None:
@@ -173,6 +173,9 @@ class KVCacheManager:
         host = self.host
         if host is None:
             return None if n else []
+        if host.num_free < n and host.num_free + sum(
+                len(s.host_table) for sid, s in self._kept.items() if sid != keep.seq_id) < n:
+            return None  # dropping every other kept copy would not be enough: drop none
         while host.num_free < n and self._kept:
             victim_id = next(iter(self._kept))
             if victim_id == keep.seq_id:
@@ -190,6 +193,8 @@ class KVCacheManager:
 
         Only blocks whose host copy is missing or stale are copied.
         """
+        if seq.swapped:
+            raise ValueError(f"swap_out of {seq!r}: it is already swapped out")
         table = seq.block_table
         n = len(table)
         have = len(seq.host_table)
@@ -247,7 +252,7 @@ class KVCacheManager:
         seq.num_shared = m
         moves = pair_moves(seq.host_table[m:n_host], seq.block_table[m:n_host])
         seq.swapped = False
-        if self.keep_host_copies:
+        if self.keep_host_copies and seq.host_table:
             self._kept[seq.seq_id] = seq
         else:
             self.drop_host_copy(seq)

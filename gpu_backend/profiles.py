@@ -55,6 +55,11 @@ def _field(obj: dict, key: str, where: str, kind=(int, float)):
     return v
 
 
+def _opt(obj: dict, key: str, default, where: str, kind=(int, float)):
+    """An optional field: ``default`` when absent, else type-checked like ``_field``."""
+    return _field(obj, key, where, kind) if key in obj else default
+
+
 def load_profile(name_or_path: str) -> CostProfile:
     """Load a shipped profile by name (see ``list_profiles``) or any profile JSON by path."""
     path = Path(name_or_path)
@@ -75,6 +80,12 @@ def load_profile(name_or_path: str) -> CostProfile:
     cm = data.get("cost_model", {"kind": "roofline"})
     if not isinstance(m, dict) or not isinstance(d, dict):
         raise ProfileError(f"{src}: needs 'model' and 'device' objects")
+    for key, obj in (("kv", kv), ("cost_model", cm)):
+        if not isinstance(obj, dict):
+            raise ProfileError(f"{src}: {key!r} must be an object")
+    tie = m.get("tie_word_embeddings", False)
+    if not isinstance(tie, bool):
+        raise ProfileError(f"{src}: model: field 'tie_word_embeddings' has the wrong type ({type(tie).__name__}: {tie!r})")
     try:
         model = ModelShape(
             name=str(m.get("name", path.stem)),
@@ -84,9 +95,9 @@ def load_profile(name_or_path: str) -> CostProfile:
             num_kv_heads=_field(m, "num_kv_heads", f"{src}: model", int),
             intermediate_size=_field(m, "intermediate_size", f"{src}: model", int),
             vocab_size=_field(m, "vocab_size", f"{src}: model", int),
-            dtype_bytes=m.get("dtype_bytes", 2),
-            head_dim=m.get("head_dim", 0),
-            tie_word_embeddings=bool(m.get("tie_word_embeddings", False)),
+            dtype_bytes=_opt(m, "dtype_bytes", 2, f"{src}: model", int),
+            head_dim=_opt(m, "head_dim", 0, f"{src}: model", int),
+            tie_word_embeddings=tie,
         )
         device = DeviceSpec(
             name=str(d.get("name", "device")),
@@ -108,20 +119,27 @@ def load_profile(name_or_path: str) -> CostProfile:
     bytes_per_block = model.kv_bytes_per_token * block_size
     if "num_gpu_blocks" in kv:
         num_gpu_blocks = _field(kv, "num_gpu_blocks", f"{src}: kv", int)
+        if num_gpu_blocks < 1:
+            raise ProfileError(f"{src}: kv.num_gpu_blocks must be >= 1, got {num_gpu_blocks}")
     else:
-        util = kv.get("gpu_memory_utilization", 0.9)
-        reserve = kv.get("activation_reserve_bytes", 2 * 2**30)
+        util = _opt(kv, "gpu_memory_utilization", 0.9, f"{src}: kv")
+        reserve = _opt(kv, "activation_reserve_bytes", 2 * 2**30, f"{src}: kv")
         if not (0 < util <= 1):
             raise ProfileError(f"{src}: kv.gpu_memory_utilization must be in (0, 1], got {util!r}")
         free = device.memory_bytes * util - model.weight_bytes - reserve
         num_gpu_blocks = math.floor(free / bytes_per_block)
-    if num_gpu_blocks < 1:
-        raise ProfileError(f"{src}: the model's weights leave no GPU memory for KV blocks")
+        if num_gpu_blocks < 1:
+            raise ProfileError(
+                f"{src}: device.memory_bytes ({device.memory_bytes}) * kv.gpu_memory_utilization ({util}) "
+                f"minus the model's weights ({model.weight_bytes} bytes) and kv.activation_reserve_bytes "
+                f"({reserve}) leave no GPU memory for KV blocks")
     if "num_host_blocks" in kv:
         num_host_blocks = _field(kv, "num_host_blocks", f"{src}: kv", int)
+        if num_host_blocks < 0:
+            raise ProfileError(f"{src}: kv.num_host_blocks must be >= 0, got {num_host_blocks}")
     else:
-        num_host_blocks = math.floor(kv.get("swap_space_bytes", 64 * 2**30) / bytes_per_block)
-    max_model_len = kv.get("max_model_len", 131072)
+        num_host_blocks = math.floor(_opt(kv, "swap_space_bytes", 64 * 2**30, f"{src}: kv") / bytes_per_block)
+    max_model_len = _opt(kv, "max_model_len", 131072, f"{src}: kv", int)
     kind = cm.get("kind")
     if kind == "roofline":
         cost: CostModel = RooflineCostModel(model, device, block_size)

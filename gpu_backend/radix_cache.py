@@ -195,7 +195,22 @@ class RadixCache:
     # ----------------------------------------------------------------- evict
     def _push_evictable(self, node: RadixNode) -> None:
         self._seq += 1
-        heapq.heappush(self._evictable, (node.last_access, self._seq, node))
+        heap = self._evictable
+        heapq.heappush(heap, (node.last_access, self._seq, node))
+        if len(heap) > 64 + 2 * self.num_cached_blocks:
+            # Entries go stale (lazy deletion) on every match and unlock of a leaf; without
+            # eviction they would pile up forever. Keep each live leaf's first entry, the one
+            # ``evict`` would act on, so the eviction order is unchanged. In place: ``evict``
+            # holds a reference to this list.
+            first: dict[int, tuple[int, int, RadixNode]] = {}
+            for e in heap:
+                n = e[2]
+                if n.alive and not n.lock_ref and not n.children and e[0] == n.last_access:
+                    f = first.get(id(n))
+                    if f is None or e[1] < f[1]:
+                        first[id(n)] = e
+            heap[:] = first.values()
+            heapq.heapify(heap)
 
     def evict(self, num_blocks: int) -> int:
         """Free at least ``num_blocks`` unlocked blocks (if there are that many), whole least recently used leaves first.
