@@ -29,7 +29,7 @@ from envs.records import EngineCounters, ItlLog, RunRecord
 from envs.request import RequestSpec
 from envs.scheduler import BatchScheduler, ScheduledWork
 from gpu_backend.kv_manager import KVCacheManager
-from gpu_backend.plan import Executor
+from gpu_backend.plan import BatchPlan, Executor
 
 _WAITING = RequestState.WAITING
 _RUNNING = RequestState.RUNNING
@@ -75,7 +75,9 @@ class ServingEngine:
             cfg.num_gpu_blocks if cfg.num_gpu_blocks is not None else cap.num_gpu_blocks,
             cfg.num_host_blocks if cfg.num_host_blocks is not None else cap.num_host_blocks,
             cap.block_size, enable_prefix_caching=cfg.enable_prefix_caching,
-            keep_host_copies=cfg.keep_host_copies)
+            keep_host_copies=cfg.keep_host_copies,
+            lazy_block_ids=(cfg.lazy_block_ids if cfg.lazy_block_ids is not None
+                            else not getattr(executor, "needs_block_ids", True)))
         self.bytes_per_block = cap.bytes_per_block
         self.multi_step = cfg.multi_step and executor.supports_multi_step
         self.view = SchedulerView(self, oracle=getattr(policy, "oracle", False))
@@ -101,9 +103,13 @@ class ServingEngine:
         self._num_specs = 0
         self._num_done = 0
         self.scheduler = BatchScheduler(self.config, self.kv, self.counters, self._on_preempt,
-                                        fill_token_ids=self.executor.needs_token_ids)
+                                        fill_token_ids=self.executor.needs_token_ids,
+                                        fill_decode_lists=getattr(self.executor, "needs_block_ids", True))
         self.scheduler.bytes_per_block = self.bytes_per_block
         self.wall_time_s = 0.0
+        self._on_tokens = None
+        self._fast_path_ok = False
+        self._all_decoding = False
 
     def load(self, specs: Sequence[RequestSpec]) -> None:
         """Start a run of ``specs`` from time 0 with empty KV memory and a reset policy."""
@@ -128,6 +134,10 @@ class ServingEngine:
         self._advance_roots()
         self._num_specs = len(specs)
         self.policy.reset(self.view)
+        # skip calling hooks a policy does not override (the decode loop runs them per request)
+        self._on_tokens = self.policy.on_tokens if type(self.policy).on_tokens is not Policy.on_tokens else None
+        self._fast_path_ok = (self.multi_step and self.kv.lazy_block_ids
+                              and getattr(self.policy, "stable_between_events", False))
 
     # ------------------------------------------------------------------ state
     @property
@@ -222,6 +232,21 @@ class ServingEngine:
             self._admit_arrivals(info)
         if info.arrived or info.rejected:
             return info  # let the caller see who arrived before anything is scheduled
+        work = self._all_decode_work() if self._all_decoding else None
+        if work is None:
+            work = self._schedule(info)
+        k = 1
+        if self.multi_step and self._steady(work):
+            k = self._run_length(work, max_iterations, until_time)
+            if k > 1:
+                work.plan.num_steps = k
+        result = self.executor.execute(work.plan)
+        self._apply(work, result, info)
+        self._admit_arrivals(info)  # so a caller (the env) sees arrivals before the next schedule
+        return info
+
+    def _schedule(self, info: StepInfo) -> ScheduledWork:
+        """The policy's order turned into a batch by the scheduler."""
         ordered = self.policy.ordered_requests(self.view)
         if ordered is None:
             order = self.policy.order(self.view)
@@ -233,15 +258,42 @@ class ServingEngine:
         self._account_schedule(work, info)
         if work.num_scheduled == 0 and not work.plan.swap_out:
             raise EngineStallError(self._stall_report())
-        k = 1
-        if self.multi_step and self._steady(work):
-            k = self._run_length(work, max_iterations, until_time)
-            if k > 1:
-                work.plan.num_steps = k
-        result = self.executor.execute(work.plan)
-        self._apply(work, result, info)
-        self._admit_arrivals(info)  # so a caller (the env) sees arrivals before the next schedule
-        return info
+        return work
+
+    def _all_decode_work(self) -> ScheduledWork | None:
+        """The batch when every live request is running and decoding, without asking the policy.
+
+        Then any order gives the same batch: every request decodes one token, none waits,
+        nobody is preempted — provided the blocks for that token exist, which is checked
+        before anything is reserved (None: take the general path). Only with lazy block ids,
+        where the order in which blocks are reserved changes nothing, and only for policies
+        whose order moves only at events (asking them is then not needed for their state).
+        """
+        live = self.live
+        n = len(live)
+        cfg = self.config
+        if n != self.num_running or n > cfg.max_num_seqs or n > cfg.max_num_batched_tokens:
+            return None
+        kv = self.kv
+        bs = kv.block_size
+        reqs = list(live.values())
+        need = 0
+        context = 0
+        for r in reqs:
+            c = r.num_computed_tokens + 1
+            context += c
+            seq = r.kv
+            if c > (len(seq.block_table) + seq.pending) * bs:
+                need += 1
+        if need and need > kv.num_available_blocks:
+            return None
+        if need:
+            for r in reqs:
+                kv.grow(r.kv, r.num_computed_tokens + 1)
+        work = ScheduledWork(BatchPlan(num_decode=n, decode_context_sum=context), decode_reqs=reqs)
+        if self.scheduler.fill_decode_lists:
+            self.scheduler.fill_decode_fields(work.plan, reqs)
+        return work
 
     def _account_schedule(self, work: ScheduledWork, info: StepInfo) -> None:
         c = self.counters
@@ -334,7 +386,15 @@ class ServingEngine:
         """Give the run its blocks in the order stepping would: step by step, batch order within a step.
 
         Same order, same block ids, same groups: swap copies and eviction then match stepping exactly.
+        With lazy block ids only the counts matter, and whole-leaf LRU eviction frees the same
+        leaves whatever the order, so each request grows once.
         """
+        kv = self.kv
+        if kv.lazy_block_ids:
+            for r in reqs:
+                if not kv.grow(r.kv, r.num_computed_tokens + k):
+                    raise EngineStallError(f"request {r.request_id}: closed-form run of {k} steps ran out of blocks")
+            return
         needs: list[tuple[int, int, Request]] = []
         for pos, r in enumerate(reqs):
             covered = len(r.kv.block_table) * bs     # tokens the table holds
@@ -344,7 +404,6 @@ class ServingEngine:
                 needs.append((j, pos, r))
                 j += bs
         needs.sort(key=lambda e: (e[0], e[1]))
-        kv = self.kv
         for j, _, r in needs:
             if not kv.grow(r.kv, r.num_computed_tokens + j + 1):
                 raise EngineStallError(
@@ -356,7 +415,7 @@ class ServingEngine:
         extra = 0
         for r in reqs:
             end = r.num_computed_tokens + k
-            have = len(r.kv.block_table) * bs
+            have = (len(r.kv.block_table) + r.kv.pending) * bs
             if end > have:
                 extra += -(-(end - have) // bs)
         return extra
@@ -382,30 +441,46 @@ class ServingEngine:
         c.iterations += k
         c.busy_time_s += result.duration_s
         policy = self.policy
+        on_tokens = self._on_tokens
         sampled = result.sampled_tokens
         finished: list[Request] = []
-        itl_samples = self.itl.samples
-        # decodes: k tokens each, the first at first_end, the last at end
+        itl = self.itl
+        itl_samples = itl.samples
+        # decodes: k tokens each, the first at first_end, the last at end. A request that also
+        # got a token at the end of the previous iteration ("continuing") waited exactly the
+        # first step; its gaps are logged in bulk.
+        cont_gap = first_end - t0
+        last_gap = d0 + inc * (k - 1) if k > 1 else cont_gap
+        cont_max = last_gap if last_gap > cont_gap else cont_gap
+        n_cont = 0
+        last_it = it + k - 1
         for req in work.decode_reqs:
-            req.last_scheduled_iteration = it + k - 1
+            req.last_scheduled_iteration = last_it
             req.num_computed_tokens += k
             req.num_output_tokens += k
             req.num_tokens += k
             rec = req.record
-            gap = first_end - req.last_token_time
-            itl_samples.append(gap)
-            last_gap = d0 + inc * (k - 1) if k > 1 else gap
-            m = gap if gap > last_gap else last_gap
-            if m > rec.max_itl_s:
-                rec.max_itl_s = m
+            if req.last_token_time == t0:
+                n_cont += 1
+                if cont_max > rec.max_itl_s:
+                    rec.max_itl_s = cont_max
+            else:
+                gap = first_end - req.last_token_time
+                itl_samples.append(gap)
+                m = gap if gap > last_gap else last_gap
+                if m > rec.max_itl_s:
+                    rec.max_itl_s = m
             req.last_token_time = end
             if sampled is not None:
                 req.output_token_ids.append(sampled[req.request_id])
-            policy.on_tokens(req, k)
+            if on_tokens is not None:
+                on_tokens(req, k)
             if req.num_output_tokens >= req._target_output_len:
                 finished.append(req)
+        if n_cont:
+            itl.runs.append((cont_gap, 0.0, 1, n_cont))
         if k > 1:
-            self.itl.runs.append((d0 + inc, inc, k - 1, len(work.decode_reqs)))
+            itl.runs.append((d0 + inc, inc, k - 1, len(work.decode_reqs)))
         for chunk, req in zip(plan.prefills, work.prefill_reqs):
             req.last_scheduled_iteration = it
             req.num_computed_tokens += chunk.num_tokens
@@ -426,11 +501,16 @@ class ServingEngine:
                     if req.output_token_ids is None:
                         req.output_token_ids = []
                     req.output_token_ids.append(sampled[req.request_id])
-                policy.on_tokens(req, 1)
+                if on_tokens is not None:
+                    on_tokens(req, 1)
                 if req.num_output_tokens >= req._target_output_len:
                     finished.append(req)
         for req in finished:
             self._finish(req, end)
+        # every running request took part and is now decoding: the next batch needs no policy
+        sampled_prefills = sum(1 for c in plan.prefills if c.samples)
+        self._all_decoding = (self._fast_path_ok and sampled_prefills == len(plan.prefills)
+                              and len(work.decode_reqs) + sampled_prefills - len(finished) == self.num_running)
         info.num_iterations += k
         info.duration_s += result.duration_s
         info.finished += len(finished)
@@ -487,7 +567,7 @@ class ServingEngine:
         bs = self.kv.block_size
         for r in self.live.values():
             if r.state is _RUNNING:
-                if len(r.kv.block_table) < -(-r.num_computed_tokens // bs):
+                if len(r.kv.block_table) + r.kv.pending < -(-r.num_computed_tokens // bs):
                     raise AssertionError(f"{r!r}: {len(r.kv.block_table)} blocks cannot hold its computed tokens")
             elif r.state is _SWAPPED:
                 if not r.kv.swapped:

@@ -29,6 +29,8 @@ class EngineConfig:
     host memory is full) or dropped and recomputed later (``recompute``, vLLM V1's only
     mode); with prefix caching a recomputed request usually finds its own blocks cached.
     ``multi_step`` lets a simulator advance identical decode iterations in closed form.
+    ``lazy_block_ids`` assigns block ids only when needed (see ``gpu_backend.kv_manager``);
+    memory pressure is the same either way, swap copy counts may differ.
     """
 
     max_num_batched_tokens: int = 2048
@@ -39,6 +41,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     keep_host_copies: bool = True
     multi_step: bool = True
+    lazy_block_ids: bool | None = None    # None: lazy when the executor does not need block ids (simulator)
     num_gpu_blocks: int | None = None     # override the executor's KV capacity
     num_host_blocks: int | None = None
 

@@ -57,12 +57,13 @@ class BatchScheduler:
     """Builds ``ScheduledWork`` from an ordered list of live requests."""
 
     def __init__(self, config: EngineConfig, kv: KVCacheManager, counters: EngineCounters,
-                 on_preempt, fill_token_ids: bool = False):
+                 on_preempt, fill_token_ids: bool = False, fill_decode_lists: bool = False):
         self.config = config
         self.kv = kv
         self.counters = counters
         self.on_preempt = on_preempt          # engine callback: (request, mode) after a preemption
         self.fill_token_ids = fill_token_ids
+        self.fill_decode_lists = fill_decode_lists or fill_token_ids
         self.bytes_per_block = 0              # set by the engine (for swap byte counters)
         self._order: list[Request] = []
         self._tail = 0
@@ -84,21 +85,16 @@ class BatchScheduler:
         first(budget, num_resident)
         if cfg.mixed or work.num_scheduled == 0:
             second(budget, num_resident)
-        plan = work.plan
-        plan.decode_context_sum = sum(plan.decode_positions) + len(plan.decode_positions)
         return work
 
     # ---------------------------------------------------------------- passes
     def _decode_pass(self, budget: list[int], num_resident: int) -> None:
         it = self._iteration
         seen = 0
-        kv = self.kv
-        bs = kv.block_size
+        bs = self.kv.block_size
         plan = self._work.plan
         decode_reqs = self._work.decode_reqs
-        seq_ids = plan.decode_seq_ids
-        positions = plan.decode_positions
-        tables = plan.decode_block_tables
+        context = 0
         tokens_left, seqs_left = budget
         for idx, req in enumerate(self._order):
             if seen >= num_resident or tokens_left <= 0 or seqs_left <= 0:
@@ -113,18 +109,30 @@ class BatchScheduler:
             if st is _SWAPPED:
                 if not self._swap_in(idx, req, computed + 1):
                     break
-            elif computed >= len(req.kv.block_table) * bs and not self._grow(idx, req, computed + 1):
-                self._preempt(req)
-                continue
+            else:
+                seq = req.kv
+                if computed >= (len(seq.block_table) + seq.pending) * bs and not self._grow(idx, req, computed + 1):
+                    self._preempt(req)
+                    continue
             req.touched = it
             tokens_left -= 1
             seqs_left -= 1
             decode_reqs.append(req)
-            seq_ids.append(req.request_id)
-            positions.append(computed)
-            tables.append(req.kv.block_table)
+            context += computed + 1
         budget[0] = tokens_left
         budget[1] = seqs_left
+        plan.num_decode = len(decode_reqs)
+        plan.decode_context_sum = context
+        if self.fill_decode_lists:
+            self.fill_decode_fields(plan, decode_reqs)
+
+    def fill_decode_fields(self, plan: BatchPlan, decode_reqs: list[Request]) -> None:
+        """The per-sequence decode lists an executor that runs the model needs."""
+        plan.decode_seq_ids = [r.request_id for r in decode_reqs]
+        plan.decode_positions = [r.num_computed_tokens for r in decode_reqs]
+        plan.decode_block_tables = [r.kv.block_table for r in decode_reqs]
+        if self.fill_token_ids:
+            plan.decode_input_ids = [self._last_token(r) for r in decode_reqs]
 
     def _prefill_pass(self, budget: list[int], num_resident: int) -> None:
         it = self._iteration
@@ -252,6 +260,13 @@ class BatchScheduler:
         req.touched = self._iteration
         work.preempted.append(req)
         self.on_preempt(req)
+
+    @staticmethod
+    def _last_token(req: Request) -> int:
+        pos = req.num_computed_tokens
+        if pos < req.prompt_len:
+            return int(req.spec.prompt.token_ids()[pos])
+        return req.output_token_ids[pos - req.prompt_len]
 
     @staticmethod
     def _token_ids(req: Request, start: int, n: int) -> list[int]:

@@ -4,10 +4,13 @@ Why runs: moving a request's KV between the GPU and host memory costs a fixed la
 per copy plus bytes over bandwidth (FastSwitch, papers.md §5). If a request's blocks
 are scattered one by one, a swap is hundreds of 64 KB copies; if they form a few long
 runs ("block groups"), it is a few large copies. So the pool keeps its free space as
-maximal runs (split on allocation, merged with both neighbours on free), places a new
-request's blocks in the middle of the largest free run so that it and its neighbour
-can both grow in place, and grows an existing run in place whenever the next block is
-free.
+maximal runs (split on allocation, merged with both neighbours on free), grows an
+existing run in place whenever the next block is free, and places new blocks best-fit:
+at the start of the smallest free run that holds them all (what is left of that run
+follows them, room to grow in place), or, when no run is big enough, in the largest
+runs whole. Best fit keeps large runs for large prompts; it matters because with
+prefix caching the pool is nearly always full of cached blocks, so every placement
+decision is reused by the allocations that follow the eviction of its blocks.
 
 The same class serves the GPU pool and the pinned host pool; the real executor maps
 block ids to tensor slots, the simulator maps them to nothing.
@@ -15,7 +18,7 @@ block ids to tensor slots, the simulator maps them to nothing.
 
 from __future__ import annotations
 
-import heapq
+import bisect
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -59,7 +62,8 @@ class BlockPool:
     A block is free exactly when its reference count is 0. ``allocate*`` returns blocks
     with count 1; ``retain`` adds holders; ``release`` drops them and frees blocks that
     reach 0. The free space is kept as maximal runs in two dicts (by start and by end)
-    and a lazily-cleaned max-heap of run lengths.
+    and a list of (length, start) kept sorted, which answers "smallest run that holds n"
+    and "largest run" by bisection.
     """
 
     def __init__(self, num_blocks: int, name: str = "gpu"):
@@ -70,7 +74,7 @@ class BlockPool:
         self.ref_counts: list[int] = [0] * self.num_blocks
         self._run_len: dict[int, int] = {0: self.num_blocks}      # free run start -> length
         self._run_start: dict[int, int] = {self.num_blocks: 0}    # free run end -> start
-        self._heap: list[tuple[int, int]] = [(-self.num_blocks, 0)]
+        self._by_size: list[tuple[int, int]] = [(self.num_blocks, 0)]   # (length, start), sorted
         self.num_free = self.num_blocks
 
     # ------------------------------------------------------------------ queries
@@ -83,7 +87,7 @@ class BlockPool:
 
     # ------------------------------------------------------------- allocation
     def allocate(self, n: int, after: int | None = None) -> list[int]:
-        """``n`` blocks, as few runs as possible; continue block ``after`` in place if its successor is free."""
+        """``n`` blocks: in place after ``after`` if its successor is free, then best fit, then largest runs whole."""
         if n <= 0:
             if n == 0:
                 return []
@@ -91,73 +95,61 @@ class BlockPool:
         if n > self.num_free:
             raise OutOfBlocksError(f"{self.name} pool: asked for {n} blocks, {self.num_free} free")
         out: list[int] = []
+        run_len = self._run_len
         if after is not None:
             nxt = after + 1
-            run = self._run_len.get(nxt)
+            run = run_len.get(nxt)
             if run is not None:
                 take = n if n < run else run
-                self._take(nxt, run, nxt, take)
+                self._take(nxt, run, take)
                 out.extend(range(nxt, nxt + take))
                 n -= take
+        by_size = self._by_size
         while n:
-            start, length = self._largest_run()
-            if length > n:
-                # New group: centre it in the largest run (start at 0 when nothing precedes it).
-                at = start if start == 0 else start + (length - n) // 2
-                self._take(start, length, at, n)
-                out.extend(range(at, at + n))
-                n = 0
-            else:
-                self._take(start, length, start, length)
-                out.extend(range(start, start + length))
-                n -= length
+            i = bisect.bisect_left(by_size, (n, -1))
+            if i < len(by_size):
+                length, start = by_size[i]
+                self._take(start, length, n)
+                out.extend(range(start, start + n))
+                return out
+            length, start = by_size.pop()   # no run holds the rest: the largest, whole
+            del run_len[start]
+            del self._run_start[start + length]
+            self.ref_counts[start:start + length] = [1] * length
+            self.num_free -= length
+            out.extend(range(start, start + length))
+            n -= length
         return out
 
     def allocate_one(self, after: int | None = None) -> int:
-        """One block (the decode hot path): in place after ``after`` when possible."""
+        """One block (the decode hot path): in place after ``after`` when possible, else the smallest run's first."""
         if after is not None:
             nxt = after + 1
             run = self._run_len.get(nxt)
             if run is not None:
-                self._take(nxt, run, nxt, 1)
+                self._take(nxt, run, 1)
                 return nxt
         if not self.num_free:
             raise OutOfBlocksError(f"{self.name} pool: asked for 1 block, 0 free")
-        start, length = self._largest_run()
-        at = start if (start == 0 or length == 1) else start + (length - 1) // 2
-        self._take(start, length, at, 1)
-        return at
+        length, start = self._by_size[0]
+        self._take(start, length, 1)
+        return start
 
-    def _largest_run(self) -> tuple[int, int]:
-        heap = self._heap
-        run_len = self._run_len
-        while heap:
-            neg_len, start = heap[0]
-            if run_len.get(start) == -neg_len:
-                return start, -neg_len
-            heapq.heappop(heap)
-        raise OutOfBlocksError(f"{self.name} pool: no free run")  # num_free > 0 guarantees one
-
-    def _take(self, start: int, length: int, at: int, n: int) -> None:
-        """Carve ``[at, at+n)`` out of the free run ``[start, start+length)``."""
-        end = start + length
+    def _take(self, start: int, length: int, n: int) -> None:
+        """Allocate the first ``n`` blocks of the free run ``[start, start+length)``."""
+        by_size = self._by_size
+        del by_size[bisect.bisect_left(by_size, (length, start))]
         del self._run_len[start]
-        del self._run_start[end]
-        if at > start:
-            self._add_run(start, at - start)
-        if at + n < end:
-            self._add_run(at + n, end - at - n)
-        self.ref_counts[at:at + n] = [1] * n
+        end = start + length
+        if n < length:
+            rest = start + n
+            self._run_len[rest] = length - n
+            self._run_start[end] = rest
+            bisect.insort(by_size, (length - n, rest))
+        else:
+            del self._run_start[end]
+        self.ref_counts[start:start + n] = [1] * n
         self.num_free -= n
-        heap = self._heap
-        if len(heap) > 64 + 4 * len(self._run_len):
-            self._heap = [(-l, s) for s, l in self._run_len.items()]
-            heapq.heapify(self._heap)
-
-    def _add_run(self, start: int, length: int) -> None:
-        self._run_len[start] = length
-        self._run_start[start + length] = start
-        heapq.heappush(self._heap, (-length, start))
 
     # ------------------------------------------------------- reference counts
     def retain(self, block_ids: Iterable[int]) -> None:
@@ -179,6 +171,14 @@ class BlockPool:
         ValueError with every count restored and nothing freed.
         """
         rc = self.ref_counts
+        n = len(block_ids)
+        if n > 4:
+            b0 = block_ids[0]
+            if block_ids[-1] == b0 + n - 1 and rc[b0:b0 + n] == [1] * n and block_ids == list(range(b0, b0 + n)):
+                # one run whose only holder lets go (a cached leaf evicted, a finished request's tail)
+                rc[b0:b0 + n] = [0] * n
+                self._free_run(b0, n)
+                return n
         zeroed: list[int] = []
         for i, b in enumerate(block_ids):
             c = rc[b]
@@ -209,15 +209,21 @@ class BlockPool:
     def _free_run(self, start: int, length: int) -> None:
         """Return ``[start, start+length)`` (already at count 0) to the free runs, merging neighbours."""
         end = start + length
+        by_size = self._by_size
+        run_len = self._run_len
         prev_start = self._run_start.pop(start, None)
         if prev_start is not None:
-            del self._run_len[prev_start]
+            prev_len = run_len.pop(prev_start)
+            del by_size[bisect.bisect_left(by_size, (prev_len, prev_start))]
             start = prev_start
-        next_len = self._run_len.pop(end, None)
+        next_len = run_len.pop(end, None)
         if next_len is not None:
             del self._run_start[end + next_len]
+            del by_size[bisect.bisect_left(by_size, (next_len, end))]
             end += next_len
-        self._add_run(start, end - start)
+        run_len[start] = end - start
+        self._run_start[end] = start
+        bisect.insort(by_size, (end - start, start))
         self.num_free += length
 
     # ---------------------------------------------------------------- checking
@@ -240,12 +246,13 @@ class BlockPool:
                 raise AssertionError(f"{self.name} pool: free run at {start} overlaps or touches the previous one")
             if self._run_start.get(start + length) != start:
                 raise AssertionError(f"{self.name} pool: end index of run at {start} is inconsistent")
-            if not any(s == start and -l == length for l, s in self._heap):
-                raise AssertionError(f"{self.name} pool: run at {start} is missing from the length heap")
+            i = bisect.bisect_left(self._by_size, (length, start))
+            if i >= len(self._by_size) or self._by_size[i] != (length, start):
+                raise AssertionError(f"{self.name} pool: run at {start} is missing from the size index")
             free_mask[start:start + length] = True
             prev_end = start + length
-        if len(self._run_start) != len(self._run_len):
-            raise AssertionError(f"{self.name} pool: start and end indexes differ in size")
+        if len(self._run_start) != len(self._run_len) or len(self._by_size) != len(self._run_len):
+            raise AssertionError(f"{self.name} pool: the run indexes differ in size")
         if not np.array_equal(free_mask, rc == 0):
             bad = int(np.flatnonzero(free_mask != (rc == 0))[0])
             raise AssertionError(

@@ -135,7 +135,7 @@ class BatchShape:
             pairs += n * (c.start + (n + 1) * 0.5)
             kv_read += c.start + n
             sampled += c.samples
-        nd = len(plan.decode_seq_ids)
+        nd = plan.num_decode
         return cls(p_tokens, pairs, kv_read, nd, plan.decode_context_sum, sampled + nd)
 
 

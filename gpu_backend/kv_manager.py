@@ -14,6 +14,13 @@ swapped sequence pins no GPU memory) with two refinements:
   copies are dropped, least recently kept first, when host memory runs short.
 - at swap-in the prefix cache is asked again: blocks still cached on the GPU are
   re-used instead of copied in.
+
+Lazy block ids (``lazy_block_ids=True``, for the simulator): growing a sequence only
+*reserves* blocks — counts, eviction and therefore memory pressure are exactly those of
+eager allocation — and ids are assigned when something needs them (caching the blocks,
+a swap). A simulator never reads KV, so this saves one allocation per 16 generated
+tokens, and a sequence's blocks, assigned at once, form one group. A real executor
+writes KV every step and uses eager ids.
 """
 
 from __future__ import annotations
@@ -31,11 +38,13 @@ from gpu_backend.radix_cache import RadixCache, RadixNode
 class SeqKV:
     """The KV of one sequence: GPU block table, its cached-prefix lock and its host copy."""
 
-    __slots__ = ("seq_id", "block_table", "num_shared", "locked_node", "host_table", "host_valid", "swapped")
+    __slots__ = ("seq_id", "block_table", "pending", "num_shared", "locked_node", "host_table", "host_valid",
+                 "swapped")
 
     def __init__(self, seq_id: int):
         self.seq_id = seq_id
         self.block_table: list[int] = []      # GPU blocks by position (empty while swapped)
+        self.pending = 0                      # blocks reserved after the table, ids not assigned yet (lazy mode)
         self.num_shared = 0                   # leading blocks owned by the prefix cache (locked)
         self.locked_node: RadixNode | None = None
         self.host_table: list[int] = []       # host blocks by position (a full copy while swapped)
@@ -43,7 +52,7 @@ class SeqKV:
         self.swapped = False
 
     def __repr__(self) -> str:
-        return (f"SeqKV({self.seq_id}, gpu={len(self.block_table)}, shared={self.num_shared}, "
+        return (f"SeqKV({self.seq_id}, gpu={len(self.block_table)}+{self.pending}, shared={self.num_shared}, "
                 f"host={len(self.host_table)}/{self.host_valid}, swapped={self.swapped})")
 
 
@@ -66,7 +75,8 @@ class KVCacheManager:
     """Block tables, prefix cache and swap space for every live sequence."""
 
     def __init__(self, num_gpu_blocks: int, num_host_blocks: int, block_size: int,
-                 enable_prefix_caching: bool = True, keep_host_copies: bool = True):
+                 enable_prefix_caching: bool = True, keep_host_copies: bool = True,
+                 lazy_block_ids: bool = False):
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         self.block_size = block_size
@@ -75,14 +85,27 @@ class KVCacheManager:
         self.cache = RadixCache(self.gpu)
         self.enable_prefix_caching = enable_prefix_caching
         self.keep_host_copies = keep_host_copies
+        self.lazy_block_ids = lazy_block_ids
+        self.reserved = 0                     # blocks promised to sequences' ``pending`` (free in the pool)
         self.seqs: dict[int, SeqKV] = {}
         self._kept: OrderedDict[int, SeqKV] = OrderedDict()   # sequences on GPU holding a host copy
 
     # ---------------------------------------------------------------- queries
     @property
     def num_available_blocks(self) -> int:
-        """Blocks a new allocation can get: free ones plus cached ones nobody is using."""
-        return self.gpu.num_free + self.cache.num_evictable_blocks
+        """Blocks a new allocation can get: free unreserved ones plus cached ones nobody is using."""
+        return self.gpu.num_free - self.reserved + self.cache.num_evictable_blocks
+
+    def _make_room(self, need: int) -> bool:
+        """Ensure ``need`` unreserved free blocks, evicting cached ones; False (nothing evicted) if impossible."""
+        free = self.gpu.num_free - self.reserved
+        if free >= need:
+            return True
+        short = need - free
+        if short > self.cache.num_evictable_blocks:
+            return False
+        self.cache.evict(short)
+        return True
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -120,31 +143,55 @@ class KVCacheManager:
         Returns False, changing nothing, when even eviction cannot find enough blocks.
         """
         table = seq.block_table
-        need = -(-num_tokens // self.block_size) - len(table)
+        need = -(-num_tokens // self.block_size) - len(table) - seq.pending
         if need <= 0:
             return True
-        gpu = self.gpu
-        if gpu.num_free < need:
-            short = need - gpu.num_free
-            if short > self.cache.num_evictable_blocks:
-                return False
-            self.cache.evict(short)
-        if need == 1:
-            table.append(gpu.allocate_one(table[-1] if table else None))
+        if not self._make_room(need):
+            return False
+        if self.lazy_block_ids:
+            seq.pending += need
+            self.reserved += need
+        elif need == 1:
+            table.append(self.gpu.allocate_one(table[-1] if table else None))
         else:
-            table.extend(gpu.allocate(need, table[-1] if table else None))
+            table.extend(self.gpu.allocate(need, table[-1] if table else None))
         return True
+
+    def materialize(self, seq: SeqKV, n: int | None = None) -> None:
+        """Assign ids to ``n`` (default: all) of ``seq``'s reserved blocks, in one group where possible."""
+        k = seq.pending if n is None else n
+        if k <= 0:
+            return
+        table = seq.block_table
+        table.extend(self.gpu.allocate(k, table[-1] if table else None))
+        seq.pending -= k
+        self.reserved -= k
+
+    def _drop_pending(self, seq: SeqKV) -> None:
+        self.reserved -= seq.pending
+        seq.pending = 0
 
     def free(self, seq: SeqKV, cache_keys: Sequence[int] | None = None) -> None:
         """Drop ``seq``'s GPU blocks; first cache its first ``len(cache_keys)`` blocks (full, computed ones)."""
         table = seq.block_table
         if cache_keys and self.enable_prefix_caching:
             n = len(cache_keys)
+            if n > len(table) + seq.pending:
+                raise ValueError(f"free {seq!r}: {n} cache keys for {len(table) + seq.pending} blocks")
             if n > len(table):
-                raise ValueError(f"free {seq!r}: {n} cache keys for {len(table)} blocks")
-            self.cache.insert(cache_keys, table[:n])
-        if table:
-            self.gpu.release(table)
+                self.materialize(seq, n - len(table))
+            self._drop_pending(seq)
+            # The tree adopts table[done:n] with the sequence's own reference; the sequence
+            # drops its references on the rest (the shared prefix, duplicates, the partial tail).
+            done = self.cache.insert(cache_keys, table[:n], transfer=True)
+            if done:
+                self.gpu.release(table[:done])
+            if n < len(table):
+                self.gpu.release(table[n:])
+        else:
+            self._drop_pending(seq)
+            if table:
+                self.gpu.release(table)
         seq.block_table = []
         self._unlock(seq)
         self.drop_host_copy(seq)
@@ -196,7 +243,7 @@ class KVCacheManager:
         if seq.swapped:
             raise ValueError(f"swap_out of {seq!r}: it is already swapped out")
         table = seq.block_table
-        n = len(table)
+        n = len(table) + seq.pending
         have = len(seq.host_table)
         extra = n - have if n > have else 0
         new_host = self._host_blocks(extra, seq)
@@ -207,6 +254,7 @@ class KVCacheManager:
         elif n < have:  # the sequence shrank (cannot happen today); drop the surplus copy
             self.host.release(seq.host_table[n:])
             del seq.host_table[n:]
+        self.materialize(seq)  # the copies need ids
         start = min(seq.host_valid, n)
         moves = pair_moves(table[start:], seq.host_table[start:n])
         self.gpu.release(table)
@@ -237,12 +285,9 @@ class KVCacheManager:
                     seq.locked_node = match.node
                     prefix = match.block_ids[:m]
         need = total - m
-        avail = self.gpu.num_free + self.cache.num_evictable_blocks
-        if need > avail:
+        if not self._make_room(need):
             self._unlock(seq)
             return None
-        if need > self.gpu.num_free:
-            self.cache.evict(need - self.gpu.num_free)
         fresh = self.gpu.allocate(need) if need else []
         if m:
             self.gpu.retain(prefix)
@@ -272,9 +317,13 @@ class KVCacheManager:
         for node in self.cache.nodes():
             np.add.at(expected, np.asarray(node.blocks, dtype=np.int64), 1)
         locks: dict[int, int] = {}
+        pending = sum(seq.pending for seq in self.seqs.values())
+        if pending != self.reserved or self.reserved > self.gpu.num_free:
+            raise AssertionError(f"{self.reserved} blocks reserved, sequences hold {pending} pending, "
+                                 f"{self.gpu.num_free} free")
         host_expected = np.zeros(self.host.num_blocks, dtype=np.int32) if self.host else None
         for seq in self.seqs.values():
-            if seq.swapped and seq.block_table:
+            if seq.swapped and (seq.block_table or seq.pending):
                 raise AssertionError(f"{seq!r} is swapped out but holds GPU blocks")
             if seq.block_table:
                 if len(set(seq.block_table)) != len(seq.block_table):

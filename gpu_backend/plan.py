@@ -36,20 +36,27 @@ class PrefillChunk:
 class BatchPlan:
     """Everything one iteration (or, for the simulator, ``num_steps`` identical decode iterations) does.
 
-    Decode fields are parallel lists, one entry per decoding sequence: each computes the
-    KV of its last token (at ``decode_positions[i]``) and samples the next one.
-    Swap moves happen before the compute and are waited for.
+    ``num_decode`` sequences decode: each computes the KV of its last token and samples the
+    next one; together they read ``decode_context_sum`` KV tokens. For executors that run
+    the model the parallel lists name them (id, position = context before the step, block
+    table); a simulator's plans leave the lists empty. Swap-outs run first, then swap-ins,
+    then the compute, which waits for them.
     """
 
     prefills: list[PrefillChunk] = field(default_factory=list)
+    num_decode: int = 0
     decode_seq_ids: list[int] = field(default_factory=list)
     decode_positions: list[int] = field(default_factory=list)     # context length before the step
     decode_block_tables: list[list[int]] = field(default_factory=list)
     decode_input_ids: list[int] | None = None                     # last tokens; filled for real executors
-    decode_context_sum: int = 0                                   # sum(decode_positions) + len(decode_seq_ids)
+    decode_context_sum: int = 0                                   # sum over decodes of position + 1
     swap_in: list[GroupMove] = field(default_factory=list)        # host -> GPU
     swap_out: list[GroupMove] = field(default_factory=list)       # GPU -> host
     num_steps: int = 1                                            # > 1 only for a pure decode run (simulator)
+
+    def __post_init__(self) -> None:
+        if self.decode_seq_ids and not self.num_decode:
+            self.num_decode = len(self.decode_seq_ids)
 
     @property
     def num_prefill_tokens(self) -> int:
@@ -57,11 +64,11 @@ class BatchPlan:
 
     @property
     def num_tokens(self) -> int:
-        return self.num_prefill_tokens + len(self.decode_seq_ids)
+        return self.num_prefill_tokens + self.num_decode
 
     @property
     def is_empty(self) -> bool:
-        return not (self.prefills or self.decode_seq_ids or self.swap_in or self.swap_out)
+        return not (self.prefills or self.num_decode or self.swap_in or self.swap_out)
 
 
 @dataclass(slots=True)
@@ -92,6 +99,7 @@ class Executor(Protocol):
 
     supports_multi_step: bool
     needs_token_ids: bool
+    needs_block_ids: bool   # False lets the engine assign block ids lazily (plans then carry partial tables)
 
     def capacity(self) -> KVCapacity: ...
 

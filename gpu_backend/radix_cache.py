@@ -170,12 +170,14 @@ class RadixCache:
             self._push_evictable(first)
 
     # ----------------------------------------------------------------- insert
-    def insert(self, keys: Sequence[int], block_ids: Sequence[int]) -> int:
+    def insert(self, keys: Sequence[int], block_ids: Sequence[int], transfer: bool = False) -> int:
         """Cache ``block_ids`` under ``keys``; returns how many leading blocks were already cached.
 
         The tree takes a reference on the blocks it adopts (those after the returned
         count); the caller keeps its own references and releases them as usual, so a
-        block the tree already had a copy of is simply freed by the caller.
+        block the tree already had a copy of is simply freed by the caller. With
+        ``transfer=True`` the caller hands over its reference on the adopted blocks instead
+        (and must not release them): no count changes, which is what a finishing request does.
         """
         if len(keys) != len(block_ids):
             raise ValueError(f"insert: {len(keys)} keys for {len(block_ids)} blocks")
@@ -187,7 +189,8 @@ class RadixCache:
         leaf = RadixNode(list(keys[done:]), new_blocks, node)
         leaf.last_access = self._tick
         node.children[leaf.keys[0]] = leaf
-        self.pool.retain(new_blocks)
+        if not transfer:
+            self.pool.retain(new_blocks)
         self.num_cached_blocks += len(new_blocks)
         self._push_evictable(leaf)
         return done

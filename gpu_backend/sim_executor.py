@@ -18,6 +18,7 @@ class SimExecutor:
 
     supports_multi_step = True
     needs_token_ids = False
+    needs_block_ids = False   # it never reads KV, so the engine may assign block ids lazily
 
     def __init__(self, profile: CostProfile | str, num_gpu_blocks: int | None = None,
                  num_host_blocks: int | None = None):
@@ -47,7 +48,7 @@ class SimExecutor:
             return StepResult(compute + swap, compute, swap, compute, 0.0)
         if plan.prefills or swap:
             raise ValueError(f"a {k}-step plan must be decode-only without swaps")
-        n = len(plan.decode_seq_ids)
+        n = plan.num_decode
         a, b = self.cost.decode_affine(n)
         first = a + b * plan.decode_context_sum
         inc = b * n

@@ -130,7 +130,7 @@ def _first_iterations(batching):
         eng.step()
         if eng.iteration > before:
             p = eng.scheduler._work.plan
-            kinds.append(("P" if p.prefills else "") + ("D" if p.decode_seq_ids else ""))
+            kinds.append(("P" if p.prefills else "") + ("D" if p.num_decode else ""))
     return kinds
 
 

@@ -151,8 +151,8 @@ def test_grow_fails_without_change_when_eviction_is_not_enough():
     assert kv.grow(a, 8) and a.block_table == [0, 1]
     kv.remove(a, [1, 2])                                     # cached [0, 1] under key 1
     b = kv.new_seq(2)
-    assert kv.grow(b, 8) and b.block_table == [4, 5]         # [2, 8): 2 + (6 - 2) // 2
-    kv.remove(b, [3, 4])                                     # cached [4, 5] under key 3
+    assert kv.grow(b, 8) and b.block_table == [2, 3]         # the only run [2, 8), at its start
+    kv.remove(b, [3, 4])                                     # cached [2, 3] under key 3
     c = kv.new_seq(3)
     assert kv.match(c, [1, 2]) == 2                          # locks [0, 1]
     step(kv)
@@ -165,6 +165,7 @@ def test_grow_fails_without_change_when_eviction_is_not_enough():
     assert state(kv) == before
     step(kv)
     assert kv.grow(d, 24)                                    # 6 = 4 free + 2 evicted
+    # Evicting [2, 3] merges it with [4, 8): one run [2, 8), taken whole.
     assert d.block_table == [2, 3, 4, 5, 6, 7]
     assert kv.cache.num_cached_blocks == 2 and kv.cache.num_evicted_blocks == 2
     assert kv.gpu.num_free == 0
@@ -192,13 +193,15 @@ def test_swap_out_fragmented_table_and_failed_swap_in():
     kv = KVCacheManager(4, 8, 4)
     a, b = kv.new_seq(1), kv.new_seq(2)
     assert kv.grow(a, 4) and a.block_table == [0]
-    assert kv.grow(b, 4) and b.block_table == [2]            # [1, 4): 1 + (3 - 1) // 2
-    assert kv.grow(a, 12) and a.block_table == [0, 1, 3]     # 1 in place, then the last run
+    assert kv.grow(b, 4) and b.block_table == [1]            # the only run [1, 4), its first block
+    # Block 1 is b's, so a cannot grow in place: 2 blocks at the start of [2, 4).
+    assert kv.grow(a, 12) and a.block_table == [0, 2, 3]
     step(kv)
-    assert moves_of(step(kv, kv.swap_out(a, 12))) == [(0, 0, 2), (3, 2, 1)]
+    assert moves_of(step(kv, kv.swap_out(a, 12))) == [(0, 0, 1), (2, 1, 2)]
     assert a.host_table == [0, 1, 2]
-    assert kv.gpu.free_runs() == [BlockGroup(0, 2), BlockGroup(3, 1)]
-    assert kv.grow(b, 8) and b.block_table == [2, 3]
+    assert kv.gpu.free_runs() == [BlockGroup(0, 1), BlockGroup(2, 2)]
+    assert kv.grow(b, 8) and b.block_table == [1, 2]         # in place: block 2 starts [2, 4)
+    assert kv.gpu.free_runs() == [BlockGroup(0, 1), BlockGroup(3, 1)]
     before = state(kv)
     assert step(kv, kv.swap_in(a, [], 12)) is None           # 3 blocks, 2 free
     assert state(kv) == before
@@ -213,9 +216,13 @@ def test_swap_in_into_fragmented_free_space():
     kv.grow(a, 4)
     kv.grow(b, 4)
     kv.grow(a, 12)
-    kv.swap_out(a, 12)                                       # GPU free: [0, 2) and [3, 4)
-    assert moves_of(step(kv, kv.swap_in(a, [], 12))) == [(0, 0, 2), (2, 3, 1)]
-    assert a.block_table == [0, 1, 3]
+    assert (a.block_table, b.block_table) == ([0, 2, 3], [1])
+    kv.swap_out(a, 12)                                       # GPU free: [0, 1) and [2, 4)
+    assert kv.gpu.free_runs() == [BlockGroup(0, 1), BlockGroup(2, 2)]
+    # 3 blocks, no run holds them: the largest, [2, 4), whole; the last one in [0, 1).
+    assert moves_of(step(kv, kv.swap_in(a, [], 12))) == [(0, 2, 2), (2, 0, 1)]
+    assert a.block_table == [2, 3, 0]
+    assert kv.gpu.free_runs() == []
 
 
 def test_swap_out_unlocks_prefix_and_swap_in_reuses_cached_blocks():
@@ -233,10 +240,11 @@ def test_swap_out_unlocks_prefix_and_swap_in_reuses_cached_blocks():
     assert kv.gpu.ref_counts[:3] == [1, 1, 0]
     assert kv.cache.num_locked_blocks == 0 and kv.cache.num_evictable_blocks == 2
     assert a.locked_node is None and a.num_shared == 0 and a.host_valid == 2
+    assert kv.gpu.free_runs() == [BlockGroup(2, 30)]
     # Back: blocks 0, 1 are still cached, so only the tail is copied (into a new group,
-    # centred in [2, 32): 2 + (30 - 1) // 2 = 16).
-    assert moves_of(step(kv, kv.swap_in(a, [7, 8], 11))) == [(2, 16, 1)]
-    assert a.block_table == [0, 1, 16] and a.num_shared == 2
+    # at the start of the only run [2, 32): block 2 again).
+    assert moves_of(step(kv, kv.swap_in(a, [7, 8], 11))) == [(2, 2, 1)]
+    assert a.block_table == [0, 1, 2] and a.num_shared == 2
     assert kv.gpu.ref_counts[:2] == [2, 2] and kv.cache.num_locked_blocks == 2
 
 
@@ -263,10 +271,11 @@ def test_swap_in_reuses_a_partly_cached_prefix():
     assert kv.match(a, [7, 8]) == 1
     assert kv.grow(a, 12) and a.block_table == [0, 1, 2]
     assert moves_of(kv.swap_out(a, 12)) == [(0, 0, 3)]
-    # Only [7] is cached: block 0 reused, the other two copied into a new group,
-    # centred in [1, 32): 1 + (31 - 2) // 2 = 15.
-    assert moves_of(step(kv, kv.swap_in(a, [7, 8, 9], 12))) == [(1, 15, 2)]
-    assert a.block_table == [0, 15, 16] and a.num_shared == 1
+    assert kv.gpu.free_runs() == [BlockGroup(1, 31)]
+    # Only [7] is cached: block 0 reused, the other two copied into a new group, at the
+    # start of the only run [1, 32).
+    assert moves_of(step(kv, kv.swap_in(a, [7, 8, 9], 12))) == [(1, 1, 2)]
+    assert a.block_table == [0, 1, 2] and a.num_shared == 1
 
 
 def test_swap_in_failure_releases_the_prefix_lock():
@@ -311,13 +320,15 @@ def test_kept_host_copy_only_new_blocks_are_copied():
     assert kv.grow(a, 18) and a.block_table == [0, 1, 2, 3, 4]
     step(kv)
     # Blocks 0, 1 were full and are still on the host; block 2 changed, 3, 4 are new.
-    # Two more host blocks: centred in [3, 16): 3 + (13 - 2) // 2 = 8.
-    assert moves_of(step(kv, kv.swap_out(a, 18))) == [(2, 2, 1), (3, 8, 2)]
-    assert a.host_table == [0, 1, 2, 8, 9] and a.host_valid == 4
+    # Two more host blocks: the start of the only host run [3, 16), so one move of 3.
+    assert moves_of(step(kv, kv.swap_out(a, 18))) == [(2, 2, 3)]
+    assert a.host_table == [0, 1, 2, 3, 4] and a.host_valid == 4
     assert list(kv._kept) == []
-    assert moves_of(step(kv, kv.swap_in(a, [], 19))) == [(0, 0, 3), (8, 3, 2)]
+    assert kv.gpu.free_runs() == [BlockGroup(0, 32)]
+    assert moves_of(step(kv, kv.swap_in(a, [], 19))) == [(0, 0, 5)]
+    assert a.block_table == [0, 1, 2, 3, 4]
     # Out again without progress: only the partial last block (index 4) is copied.
-    assert moves_of(step(kv, kv.swap_out(a, 19))) == [(4, 9, 1)]
+    assert moves_of(step(kv, kv.swap_out(a, 19))) == [(4, 4, 1)]
     assert a.host_valid == 4
     kv.remove(a)
     step(kv)
@@ -343,10 +354,11 @@ def test_host_full_drops_other_kept_copies():
     assert moves_of(kv.swap_in(x, [], 12)) == [(0, 0, 3)]
     assert x.host_table == [0, 1, 2] and kv.host.num_free == 3
     y = kv.new_seq(2)
-    assert kv.grow(y, 16) and y.block_table == [15, 16, 17, 18]   # 3 + (29 - 4) // 2
+    assert kv.grow(y, 16) and y.block_table == [3, 4, 5, 6]   # the only run [3, 32), at its start
     step(kv)
-    # 4 host blocks needed, 3 free: x's kept copy is dropped to make room.
-    assert moves_of(step(kv, kv.swap_out(y, 16))) == [(15, 0, 4)]
+    # 4 host blocks needed, 3 free: x's kept copy is dropped to make room; then the only
+    # host run [0, 6), at its start.
+    assert moves_of(step(kv, kv.swap_out(y, 16))) == [(3, 0, 4)]
     assert y.host_table == [0, 1, 2, 3]
     assert x.host_table == [] and x.host_valid == 0 and list(kv._kept) == []
     assert not x.swapped and x.block_table == [0, 1, 2]
@@ -365,10 +377,11 @@ def test_host_still_short_drops_nothing():
     assert x.host_table == [0, 1] and list(kv._kept) == [1]
     z = kv.new_seq(3)
     kv.grow(z, 12)
-    assert moves_of(kv.swap_out(z, 12)) == [(15, 2, 3)]       # host [2, 6): 2 + (4 - 3) // 2
+    assert z.block_table == [2, 3, 4]                         # GPU: the only run [2, 32)
+    assert moves_of(kv.swap_out(z, 12)) == [(2, 2, 3)]        # host: the only run [2, 6)
     assert kv.host.num_free == 1
     y = kv.new_seq(2)
-    assert kv.grow(y, 16) and y.block_table == [15, 16, 17, 18]
+    assert kv.grow(y, 16) and y.block_table == [2, 3, 4, 5]   # z's GPU blocks were released
     step(kv)
     # 4 needed; 1 free + x's 2 kept = 3: it cannot work, so x's copy must survive.
     before = state(kv)
@@ -385,15 +398,18 @@ def test_own_kept_copy_is_not_dropped_for_itself():
     kv.swap_in(x, [], 8)
     assert x.block_table == [0, 1] and x.host_table == [0, 1]
     kv.grow(w, 8)
-    assert w.block_table == [16, 17]                          # 2 + (30 - 2) // 2
-    assert moves_of(kv.swap_out(w, 8)) == [(16, 3, 2)]        # host [2, 6): 2 + (4 - 2) // 2
-    kv.swap_in(w, [], 8)
+    assert w.block_table == [2, 3]                            # GPU: the only run [2, 32)
+    assert moves_of(kv.swap_out(w, 8)) == [(2, 2, 2)]         # host: the only run [2, 6)
+    assert moves_of(kv.swap_in(w, [], 8)) == [(2, 2, 2)]      # GPU [2, 32) again
+    assert w.block_table == [2, 3] and w.host_table == [2, 3]
     assert list(kv._kept) == [1, 2] and kv.host.num_free == 2
-    assert kv.grow(x, 20) and x.block_table == [0, 1, 2, 3, 4]
+    # Block 2 is w's, so x cannot grow in place: 3 blocks at the start of [4, 32).
+    assert kv.grow(x, 20) and x.block_table == [0, 1, 4, 5, 6]
     step(kv)
     # 3 more host blocks, 2 free: x is first in line but is the one swapping out, so w's
-    # copy goes; then [2, 6) is free: 2 + (4 - 3) // 2 = 2.
-    assert moves_of(step(kv, kv.swap_out(x, 20))) == [(2, 2, 3)]
+    # copy goes; then the host run [2, 6) is free, at its start: 2, 3, 4. Blocks 0, 1 are
+    # current on the host (host_valid 2), so GPU 4, 5, 6 go to host 2, 3, 4.
+    assert moves_of(step(kv, kv.swap_out(x, 20))) == [(4, 2, 3)]
     assert x.host_table == [0, 1, 2, 3, 4]
     assert w.host_table == [] and list(kv._kept) == []
 

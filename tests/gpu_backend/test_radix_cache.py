@@ -31,24 +31,27 @@ def pc():
 def three_prompts(pool: BlockPool, cache: RadixCache) -> dict[str, RadixNode]:
     """S=[1,2] shared by P1=[1,2,3,4], P2=[1,2,5], P3=[1,2,6,7,8]; Q=[50,51] on its own."""
     blocks, shared = cache_prompt(pool, cache, [1, 2, 3, 4])
-    assert (blocks, shared) == ([0, 1, 2, 3], 0)            # first group starts at 0
+    assert (blocks, shared) == ([0, 1, 2, 3], 0)            # the only run [0, 32), at its start
     blocks, shared = cache_prompt(pool, cache, [1, 2, 5])
-    assert (blocks, shared) == ([16, 17, 18], 2)            # [4, 32): 4 + (28 - 3) // 2 = 16
-    # free after releasing 16, 17: [4, 18) and [19, 32); 4 + (14 - 5) // 2 = 8
+    assert (blocks, shared) == ([4, 5, 6], 2)               # the only run [4, 32), at its start
+    # The tree keeps 6; 4, 5 are released: free [4, 6) and [7, 32).
+    # 5 blocks: only [7, 32) holds them; at its start.
     blocks, shared = cache_prompt(pool, cache, [1, 2, 6, 7, 8])
-    assert (blocks, shared) == ([8, 9, 10, 11, 12], 2)
-    # free: [4, 10), [13, 18), [19, 32); 19 + (13 - 2) // 2 = 24
+    assert (blocks, shared) == ([7, 8, 9, 10, 11], 2)
+    assert pool.free_runs() == [BlockGroup(4, 2), BlockGroup(7, 2), BlockGroup(12, 20)]
+    # 2 blocks: [4, 6) and [7, 9) both hold them exactly; the lower start wins.
     blocks, shared = cache_prompt(pool, cache, [50, 51])
-    assert (blocks, shared) == ([24, 25], 0)
+    assert (blocks, shared) == ([4, 5], 0)
+    assert pool.free_runs() == [BlockGroup(7, 2), BlockGroup(12, 20)]
     assert shape(cache.root) == {
         1: ([1, 2], [0, 1], {
             3: ([3, 4], [2, 3], {}),
-            5: ([5], [18], {}),
-            6: ([6, 7, 8], [10, 11, 12], {}),
+            5: ([5], [6], {}),
+            6: ([6, 7, 8], [9, 10, 11], {}),
         }),
-        50: ([50, 51], [24, 25], {}),
+        50: ([50, 51], [4, 5], {}),
     }
-    cached = [0, 1, 2, 3, 18, 10, 11, 12, 24, 25]
+    cached = [0, 1, 2, 3, 6, 9, 10, 11, 4, 5]
     assert [b for b in range(32) if pool.ref_counts[b]] == sorted(cached)
     assert all(pool.ref_counts[b] == 1 for b in cached)
     assert cache.num_cached_blocks == 10
@@ -112,15 +115,15 @@ def test_insert_shared_prefix_adopts_only_the_rest(pc):
     pool, cache = pc
     cache_prompt(pool, cache, [10, 11, 12, 13])
     blocks = pool.allocate(3)
-    assert blocks == [16, 17, 18]                          # [4, 32): 4 + (28 - 3) // 2
+    assert blocks == [4, 5, 6]                             # the only run [4, 32), at its start
     assert cache.insert([10, 11, 20], blocks) == 2
-    assert [pool.ref_counts[b] for b in (0, 1, 2, 3, 16, 17, 18)] == [1, 1, 1, 1, 1, 1, 2]
-    assert pool.release(blocks) == 2                       # 16, 17: the tree has 0, 1 already
-    assert pool.ref_counts[18] == 1
-    assert pool.free_runs() == [BlockGroup(4, 14), BlockGroup(19, 13)]
+    assert [pool.ref_counts[b] for b in (0, 1, 2, 3, 4, 5, 6)] == [1, 1, 1, 1, 1, 1, 2]
+    assert pool.release(blocks) == 2                       # 4, 5: the tree has 0, 1 already
+    assert pool.ref_counts[6] == 1
+    assert pool.free_runs() == [BlockGroup(4, 2), BlockGroup(7, 25)]
     assert shape(cache.root) == {10: ([10, 11], [0, 1], {
         12: ([12, 13], [2, 3], {}),
-        20: ([20], [18], {}),
+        20: ([20], [6], {}),
     })}
     assert cache.num_cached_blocks == 5
     # Everything already cached: nothing adopted, no reference taken.
@@ -142,7 +145,7 @@ def test_equal_keys_under_different_parents_are_different_entries(pc):
     cache_prompt(pool, cache, [1, 7])
     cache_prompt(pool, cache, [2, 7])
     assert cache.match_prefix([1, 7]).block_ids == [0, 1]
-    assert cache.match_prefix([2, 7]).block_ids == [16, 17]   # [2, 32): 2 + (30 - 2) // 2
+    assert cache.match_prefix([2, 7]).block_ids == [2, 3]     # the only run [2, 32), at its start
     assert cache.match_prefix([7]).num_blocks == 0
 
 
@@ -164,7 +167,9 @@ def test_lock_pins_node_and_ancestors(pc):
     assert cache.num_cached_blocks == 4 and cache.num_evictable_blocks == 0
     assert cache.evictable_order() == []
     assert cache.evict(1) == 0
-    assert [pool.ref_counts[b] for b in (0, 1, 2, 3, 10, 18, 24)] == [1, 1, 1, 1, 0, 0, 0]
+    # S and P1 held; the first blocks of P3, P2 and Q free.
+    assert [pool.ref_counts[b] for b in (0, 1, 2, 3, 9, 6, 4)] == [1, 1, 1, 1, 0, 0, 0]
+    assert pool.free_runs() == [BlockGroup(4, 28)]
     cache.unlock(m.node)
     assert cache.num_locked_blocks == 4
     cache.unlock(m.node)
@@ -241,12 +246,13 @@ def test_eviction_is_lru_over_whole_leaves(pc):
     assert cache.evictable_order() == [n["P3"], n["Q"], n["P1"], n["P2"]]
     # One block asked: the least recently used leaf goes whole (3 blocks).
     assert cache.evict(1) == 3
-    assert [pool.ref_counts[b] for b in (10, 11, 12)] == [0, 0, 0]
+    assert [pool.ref_counts[b] for b in (9, 10, 11)] == [0, 0, 0]
+    assert pool.free_runs() == [BlockGroup(7, 25)]      # P3's blocks join [7, 9) and [12, 32)
     assert not n["P3"].alive
     assert cache.evictable_order() == [n["Q"], n["P1"], n["P2"]]
     # Three asked: Q (2), then P1 (2).
     assert cache.evict(3) == 4
-    assert shape(cache.root) == {1: ([1, 2], [0, 1], {5: ([5], [18], {})})}
+    assert shape(cache.root) == {1: ([1, 2], [0, 1], {5: ([5], [6], {})})}
     assert cache.evictable_order() == [n["P2"]]                # S still has a child
     # P2 goes; its parent S becomes an evictable leaf.
     assert cache.evict(1) == 1
@@ -295,7 +301,7 @@ def test_clear_drops_every_unlocked_block(pc):
     n = three_prompts(pool, cache)
     cache.lock(n["P2"])
     assert cache.clear() == 7                                  # P1, P3, Q
-    assert shape(cache.root) == {1: ([1, 2], [0, 1], {5: ([5], [18], {})})}
+    assert shape(cache.root) == {1: ([1, 2], [0, 1], {5: ([5], [6], {})})}
     cache.unlock(n["P2"])
     assert cache.clear() == 3
     assert cache.num_cached_blocks == 0 and pool.num_free == 32
