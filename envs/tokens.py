@@ -23,39 +23,36 @@ DEFAULT_VOCAB_SIZE = 32000
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
-_S29, _S32 = np.uint64(29), np.uint64(32)
+_S29, _S31, _S32 = np.uint64(29), np.uint64(31), np.uint64(32)
 
 # One 64-bit multiplier per position inside a block; fixed forever, because a key must
 # mean the same content in every run.
 _POSITION_MULTIPLIERS = np.random.default_rng(0x5EED).integers(
     -(2**62), 2**62, size=1024, dtype=np.int64) | np.int64(1)
 
+# Every numpy call on arrays this small costs about a microsecond whatever its size, and
+# a prompt's tokens and keys are computed once per admitted request: the functions below
+# use as few calls as give well-mixed values.
 
-def _mix_inplace(z: np.ndarray) -> np.ndarray:
-    """A multiply-xorshift finaliser (splitmix64's), in place on a uint64 array."""
-    z ^= z >> _S29
+
+def _tokens_from_counters(z: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Tokens in ``[0, vocab_size)`` from distinct uint64 counters (two multiply-xorshift rounds)."""
     z *= _MIX1
-    z ^= z >> _S32
+    z ^= z >> _S31
     z *= _MIX2
-    z ^= z >> _S29
-    return z
-
-
-def _to_vocab(z: np.ndarray, vocab_size: int) -> np.ndarray:
-    """Map uniform 64-bit values onto ``[0, vocab_size)`` by multiply-shift (no division)."""
-    z >>= _S32
-    z *= np.uint64(vocab_size)
-    z >>= _S32
-    return z.astype(np.int32)
+    hi = z >> _S32
+    hi *= np.uint64(vocab_size)
+    hi >>= _S32
+    return hi.view(np.int64)
 
 
 def counter_tokens(stream: int, start: int, length: int, vocab_size: int) -> np.ndarray:
     """Tokens ``start .. start+length`` of the pseudo-random token stream ``stream``."""
     if length <= 0:
-        return np.zeros(0, dtype=np.int32)
+        return np.zeros(0, dtype=np.int64)
     z = np.arange(start, start + length, dtype=np.uint64)
-    z ^= np.uint64((stream * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
-    return _to_vocab(_mix_inplace(z), vocab_size)
+    z += np.uint64((stream * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+    return _tokens_from_counters(z, vocab_size)
 
 
 def hash_token_blocks(tokens: np.ndarray, block_size: int) -> list[int]:
@@ -65,10 +62,11 @@ def hash_token_blocks(tokens: np.ndarray, block_size: int) -> list[int]:
         return []
     if block_size > len(_POSITION_MULTIPLIERS):
         raise ValueError(f"block_size {block_size} exceeds the supported maximum {len(_POSITION_MULTIPLIERS)}")
-    blocks = tokens[: num_full * block_size].reshape(num_full, block_size).astype(np.int64)
+    blocks = tokens[: num_full * block_size].reshape(num_full, block_size).astype(np.int64, copy=False)
     keys = (blocks @ _POSITION_MULTIPLIERS[:block_size]).view(np.uint64)
-    keys ^= np.uint64(block_size)
-    return _mix_inplace(keys).tolist()
+    keys ^= keys >> _S29
+    keys *= _MIX2
+    return keys.tolist()
 
 
 class TokenSource:
@@ -105,7 +103,7 @@ class ExplicitTokens(TokenSource):
         if arr.size and arr.min() < 0:
             raise ValueError(f"token ids must be >= 0, got minimum {int(arr.min())}")
         super().__init__(len(arr))
-        self._ids = arr.astype(np.int32)
+        self._ids = arr
 
     def token_ids(self) -> np.ndarray:
         return self._ids
@@ -153,8 +151,8 @@ class HashBlockTokens(TokenSource):
         n = self.hash_block_tokens
         ids = np.asarray(self.hash_ids, dtype=np.uint64)[:, None] * np.uint64(n)
         counters = (ids + np.arange(n, dtype=np.uint64)[None, :]).ravel()[: self.length]
-        counters ^= np.uint64(self._STREAM_SALT)
-        return _to_vocab(_mix_inplace(counters), self.vocab_size)
+        counters += np.uint64(self._STREAM_SALT)
+        return _tokens_from_counters(counters, self.vocab_size)
 
 
 class ConcatTokens(TokenSource):
@@ -168,5 +166,5 @@ class ConcatTokens(TokenSource):
 
     def token_ids(self) -> np.ndarray:
         if not self.parts:
-            return np.zeros(0, dtype=np.int32)
-        return np.concatenate([p.token_ids() for p in self.parts]).astype(np.int32, copy=False)
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([p.token_ids() for p in self.parts]).astype(np.int64, copy=False)
