@@ -95,6 +95,7 @@ class BatchScheduler:
         plan = self._work.plan
         decode_reqs = self._work.decode_reqs
         context = 0
+        last_resident = -1
         tokens_left, seqs_left = budget
         for idx, req in enumerate(self._order):
             if seen >= num_resident or tokens_left <= 0 or seqs_left <= 0:
@@ -103,6 +104,7 @@ class BatchScheduler:
             if st is _WAITING:
                 continue
             seen += 1
+            last_resident = idx
             computed = req.num_computed_tokens
             if req.touched == it or req.num_output_tokens == 0 or computed != req.num_tokens - 1:
                 continue
@@ -121,6 +123,8 @@ class BatchScheduler:
             context += computed + 1
         budget[0] = tokens_left
         budget[1] = seqs_left
+        if seen >= num_resident and last_resident < self._tail:
+            self._tail = last_resident  # no running request (no preemption victim) ranks lower
         plan.num_decode = len(decode_reqs)
         plan.decode_context_sum = context
         if self.fill_decode_lists:
