@@ -60,27 +60,30 @@ def _unit(x: float) -> float:
 
 
 def request_features(req: Request, now: float, cached_tokens: int, client_share: float,
-                     predicted_rank: float, out: np.ndarray) -> None:
-    """Fill ``out`` (len(REQUEST_FEATURES)) for one candidate."""
+                     predicted_rank: float) -> list[float]:
+    """One candidate's row (REQUEST_FEATURES order)."""
     st = req.state
-    out[0] = 1.0
-    out[1] = _unit(math.log1p(max(now - req.arrival_time, 0.0)) / _LOG_600)
-    out[2] = _unit(math.log1p(req.prompt_len) / _LOG_CTX)
-    out[3] = req.num_computed_tokens / req.num_tokens
-    out[4] = _unit(math.log1p(req.num_output_tokens) / _LOG_OUT)
-    out[5] = _unit(cached_tokens / req.prompt_len)
-    out[6] = predicted_rank
-    out[7] = client_share
-    out[8] = 1.0 if st is RequestState.WAITING else 0.0
-    out[9] = 1.0 if st is RequestState.RUNNING else 0.0
-    out[10] = 1.0 if st is RequestState.SWAPPED else 0.0
     slo = req.spec.slo_ttft_s
     if slo is None or req.num_output_tokens > 0:
-        out[11] = 1.0
+        slack = 1.0
     else:
-        slack = 1.0 - (now - req.arrival_time) / slo
-        out[11] = (max(-1.0, min(1.0, slack)) + 1.0) / 2.0
-    out[12] = min(req.record.num_preemptions, 10) / 10.0
+        x = 1.0 - (now - req.arrival_time) / slo
+        slack = ((-1.0 if x < -1.0 else (1.0 if x > 1.0 else x)) + 1.0) / 2.0
+    return [
+        1.0,
+        _unit(math.log1p(max(now - req.arrival_time, 0.0)) / _LOG_600),
+        _unit(math.log1p(req.prompt_len) / _LOG_CTX),
+        req.num_computed_tokens / req.num_tokens,
+        _unit(math.log1p(req.num_output_tokens) / _LOG_OUT),
+        _unit(cached_tokens / req.prompt_len),
+        predicted_rank,
+        client_share,
+        1.0 if st is RequestState.WAITING else 0.0,
+        1.0 if st is RequestState.RUNNING else 0.0,
+        1.0 if st is RequestState.SWAPPED else 0.0,
+        slack,
+        min(req.record.num_preemptions, 10) / 10.0,
+    ]
 
 
 def log_count(n: int, scale: float) -> float:
@@ -89,20 +92,26 @@ def log_count(n: int, scale: float) -> float:
 
 def system_features(free: int, available: int, total: int, host_free: int, host_total: int,
                     running: int, max_seqs: int, waiting: int, swapped: int, done: int,
-                    episode_requests: int, last_iteration_s: float, out: np.ndarray) -> None:
-    out[0] = free / total
-    out[1] = _unit(available / total)
-    out[2] = host_free / host_total if host_total else 1.0
-    out[3] = _unit(running / max_seqs)
-    out[4] = log_count(waiting, _LOG_4096)
-    out[5] = log_count(swapped, _LOG_4096)
-    out[6] = done / episode_requests if episode_requests else 1.0
-    out[7] = _unit(math.log1p(last_iteration_s * 1e3) / _LOG_1000)
+                    episode_requests: int, last_iteration_s: float) -> list[float]:
+    """The system row (SYSTEM_FEATURES order)."""
+    return [
+        free / total,
+        _unit(available / total),
+        host_free / host_total if host_total else 1.0,
+        _unit(running / max_seqs),
+        log_count(waiting, _LOG_4096),
+        log_count(swapped, _LOG_4096),
+        done / episode_requests if episode_requests else 1.0,
+        _unit(math.log1p(last_iteration_s * 1e3) / _LOG_1000),
+    ]
 
 
-def client_features(live: int, waiting: int, share: float, oldest_wait: float, out: np.ndarray) -> None:
-    out[0] = 1.0
-    out[1] = log_count(live, _LOG_1024)
-    out[2] = log_count(waiting, _LOG_1024)
-    out[3] = share
-    out[4] = _unit(math.log1p(max(oldest_wait, 0.0)) / _LOG_600)
+def client_features(live: int, waiting: int, share: float, oldest_wait: float) -> list[float]:
+    """One client slot's row (CLIENT_FEATURES order)."""
+    return [
+        1.0,
+        log_count(live, _LOG_1024),
+        log_count(waiting, _LOG_1024),
+        _unit(share),
+        _unit(math.log1p(max(oldest_wait, 0.0)) / _LOG_600),
+    ]

@@ -33,8 +33,8 @@ _RUNNING = RequestState.RUNNING
 class AgentPolicy(Policy):
     """The agent's ranking, set at each decision; everything it did not rank follows in arrival order.
 
-    It also keeps each client's service (input tokens 1 at admission, output tokens 2,
-    as VTC counts it) for the observation and the fairness reward.
+    It also keeps each finished request's service per client (input tokens 1, output
+    tokens 2, as VTC counts it); ``client_service`` adds the live requests' share so far.
     """
 
     name = "agent"
@@ -46,9 +46,8 @@ class AgentPolicy(Policy):
     def reset(self, view: SchedulerView) -> None:
         super().reset(view)
         self.ranked: list[int] = []
-        self.service: dict[int, float] = {}
-        self.total_service = 0.0
-        self.output_tokens = 0
+        self.finished_service: dict[int, float] = {}
+        self.finished_output_tokens = 0
 
     def ordered_requests(self, view: SchedulerView) -> list[Request]:
         live = view.live
@@ -62,19 +61,21 @@ class AgentPolicy(Policy):
         return [r.request_id for r in self.ordered_requests(view)]
 
     def on_arrival(self, req: Request) -> None:
-        self.service.setdefault(req.client_id, 0.0)
+        self.finished_service.setdefault(req.client_id, 0.0)
 
-    def on_admit(self, req: Request, cached_tokens: int) -> None:
-        if req.num_output_tokens == 0:  # count a prompt once, not again after a recompute
-            amount = self.w_prompt * req.prompt_len
-            self.service[req.client_id] += amount
-            self.total_service += amount
+    def on_finish(self, req: Request) -> None:
+        self.finished_service[req.client_id] += self.w_prompt * req.prompt_len + self.w_output * req.num_output_tokens
+        self.finished_output_tokens += req.num_output_tokens
 
-    def on_tokens(self, req: Request, n: int) -> None:
-        amount = self.w_output * n
-        self.service[req.client_id] += amount
-        self.total_service += amount
-        self.output_tokens += n
+    def client_service(self, live) -> dict[int, float]:
+        out = dict(self.finished_service)
+        for r in live:
+            if r.num_output_tokens:
+                out[r.client_id] += self.w_prompt * r.prompt_len + self.w_output * r.num_output_tokens
+        return out
+
+    def output_tokens(self, live) -> int:
+        return self.finished_output_tokens + sum(r.num_output_tokens for r in live)
 
 
 class ServeEnv(gym.Env):
@@ -113,7 +114,7 @@ class ServeEnv(gym.Env):
     | key            | shape                                | content                                          |
     |----------------|--------------------------------------|--------------------------------------------------|
     | ``candidates`` | (top_k * 13,)                        | per candidate: valid, waiting time, prompt tokens, computed fraction, output tokens, cached fraction, predicted rank, client service share, is waiting / running / swapped, TTFT-SLO slack, preemptions |
-    | ``clients``    | (max_clients * 5,)                   | per client slot (client id mod max_clients): active, live and waiting requests, service share, oldest wait |
+    | ``clients``    | (max_clients * 5,)                   | per client slot (clients with id = slot mod max_clients, summed): active, live and waiting requests, service share, oldest wait |
     | ``system``     | (8,)                                 | free and available KV blocks, free host blocks, running, waiting, swapped, episode progress, last iteration time |
     | ``action_mask``| (top_k,)                             | 1 where a candidate row is valid                 |
 
@@ -324,13 +325,13 @@ class ServeEnv(gym.Env):
             area = n_before * dt + info.arrived * eng.clock - info.arrival_time_sum
             self._reward_acc -= self.reward_scale * area
         elif name == "throughput":
-            produced = self.policy.output_tokens - self._tokens_seen
-            self._tokens_seen = self.policy.output_tokens
-            self._reward_acc += self.reward_scale * produced
+            total = self.policy.output_tokens(eng.live.values())
+            self._reward_acc += self.reward_scale * (total - self._tokens_seen)
+            self._tokens_seen = total
         elif name == "fairness":
-            service = self.policy.service
             active = {r.client_id for r in eng.live.values()}
             if len(active) > 1:
+                service = self.policy.client_service(eng.live.values())
                 vals = [service[c] for c in active]
                 self._reward_acc -= self.reward_scale * (max(vals) - min(vals)) * dt / 1000.0
         else:
@@ -368,40 +369,47 @@ class ServeEnv(gym.Env):
     def _observe(self) -> dict[str, np.ndarray]:
         eng = self.engine
         now = eng.clock
+        live = eng.live
+        service = self.policy.client_service(live.values())
+        total = sum(service.values()) or 1.0
+        view = eng.view
+        scores = self._scores
+        rows = [request_features(r, now, view.cached_prefix_tokens(r) if r.state is not _RUNNING else 0,
+                                 service[r.client_id] / total, scores.get(r.request_id, 0.5))
+                for r in self._candidates]
         feats = self._features
         feats.fill(0.0)
-        view = eng.view
-        service = self.policy.service
-        total = self.policy.total_service or 1.0
-        scores = self._scores
-        for i, r in enumerate(self._candidates):
-            cached = view.cached_prefix_tokens(r) if r.state is not _RUNNING else 0
-            request_features(r, now, cached, service.get(r.client_id, 0.0) / total,
-                             scores.get(r.request_id, 0.5), feats[i])
-        clients = np.zeros((self.max_clients, len(CLIENT_FEATURES)), np.float32)
-        per_client: dict[int, list] = {}
-        for r in eng.live.values():
-            c = per_client.setdefault(r.client_id, [0, 0, 0.0])
-            c[0] += 1
-            if r.state is RequestState.WAITING:
-                c[1] += 1
-            if r.num_output_tokens == 0:
-                c[2] = max(c[2], now - r.arrival_time)
-        for cid, share in service.items():
-            slot = cid % self.max_clients
-            live, waiting, oldest = per_client.get(cid, (0, 0, 0.0))
-            client_features(live, waiting, share / total, oldest, clients[slot])
-        system = np.zeros(len(SYSTEM_FEATURES), np.float32)
+        if rows:
+            feats[:len(rows)] = rows
+        slots = self.max_clients
+        agg = [[False, 0, 0, 0.0, 0.0] for _ in range(slots)]   # active, live, waiting, service, oldest wait
+        for cid, amount in service.items():
+            row = agg[cid % slots]
+            row[0] = True
+            row[3] += amount
+        waiting_state = RequestState.WAITING
+        for r in live.values():
+            row = agg[r.client_id % slots]
+            row[1] += 1
+            if r.state is waiting_state:
+                row[2] += 1
+            if not r.num_output_tokens:
+                w = now - r.arrival_time
+                if w > row[4]:
+                    row[4] = w
+        empty = [0.0] * len(CLIENT_FEATURES)
+        clients = np.array([client_features(n_live, n_wait, amount / total, oldest) if active else empty
+                            for active, n_live, n_wait, amount, oldest in agg], np.float32)
         kv = eng.kv
         host = kv.host
-        waiting = len(eng.live) - eng.num_running - eng.num_swapped
-        system_features(kv.gpu.num_free, kv.num_available_blocks, kv.gpu.num_blocks,
-                        host.num_free if host else 0, host.num_blocks if host else 0,
-                        eng.num_running, eng.config.max_num_seqs, waiting, eng.num_swapped,
-                        eng._num_done, eng._num_specs, self._last_duration, system)
+        system = np.array(system_features(
+            kv.gpu.num_free, kv.num_available_blocks, kv.gpu.num_blocks,
+            host.num_free if host else 0, host.num_blocks if host else 0,
+            eng.num_running, eng.config.max_num_seqs, len(live) - eng.num_running - eng.num_swapped,
+            eng.num_swapped, eng._num_done, eng._num_specs, self._last_duration), np.float32)
         mask = np.zeros(self.top_k, np.float32)
         mask[:len(self._candidates)] = 1.0
-        return {"candidates": feats.ravel().copy(), "clients": clients.ravel(), "system": system,
+        return {"candidates": feats.reshape(-1).copy(), "clients": clients.reshape(-1), "system": system,
                 "action_mask": mask}
 
     def _info(self) -> dict[str, Any]:
