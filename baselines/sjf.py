@@ -7,8 +7,10 @@ scheduler never has, to show how much ordering by length can gain.
 - SJF is non-preemptive: requests already started keep their place, in arrival order,
   ahead of every waiting request; waiting requests go shortest output first.
 - SRTF is preemptive: every live request is ranked by output tokens still to generate,
-  so a short new request outranks a long running one (and takes its memory under
-  pressure). Its ranking moves with every generated token.
+  so a short new request outranks a long running one and, under a prefill-first batching
+  rule (``orca``, ``vllm``), takes its memory under pressure. Under decode-first rules
+  (the default ``sarathi``) running decodes are placed before any prefill, so a running
+  request keeps its place. Its ranking moves with every generated token.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class SJF(Policy):
         del self._started[req.request_id]
 
     def order(self, view: SchedulerView) -> list[int]:
-        started = sorted(self._started, key=lambda rid: view.live[rid].arrival_time) \
+        live = view.live
+        started = sorted(self._started, key=lambda rid: (live[rid].arrival_time, rid)) \
             if len(self._started) > 1 else list(self._started)
         return started + [rid for _, _, rid in self._waiting]
 

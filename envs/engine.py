@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from envs.decode_group import DecodeGroup
+from envs.group_step import group_step
 from envs.engine_config import EngineConfig
 from envs.live_request import Request, RequestState
 from envs.policy import Policy, SchedulerView, validate_order
@@ -110,6 +112,8 @@ class ServingEngine:
         self._on_tokens = None
         self._fast_path_ok = False
         self._all_decoding = False
+        self._group: DecodeGroup | None = None
+        self._guest: Request | None = None   # the one live request outside the group (being prefilled)
 
     def load(self, specs: Sequence[RequestSpec]) -> None:
         """Start a run of ``specs`` from time 0 with empty KV memory and a reset policy."""
@@ -232,9 +236,11 @@ class ServingEngine:
             self._admit_arrivals(info)
         if info.arrived or info.rejected:
             return info  # let the caller see who arrived before anything is scheduled
-        work = self._all_decode_work() if self._all_decoding else None
-        if work is None:
-            work = self._schedule(info)
+        if self._all_decoding and self._group_step(info, max_iterations, until_time):
+            self._admit_arrivals(info)
+            return info
+        self.sync()
+        work = self._schedule(info)
         k = 1
         if self.multi_step and self._steady(work):
             k = self._run_length(work, max_iterations, until_time)
@@ -260,40 +266,26 @@ class ServingEngine:
             raise EngineStallError(self._stall_report())
         return work
 
-    def _all_decode_work(self) -> ScheduledWork | None:
-        """The batch when every live request is running and decoding, without asking the policy.
+    def _group_step(self, info: StepInfo, max_iterations: int | None, until_time: float | None) -> bool:
+        """One step of the decode-group fast path (``envs.group_step``); False: take the general path."""
+        return group_step(self, info, max_iterations, until_time)
 
-        Then any order gives the same batch: every request decodes one token, none waits,
-        nobody is preempted — provided the blocks for that token exist, which is checked
-        before anything is reserved (None: take the general path). Only with lazy block ids,
-        where the order in which blocks are reserved changes nothing, and only for policies
-        whose order moves only at events (asking them is then not needed for their state).
-        """
-        live = self.live
-        n = len(live)
-        cfg = self.config
-        if n != self.num_running or n > cfg.max_num_seqs or n > cfg.max_num_batched_tokens:
-            return None
-        kv = self.kv
-        bs = kv.block_size
-        reqs = list(live.values())
-        need = 0
-        context = 0
-        for r in reqs:
-            c = r.num_computed_tokens + 1
-            context += c
-            seq = r.kv
-            if c > (len(seq.block_table) + seq.pending) * bs:
-                need += 1
-        if need and need > kv.num_available_blocks:
-            return None
-        if need:
-            for r in reqs:
-                kv.grow(r.kv, r.num_computed_tokens + 1)
-        work = ScheduledWork(BatchPlan(num_decode=n, decode_context_sum=context), decode_reqs=reqs)
-        if self.scheduler.fill_decode_lists:
-            self.scheduler.fill_decode_fields(work.plan, reqs)
-        return work
+    def sync(self) -> None:
+        """Write the decode group's members' true values back (before anything reads requests)."""
+        group = self._group
+        if group is None:
+            return
+        for req in list(group.members.values()):
+            self._leave_group(req)
+        self._group = None
+        self._guest = None
+
+    def _leave_group(self, req: Request) -> None:
+        blocks, produced = self._group.materialize(req, self.iteration)
+        if blocks:
+            self.kv.attribute_reserved(req.kv, blocks)
+        if produced and self._on_tokens is not None:
+            self._on_tokens(req, produced)
 
     def _account_schedule(self, work: ScheduledWork, info: StepInfo) -> None:
         c = self.counters
@@ -440,7 +432,7 @@ class ServingEngine:
         c = self.counters
         c.iterations += k
         c.busy_time_s += result.duration_s
-        policy = self.policy
+        c.output_tokens += k * len(work.decode_reqs) + sum(1 for ch in plan.prefills if ch.samples)
         on_tokens = self._on_tokens
         sampled = result.sampled_tokens
         finished: list[Request] = []
@@ -552,12 +544,14 @@ class ServingEngine:
         return self.result()
 
     def result(self) -> RunRecord:
+        self.sync()
         for req in self.live.values():
             req.record.num_output_tokens = req.num_output_tokens
         return RunRecord(self.records, self.itl, self.counters, 0.0, self.clock)
 
     def check_integrity(self) -> None:
         """KV bookkeeping plus the engine's own counts and every live request's blocks."""
+        self.sync()
         self.kv.check_integrity()
         running = sum(1 for r in self.live.values() if r.state is _RUNNING)
         swapped = sum(1 for r in self.live.values() if r.state is _SWAPPED)

@@ -47,6 +47,7 @@ class SchedulerView:
     @property
     def live(self) -> dict[int, Request]:
         """Arrived, unfinished requests by id, in arrival order (do not modify)."""
+        self._engine.sync()
         return self._engine.live
 
     def live_ids(self) -> list[int]:

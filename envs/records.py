@@ -70,6 +70,7 @@ class EngineCounters:
 
     iterations: int = 0
     busy_time_s: float = 0.0
+    output_tokens: int = 0            # tokens sampled (all requests, finished or not)
     preemptions_swap: int = 0
     preemptions_recompute: int = 0
     swap_out_bytes: int = 0

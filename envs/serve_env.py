@@ -47,7 +47,6 @@ class AgentPolicy(Policy):
         super().reset(view)
         self.ranked: list[int] = []
         self.finished_service: dict[int, float] = {}
-        self.finished_output_tokens = 0
 
     def ordered_requests(self, view: SchedulerView) -> list[Request]:
         live = view.live
@@ -65,7 +64,6 @@ class AgentPolicy(Policy):
 
     def on_finish(self, req: Request) -> None:
         self.finished_service[req.client_id] += self.w_prompt * req.prompt_len + self.w_output * req.num_output_tokens
-        self.finished_output_tokens += req.num_output_tokens
 
     def client_service(self, live) -> dict[int, float]:
         out = dict(self.finished_service)
@@ -73,9 +71,6 @@ class AgentPolicy(Policy):
             if r.num_output_tokens:
                 out[r.client_id] += self.w_prompt * r.prompt_len + self.w_output * r.num_output_tokens
         return out
-
-    def output_tokens(self, live) -> int:
-        return self.finished_output_tokens + sum(r.num_output_tokens for r in live)
 
 
 class ServeEnv(gym.Env):
@@ -325,10 +320,11 @@ class ServeEnv(gym.Env):
             area = n_before * dt + info.arrived * eng.clock - info.arrival_time_sum
             self._reward_acc -= self.reward_scale * area
         elif name == "throughput":
-            total = self.policy.output_tokens(eng.live.values())
+            total = eng.counters.output_tokens
             self._reward_acc += self.reward_scale * (total - self._tokens_seen)
             self._tokens_seen = total
         elif name == "fairness":
+            eng.sync()
             active = {r.client_id for r in eng.live.values()}
             if len(active) > 1:
                 service = self.policy.client_service(eng.live.values())
@@ -356,6 +352,7 @@ class ServeEnv(gym.Env):
 
     # ------------------------------------------------------------------ observation
     def _find_candidates(self) -> None:
+        self.engine.sync()  # requests must show their true counters from here on
         k = self.top_k
         out = []
         for r in self.engine.live.values():

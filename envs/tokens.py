@@ -69,6 +69,13 @@ def hash_token_blocks(tokens: np.ndarray, block_size: int) -> list[int]:
     return keys.tolist()
 
 
+def _check_vocab(vocab_size: int) -> int:
+    v = int(vocab_size)
+    if v < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    return v
+
+
 class TokenSource:
     """A prompt's (or response's) content: its length, its token ids, its block keys."""
 
@@ -97,7 +104,10 @@ class ExplicitTokens(TokenSource):
     __slots__ = ("_ids",)
 
     def __init__(self, ids: Sequence[int] | np.ndarray):
-        arr = np.asarray(ids, dtype=np.int64)
+        raw = np.asarray(ids)
+        if raw.size and not np.issubdtype(raw.dtype, np.integer):
+            raise ValueError(f"token ids must be integers, got dtype {raw.dtype} (e.g. {raw.ravel()[0]!r})")
+        arr = raw.astype(np.int64, copy=False)
         if arr.ndim != 1:
             raise ValueError(f"token ids must be one-dimensional, got shape {arr.shape}")
         if arr.size and arr.min() < 0:
@@ -117,7 +127,7 @@ class UniqueTokens(TokenSource):
     def __init__(self, stream: int, length: int, vocab_size: int = DEFAULT_VOCAB_SIZE, offset: int = 0):
         super().__init__(length)
         self.stream = int(stream)
-        self.vocab_size = int(vocab_size)
+        self.vocab_size = _check_vocab(vocab_size)
         self.offset = int(offset)
 
     def token_ids(self) -> np.ndarray:
@@ -139,8 +149,13 @@ class HashBlockTokens(TokenSource):
                  vocab_size: int = DEFAULT_VOCAB_SIZE):
         super().__init__(length)
         self.hash_ids = tuple(int(h) for h in hash_ids)
+        bad = [h for h in self.hash_ids if h < 0]
+        if bad:
+            raise ValueError(f"hash ids must be >= 0, got {bad[0]}")
         self.hash_block_tokens = int(hash_block_tokens)
-        self.vocab_size = int(vocab_size)
+        if self.hash_block_tokens < 1:
+            raise ValueError(f"hash_block_tokens must be >= 1, got {hash_block_tokens}")
+        self.vocab_size = _check_vocab(vocab_size)
         capacity = len(self.hash_ids) * self.hash_block_tokens
         if length > capacity or length <= capacity - self.hash_block_tokens:
             raise ValueError(

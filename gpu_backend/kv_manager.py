@@ -157,6 +157,25 @@ class KVCacheManager:
             table.extend(self.gpu.allocate(need, table[-1] if table else None))
         return True
 
+    def reserve(self, n: int) -> bool:
+        """Reserve ``n`` blocks for sequences named later (``attribute_reserved``); lazy mode only.
+
+        For the simulator's decode groups, which grow many sequences at once. False (nothing
+        reserved or evicted) when even eviction cannot find them.
+        """
+        if not self.lazy_block_ids:
+            raise ValueError("reserve() needs lazy_block_ids")
+        if n <= 0:
+            return True
+        if not self._make_room(n):
+            return False
+        self.reserved += n
+        return True
+
+    def attribute_reserved(self, seq: SeqKV, n: int) -> None:
+        """Hand ``n`` blocks reserved with ``reserve`` to ``seq`` (as if it had grown by them)."""
+        seq.pending += n
+
     def materialize(self, seq: SeqKV, n: int | None = None) -> None:
         """Assign ids to ``n`` (default: all) of ``seq``'s reserved blocks, in one group where possible."""
         k = seq.pending if n is None else n
@@ -318,7 +337,7 @@ class KVCacheManager:
             np.add.at(expected, np.asarray(node.blocks, dtype=np.int64), 1)
         locks: dict[int, int] = {}
         pending = sum(seq.pending for seq in self.seqs.values())
-        if pending != self.reserved or self.reserved > self.gpu.num_free:
+        if pending != self.reserved or self.reserved > self.gpu.num_free:  # (a decode group must be synced)
             raise AssertionError(f"{self.reserved} blocks reserved, sequences hold {pending} pending, "
                                  f"{self.gpu.num_free} free")
         host_expected = np.zeros(self.host.num_blocks, dtype=np.int32) if self.host else None
