@@ -117,6 +117,7 @@ class ServingEngine:
 
     def load(self, specs: Sequence[RequestSpec]) -> None:
         """Start a run of ``specs`` from time 0 with empty KV memory and a reset policy."""
+        self.sync()
         self.kv.reset()
         self._reset_state()
         ids = set()
@@ -279,6 +280,17 @@ class ServingEngine:
             self._leave_group(req)
         self._group = None
         self._guest = None
+
+    def in_group(self, req: Request) -> bool:
+        """True while ``req``'s counters are held by the decode group (stale on the request itself)."""
+        return self._group is not None and req.request_id in self._group.members
+
+    def output_tokens_of(self, req: Request) -> int:
+        """``req``'s true output token count, without dissolving the decode group."""
+        group = self._group
+        if group is not None and req.request_id in group.members:
+            return req.num_output_tokens + group.steps - group.joined[req.request_id][0]
+        return req.num_output_tokens
 
     def _leave_group(self, req: Request) -> None:
         blocks, produced = self._group.materialize(req, self.iteration)

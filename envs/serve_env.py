@@ -65,11 +65,14 @@ class AgentPolicy(Policy):
     def on_finish(self, req: Request) -> None:
         self.finished_service[req.client_id] += self.w_prompt * req.prompt_len + self.w_output * req.num_output_tokens
 
-    def client_service(self, live) -> dict[int, float]:
+    def client_service(self, live, output_tokens) -> dict[int, float]:
+        """Service per client: finished requests' plus, for each live request, its prompt once it
+        has a first token and its output tokens (``output_tokens(req)`` gives the true count)."""
         out = dict(self.finished_service)
         for r in live:
-            if r.num_output_tokens:
-                out[r.client_id] += self.w_prompt * r.prompt_len + self.w_output * r.num_output_tokens
+            n = output_tokens(r)
+            if n:
+                out[r.client_id] += self.w_prompt * r.prompt_len + self.w_output * n
         return out
 
 
@@ -324,10 +327,9 @@ class ServeEnv(gym.Env):
             self._reward_acc += self.reward_scale * (total - self._tokens_seen)
             self._tokens_seen = total
         elif name == "fairness":
-            eng.sync()
             active = {r.client_id for r in eng.live.values()}
             if len(active) > 1:
-                service = self.policy.client_service(eng.live.values())
+                service = self.policy.client_service(eng.live.values(), eng.output_tokens_of)
                 vals = [service[c] for c in active]
                 self._reward_acc -= self.reward_scale * (max(vals) - min(vals)) * dt / 1000.0
         else:
@@ -352,12 +354,13 @@ class ServeEnv(gym.Env):
 
     # ------------------------------------------------------------------ observation
     def _find_candidates(self) -> None:
-        self.engine.sync()  # requests must show their true counters from here on
+        eng = self.engine
         k = self.top_k
         out = []
-        for r in self.engine.live.values():
-            if r.state is _RUNNING and r.num_output_tokens and r.num_computed_tokens == r.num_tokens - 1:
-                continue  # decoding
+        for r in eng.live.values():
+            if eng.in_group(r) or (r.state is _RUNNING and r.num_output_tokens
+                                   and r.num_computed_tokens == r.num_tokens - 1):
+                continue  # decoding (a decode-group member's own counters are stale: never read them)
             out.append(r)
             if len(out) == k:
                 break
@@ -367,7 +370,7 @@ class ServeEnv(gym.Env):
         eng = self.engine
         now = eng.clock
         live = eng.live
-        service = self.policy.client_service(live.values())
+        service = self.policy.client_service(live.values(), eng.output_tokens_of)
         total = sum(service.values()) or 1.0
         view = eng.view
         scores = self._scores

@@ -327,6 +327,8 @@ class KVCacheManager:
         """Forget every sequence and cached block (a new episode on the same pools)."""
         for seq in list(self.seqs.values()):
             self.remove(seq)
+        if self.reserved:
+            raise AssertionError(f"reset: {self.reserved} blocks still reserved with no sequence left")
         self.cache.clear()
 
     # ---------------------------------------------------------------- checking
