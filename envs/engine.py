@@ -444,7 +444,7 @@ class ServingEngine:
         c = self.counters
         c.iterations += k
         c.busy_time_s += result.duration_s
-        c.output_tokens += k * len(work.decode_reqs) + sum(1 for ch in plan.prefills if ch.samples)
+        c.output_tokens += k * len(work.decode_reqs)
         on_tokens = self._on_tokens
         sampled = result.sampled_tokens
         finished: list[Request] = []
@@ -486,29 +486,9 @@ class ServingEngine:
         if k > 1:
             itl.runs.append((d0 + inc, inc, k - 1, len(work.decode_reqs)))
         for chunk, req in zip(plan.prefills, work.prefill_reqs):
-            req.last_scheduled_iteration = it
-            req.num_computed_tokens += chunk.num_tokens
-            req.record.prefill_tokens_computed += chunk.num_tokens
-            if chunk.samples:
-                req.num_output_tokens += 1
-                req.num_tokens += 1
-                rec = req.record
-                if req.num_output_tokens == 1:
-                    rec.first_token_time = end
-                else:
-                    gap = end - req.last_token_time
-                    itl_samples.append(gap)
-                    if gap > rec.max_itl_s:
-                        rec.max_itl_s = gap
-                req.last_token_time = end
-                if sampled is not None:
-                    if req.output_token_ids is None:
-                        req.output_token_ids = []
-                    req.output_token_ids.append(sampled[req.request_id])
-                if on_tokens is not None:
-                    on_tokens(req, 1)
-                if req.num_output_tokens >= req._target_output_len:
-                    finished.append(req)
+            token = sampled[req.request_id] if sampled is not None and chunk.samples else None
+            if self._apply_chunk(req, chunk.num_tokens, chunk.samples, it, end, token):
+                finished.append(req)
         for req in finished:
             self._finish(req, end)
         # every running request took part and is now decoding: the next batch needs no policy
@@ -518,6 +498,34 @@ class ServingEngine:
         info.num_iterations += k
         info.duration_s += result.duration_s
         info.finished += len(finished)
+
+    def _apply_chunk(self, req: Request, num_tokens: int, samples: bool, iteration: int, end: float,
+                     token: int | None = None) -> bool:
+        """A prefill chunk of ``req`` ran in ``iteration``, ending at ``end``; True if the request is done."""
+        req.last_scheduled_iteration = iteration
+        req.num_computed_tokens += num_tokens
+        rec = req.record
+        rec.prefill_tokens_computed += num_tokens
+        if not samples:
+            return False
+        self.counters.output_tokens += 1
+        req.num_output_tokens += 1
+        req.num_tokens += 1
+        if req.num_output_tokens == 1:
+            rec.first_token_time = end
+        else:  # the end of a recompute: the gap since its last token includes the wait
+            gap = end - req.last_token_time
+            self.itl.samples.append(gap)
+            if gap > rec.max_itl_s:
+                rec.max_itl_s = gap
+        req.last_token_time = end
+        if token is not None:
+            if req.output_token_ids is None:
+                req.output_token_ids = []
+            req.output_token_ids.append(token)
+        if self._on_tokens is not None:
+            self._on_tokens(req, 1)
+        return req.num_output_tokens >= req._target_output_len
 
     def _finish(self, req: Request, t: float) -> None:
         rec = req.record

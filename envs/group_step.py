@@ -235,29 +235,12 @@ def _apply(eng: "ServingEngine", group: DecodeGroup, guest: Request | None, chun
         eng._leave_group(req)
     if guest is not None:
         chunk = chunks[0]
-        guest.last_scheduled_iteration = it
-        guest.num_computed_tokens += chunk.num_tokens
-        guest.record.prefill_tokens_computed += chunk.num_tokens
         if chunk.samples:
-            c.output_tokens += 1
-            guest.num_output_tokens += 1
-            guest.num_tokens += 1
-            rec = guest.record
-            if guest.num_output_tokens == 1:
-                rec.first_token_time = end
-            else:
-                gap = end - guest.last_token_time
-                eng.itl.samples.append(gap)
-                if gap > rec.max_itl_s:
-                    rec.max_itl_s = gap
-            guest.last_token_time = end
-            if eng._on_tokens is not None:
-                eng._on_tokens(guest, 1)
             eng._guest = None
-            if guest.num_output_tokens >= guest._target_output_len:
-                finished.append(guest)
-            else:
-                group.join(guest)
+        if eng._apply_chunk(guest, chunk.num_tokens, chunk.samples, it, end):
+            finished.append(guest)
+        elif chunk.samples:
+            group.join(guest)
     for req in finished:
         eng._finish(req, end)
     if not group.members and eng._guest is None:

@@ -139,6 +139,14 @@ class BatchShape:
         return cls(p_tokens, pairs, kv_read, nd, plan.decode_context_sum, sampled + nd)
 
 
+def copy_time(moves: Sequence[GroupMove], latency_s: float, bytes_per_block: int, bandwidth: float) -> float:
+    """Host<->GPU copies: a fixed latency per copy (one per block group) plus bytes over bandwidth."""
+    if not moves:
+        return 0.0
+    blocks = sum(m.num_blocks for m in moves)
+    return len(moves) * latency_s + blocks * bytes_per_block / bandwidth
+
+
 class CostModel(Protocol):
     def compute_time(self, shape: BatchShape) -> float: ...
 
@@ -200,10 +208,7 @@ class RooflineCostModel:
                 + attn + self._kv_s_per_token * s.num_tokens)
 
     def swap_time(self, moves: Sequence[GroupMove]) -> float:
-        if not moves:
-            return 0.0
-        blocks = sum(m.num_blocks for m in moves)
-        return len(moves) * self.device.copy_latency_s + blocks * self.bytes_per_block / self.device.host_bandwidth
+        return copy_time(moves, self.device.copy_latency_s, self.bytes_per_block, self.device.host_bandwidth)
 
 
 LINEAR_FEATURES = ("intercept", "prefill_tokens", "prefill_attention_pairs", "prefill_kv_read_tokens",
@@ -249,7 +254,4 @@ class LinearCostModel:
                 + c["num_sampled"] * s.num_sampled)
 
     def swap_time(self, moves: Sequence[GroupMove]) -> float:
-        if not moves:
-            return 0.0
-        blocks = sum(m.num_blocks for m in moves)
-        return len(moves) * self.copy_latency_s + blocks * self.bytes_per_block / self.host_bandwidth
+        return copy_time(moves, self.copy_latency_s, self.bytes_per_block, self.host_bandwidth)

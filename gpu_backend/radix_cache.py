@@ -74,9 +74,14 @@ class RadixCache:
     def num_evictable_blocks(self) -> int:
         return self.num_cached_blocks - self.num_locked_blocks
 
-    def peek_prefix_len(self, keys: Sequence[int]) -> int:
-        """Blocks of ``keys`` that are cached, without touching LRU state or splitting nodes."""
+    def _descend(self, keys: Sequence[int]) -> tuple[list[RadixNode], int, RadixNode | None, int]:
+        """Walk ``keys`` down the tree, changing nothing.
+
+        Returns (nodes matched whole, blocks they cover, the node where the match ends
+        part-way or None, how many of its blocks match).
+        """
         node = self.root
+        path: list[RadixNode] = []
         pos = 0
         n = len(keys)
         while pos < n:
@@ -87,49 +92,38 @@ class RadixCache:
             length = len(ck)
             if keys[pos:pos + length] == ck:
                 pos += length
+                path.append(child)
                 node = child
                 continue
             i = 1
             limit = min(length, n - pos)
             while i < limit and ck[i] == keys[pos + i]:
                 i += 1
-            return pos + i
-        return pos
+            return path, pos, child, i
+        return path, pos, None, 0
+
+    def peek_prefix_len(self, keys: Sequence[int]) -> int:
+        """Blocks of ``keys`` that are cached, without touching LRU state or splitting nodes."""
+        _, pos, _, extra = self._descend(keys)
+        return pos + extra
 
     # ------------------------------------------------------------------ match
     def match_prefix(self, keys: Sequence[int], record: bool = True) -> PrefixMatch:
         """Longest cached prefix of ``keys``; splits a node where the match ends inside it."""
         self._tick += 1
         tick = self._tick
-        node = self.root
-        pos = 0
-        n = len(keys)
+        path, pos, partial, extra = self._descend(keys)
+        if partial is not None:
+            path.append(self._split(partial, extra))
+            pos += extra
         blocks: list[int] = []
-        while pos < n:
-            child = node.children.get(keys[pos])
-            if child is None:
-                break
-            ck = child.keys
-            length = len(ck)
-            if keys[pos:pos + length] == ck:
-                pos += length
-                node = child
-                node.last_access = tick
-                node.hits += 1
-                blocks.extend(child.blocks)
-                continue
-            i = 1
-            limit = min(length, n - pos)
-            while i < limit and ck[i] == keys[pos + i]:
-                i += 1
-            node = self._split(child, i)
+        for node in path:
             node.last_access = tick
             node.hits += 1
             blocks.extend(node.blocks)
-            pos += i
-            break
+        node = path[-1] if path else self.root
         if record:
-            self.lookup_blocks += n
+            self.lookup_blocks += len(keys)
             self.hit_blocks += pos
         if node is not self.root and node.lock_ref == 0 and not node.children:
             self._push_evictable(node)
