@@ -157,7 +157,20 @@ class CostModel(Protocol):
     def swap_time(self, moves: Sequence[GroupMove]) -> float: ...
 
 
-class RooflineCostModel:
+class _AffineDecode:
+    """Shared by the cost models: a decode-only batch is timed by ``decode_affine`` exactly, so that
+    stepping one iteration at a time and the closed-form runs use the same arithmetic."""
+
+    def compute_time(self, s: BatchShape) -> float:
+        if s.prefill_tokens == 0:
+            if s.num_decode == 0:
+                return 0.0
+            a, b = self.decode_affine(s.num_decode)
+            return a + b * s.decode_context_tokens
+        return self._mixed_time(s)
+
+
+class RooflineCostModel(_AffineDecode):
     """Analytic: each kernel class takes the longer of its compute time and its memory time.
 
     time = overhead
@@ -196,12 +209,7 @@ class RooflineCostModel:
         self._affine_cache[num_seqs] = out
         return out
 
-    def compute_time(self, s: BatchShape) -> float:
-        if s.prefill_tokens == 0:
-            if s.num_decode == 0:
-                return 0.0
-            a, b = self.decode_affine(s.num_decode)
-            return a + b * s.decode_context_tokens
+    def _mixed_time(self, s: BatchShape) -> float:
         attn = max(self._attn_s_per_pair * (s.prefill_attention_pairs + s.decode_context_tokens),
                    self._kv_s_per_token * (s.prefill_kv_read_tokens + s.decode_context_tokens))
         return (self.device.iteration_overhead_s + self._linear_time(s.num_tokens, s.num_sampled)
@@ -215,7 +223,7 @@ LINEAR_FEATURES = ("intercept", "prefill_tokens", "prefill_attention_pairs", "pr
                    "num_decode", "decode_context_tokens", "num_sampled")
 
 
-class LinearCostModel:
+class LinearCostModel(_AffineDecode):
     """Fitted: time = c · features, one coefficient per ``LINEAR_FEATURES`` entry (seconds per unit).
 
     ``servegym profile`` fits the coefficients on the real executor; swap time keeps the
@@ -240,12 +248,7 @@ class LinearCostModel:
         a = c["intercept"] + (c["num_decode"] + c["num_sampled"]) * num_seqs
         return a, c["decode_context_tokens"]
 
-    def compute_time(self, s: BatchShape) -> float:
-        if s.prefill_tokens == 0:
-            if s.num_decode == 0:
-                return 0.0
-            a, b = self.decode_affine(s.num_decode)
-            return a + b * s.decode_context_tokens
+    def _mixed_time(self, s: BatchShape) -> float:
         c = self.c
         return (c["intercept"] + c["prefill_tokens"] * s.prefill_tokens
                 + c["prefill_attention_pairs"] * s.prefill_attention_pairs
