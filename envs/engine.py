@@ -111,9 +111,7 @@ class ServingEngine:
         self.wall_time_s = 0.0
         self._on_tokens = None
         self._fast_path_ok = False
-        self._all_decoding = False
         self._group: DecodeGroup | None = None
-        self._guest: Request | None = None   # the one live request outside the group (being prefilled)
 
     def load(self, specs: Sequence[RequestSpec]) -> None:
         """Start a run of ``specs`` from time 0 with empty KV memory and a reset policy."""
@@ -141,7 +139,7 @@ class ServingEngine:
         self.policy.reset(self.view)
         # skip calling hooks a policy does not override (the decode loop runs them per request)
         self._on_tokens = self.policy.on_tokens if type(self.policy).on_tokens is not Policy.on_tokens else None
-        self._fast_path_ok = (self.multi_step and self.kv.lazy_block_ids
+        self._fast_path_ok = (self.multi_step and self.kv.lazy_block_ids and self._on_tokens is None
                               and getattr(self.policy, "stable_between_events", False))
 
     # ------------------------------------------------------------------ state
@@ -237,7 +235,7 @@ class ServingEngine:
             self._admit_arrivals(info)
         if info.arrived or info.rejected:
             return info  # let the caller see who arrived before anything is scheduled
-        if self._all_decoding and self._group_step(info, max_iterations, until_time):
+        if self._fast_path_ok and group_step(self, info, max_iterations, until_time):
             self._admit_arrivals(info)
             return info
         self.sync()
@@ -252,8 +250,8 @@ class ServingEngine:
         self._admit_arrivals(info)  # so a caller (the env) sees arrivals before the next schedule
         return info
 
-    def _schedule(self, info: StepInfo) -> ScheduledWork:
-        """The policy's order turned into a batch by the scheduler."""
+    def _ordered(self) -> list[Request]:
+        """The policy's order as request objects (validated when it gives ids)."""
         ordered = self.policy.ordered_requests(self.view)
         if ordered is None:
             order = self.policy.order(self.view)
@@ -261,15 +259,16 @@ class ServingEngine:
             if self.validate_orders and (len(order) != len(live) or live.keys() != set(order)):
                 validate_order(order, live, getattr(self.policy, "name", type(self.policy).__name__))
             ordered = [live[rid] for rid in order]
+        return ordered
+
+    def _schedule(self, info: StepInfo) -> ScheduledWork:
+        """The policy's order turned into a batch by the scheduler."""
+        ordered = self._ordered()
         work = self.scheduler.schedule(ordered, self.iteration, self.num_running + self.num_swapped)
         self._account_schedule(work, info)
         if work.num_scheduled == 0 and not work.plan.swap_out:
             raise EngineStallError(self._stall_report())
         return work
-
-    def _group_step(self, info: StepInfo, max_iterations: int | None, until_time: float | None) -> bool:
-        """One step of the decode-group fast path (``envs.group_step``); False: take the general path."""
-        return group_step(self, info, max_iterations, until_time)
 
     def sync(self) -> None:
         """Write the decode group's members' true values back (before anything reads requests)."""
@@ -279,7 +278,6 @@ class ServingEngine:
         for req in list(group.members.values()):
             self._leave_group(req)
         self._group = None
-        self._guest = None
 
     def in_group(self, req: Request) -> bool:
         """True while ``req``'s counters are held by the decode group (stale on the request itself)."""
@@ -491,10 +489,6 @@ class ServingEngine:
                 finished.append(req)
         for req in finished:
             self._finish(req, end)
-        # every running request took part and is now decoding: the next batch needs no policy
-        sampled_prefills = sum(1 for c in plan.prefills if c.samples)
-        self._all_decoding = (self._fast_path_ok and sampled_prefills == len(plan.prefills)
-                              and len(work.decode_reqs) + sampled_prefills - len(finished) == self.num_running)
         info.num_iterations += k
         info.duration_s += result.duration_s
         info.finished += len(finished)

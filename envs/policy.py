@@ -46,8 +46,12 @@ class SchedulerView:
 
     @property
     def live(self) -> dict[int, Request]:
-        """Arrived, unfinished requests by id, in arrival order (do not modify)."""
-        self._engine.sync()
+        """Arrived, unfinished requests by id, in arrival order (do not modify).
+
+        With a simulator, running decoders' token counters may lag while the engine advances
+        them as a group (``envs.decode_group``); only policies with ``stable_between_events``
+        (whose order does not follow those counters) are asked then.
+        """
         return self._engine.live
 
     def live_ids(self) -> list[int]:

@@ -69,6 +69,9 @@ class BatchScheduler:
         self._tail = 0
         self._iteration = 0
         self._work: ScheduledWork | None = None
+        self._members: dict | None = None   # a decode group's members: scheduled already, never victims
+        self._victims_left = -1             # with a group: running non-members not yet placed (-1: unknown)
+        self._victim_pos: list[int] = []    # with a group: positions in the order of the running non-members
 
     # ---------------------------------------------------------------- entry
     def schedule(self, ordered: list[Request], iteration: int, num_resident: int) -> ScheduledWork:
@@ -85,6 +88,34 @@ class BatchScheduler:
         first(budget, num_resident)
         if cfg.mixed or work.num_scheduled == 0:
             second(budget, num_resident)
+        return work
+
+    def schedule_prefills(self, ordered: list[Request], iteration: int, members: dict,
+                          num_members: int, num_running: int) -> ScheduledWork:
+        """The prefill pass alone, beside a decode group whose members take the first
+        ``num_members`` tokens and sequence slots (``envs.group_step``)."""
+        cfg = self.config
+        work = ScheduledWork(BatchPlan())
+        self._work = work
+        self._order = ordered
+        self._tail = len(ordered) - 1
+        self._iteration = iteration
+        self._members = members
+        self._victims_left = num_running - num_members
+        self._victim_pos = []
+        if self._victims_left > 0:
+            # the few running requests outside the group, by position (usually near the front)
+            want = self._victims_left
+            for i, r in enumerate(ordered):
+                if r.state is _RUNNING and r.request_id not in members:
+                    self._victim_pos.append(i)
+                    if len(self._victim_pos) == want:
+                        break
+        try:
+            self._prefill_pass([cfg.max_num_batched_tokens - num_members, cfg.max_num_seqs - num_members], 0)
+        finally:
+            self._members = None
+            self._victims_left = -1
         return work
 
     # ---------------------------------------------------------------- passes
@@ -144,11 +175,12 @@ class BatchScheduler:
         kv = self.kv
         bs = kv.block_size
         work = self._work
+        members = self._members
         for idx, req in enumerate(self._order):
             tokens_left, seqs_left = budget
             if tokens_left <= 0 or seqs_left <= 0:
                 return
-            if req.touched == it:
+            if req.touched == it or (members is not None and req.request_id in members):
                 continue
             if req.num_output_tokens > 0 and req.num_computed_tokens == req.num_tokens - 1:
                 continue  # a decode unit
@@ -179,6 +211,8 @@ class BatchScheduler:
                     return
             elif not self._grow(idx, req, target):
                 if st is _RUNNING:
+                    if self._victims_left > 0:
+                        self._victims_left -= 1
                     self._preempt(req)
                     continue
                 kv.free(req.kv)
@@ -187,6 +221,8 @@ class BatchScheduler:
             if st is _WAITING:
                 req.state = _RUNNING
                 work.admitted.append((req, cached))
+            elif self._victims_left > 0:
+                self._victims_left -= 1  # a running request placed in the batch is no victim
             req.touched = it
             budget[0] = tokens_left - n if n < tokens_left else 0
             budget[1] = seqs_left - 1
@@ -226,17 +262,37 @@ class BatchScheduler:
 
     def _preempt_below(self, idx: int) -> bool:
         """Preempt the lowest-priority running request ranked after ``idx`` that is not in the batch."""
+        if self._victims_left == 0:
+            return False
+        if self._members is not None:
+            return self._preempt_outside_group(idx)
         order = self._order
         it = self._iteration
+        members = self._members
         t = self._tail
         while t > idx:
             v = order[t]
             t -= 1
-            if v.state is _RUNNING and v.touched != it:
+            if v.state is _RUNNING and v.touched != it and (members is None or v.request_id not in members):
                 self._tail = t
+                if self._victims_left > 0:
+                    self._victims_left -= 1
                 self._preempt(v)
                 return True
         self._tail = t
+        return False
+
+    def _preempt_outside_group(self, idx: int) -> bool:
+        """``_preempt_below`` beside a decode group: the candidates are the listed running non-members."""
+        order = self._order
+        it = self._iteration
+        positions = self._victim_pos
+        while positions and positions[-1] > idx:
+            v = order[positions.pop()]
+            if v.state is _RUNNING and v.touched != it:
+                self._victims_left -= 1
+                self._preempt(v)
+                return True
         return False
 
     def _preempt(self, req: Request) -> None:
