@@ -227,3 +227,29 @@ def test_same_workload_same_records():
     a, b = run(specs), run(specs)
     assert [(r.first_token_time, r.finish_time) for r in a.records] == \
            [(r.first_token_time, r.finish_time) for r in b.records]
+
+
+def test_lazy_block_ids_and_the_decode_group_change_no_result():
+    # eager ids take the general path every step; lazy ids let running decoders advance as a group
+    specs = retime_poisson(get_workload("arena-27").generate(0, 300), 12.0, 4)
+    eager = run(specs, lazy_block_ids=False, num_gpu_blocks=400)
+    lazy = run(specs, lazy_block_ids=True, num_gpu_blocks=400)
+    assert eager.counters.preemptions_recompute > 0
+    assert [(r.first_token_time, r.finish_time, r.cached_tokens, r.num_preemptions, r.max_itl_s)
+            for r in eager.records] == \
+           [(r.first_token_time, r.finish_time, r.cached_tokens, r.num_preemptions, r.max_itl_s)
+            for r in lazy.records]
+    assert eager.iteration == lazy.iteration
+
+
+def test_integrity_holds_at_every_step_with_the_decode_group():
+    specs = retime_poisson(get_workload("shared-doc-qa").generate(1, 150), 6.0, 2)
+    eng = ServingEngine(SimExecutor(PROFILE), make_policy("fcfs"), EngineConfig(num_gpu_blocks=2000))
+    eng.load(specs)
+    used_group = 0
+    while not eng.done:
+        eng.step()
+        used_group += eng._group is not None
+        eng.check_integrity()  # syncs the group first
+    assert used_group > 0
+    assert all(r.finished for r in eng.records)
