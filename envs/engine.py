@@ -12,6 +12,12 @@ only moves at events — an executor that supports it (the simulator) runs ``k``
 identical decode iterations in one closed-form step. ``k`` is the largest number that
 stops at the first of: the next arrival, the first completion, running out of KV blocks,
 or a caller's limit. The result equals stepping one iteration at a time.
+
+On the simulator the running decoders are moreover kept as one ``DecodeGroup``
+(``envs.group_step``): their counters advance together, so an iteration costs O(1) in
+them, and the policy's order is walked only for the requests outside the group.
+``sync()`` writes their true values back; the engine does it before anything else reads
+the requests (the general path, ``result``, ``check_integrity``).
 """
 
 from __future__ import annotations

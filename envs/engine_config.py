@@ -7,7 +7,7 @@ with any rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 BATCHING_RULES = {
     # name: (decode_first, mixed, chunked prefill by default)
@@ -70,6 +70,3 @@ class EngineConfig:
     @property
     def chunking(self) -> bool:
         return BATCHING_RULES[self.batching][2] if self.chunked_prefill is None else self.chunked_prefill
-
-    def with_(self, **changes) -> "EngineConfig":
-        return replace(self, **changes)

@@ -60,16 +60,13 @@ class Request:
     # ------------------------------------------------------------ read-only helpers
     @property
     def is_prefilling(self) -> bool:
+        """Still computing prompt (or, after a recompute, history) tokens. For policies; the engine
+        inlines it. (A running decoder's counters may lag inside a simulator's decode group.)"""
         return self.num_output_tokens == 0 or self.num_computed_tokens < self.num_tokens - 1
 
     @property
     def remaining_tokens(self) -> int:
         return self.num_tokens - self.num_computed_tokens
-
-    @property
-    def waiting_time(self) -> float:
-        """Seconds since arrival at which the first token came; NaN before it."""
-        return self.record.first_token_time - self.arrival_time
 
     def __repr__(self) -> str:
         return (f"Request({self.request_id}, client={self.client_id}, {self.state.name}, "
