@@ -74,14 +74,17 @@ class BatchScheduler:
         self._victim_pos: list[int] = []    # with a group: positions in the order of the running non-members
 
     # ---------------------------------------------------------------- entry
-    def schedule(self, ordered: list[Request], iteration: int, num_resident: int) -> ScheduledWork:
-        """``num_resident``: running + swapped requests (the decode pass stops once it has seen them all)."""
-        cfg = self.config
-        work = ScheduledWork(BatchPlan())
-        self._work = work
+    def _begin(self, ordered: list[Request], iteration: int) -> ScheduledWork:
+        self._work = ScheduledWork(BatchPlan())
         self._order = ordered
         self._tail = len(ordered) - 1
         self._iteration = iteration
+        return self._work
+
+    def schedule(self, ordered: list[Request], iteration: int, num_resident: int) -> ScheduledWork:
+        """``num_resident``: running + swapped requests (the decode pass stops once it has seen them all)."""
+        cfg = self.config
+        work = self._begin(ordered, iteration)
         budget = [cfg.max_num_batched_tokens, cfg.max_num_seqs]
         first, second = (self._decode_pass, self._prefill_pass) if cfg.decode_first else \
             (self._prefill_pass, self._decode_pass)
@@ -95,11 +98,7 @@ class BatchScheduler:
         """The prefill pass alone, beside a decode group whose members take the first
         ``num_members`` tokens and sequence slots (``envs.group_step``)."""
         cfg = self.config
-        work = ScheduledWork(BatchPlan())
-        self._work = work
-        self._order = ordered
-        self._tail = len(ordered) - 1
-        self._iteration = iteration
+        work = self._begin(ordered, iteration)
         self._members = members
         self._victims_left = num_running - num_members
         self._victim_pos = []
