@@ -47,6 +47,8 @@ def group_step(eng: "ServingEngine", info: "StepInfo", max_iterations: int | Non
     group = eng._group
     formed = group is None
     if formed:
+        if eng.num_swapped or (len(eng.live) > eng.num_running and not (cfg.decode_first and cfg.mixed)):
+            return False  # cheap refusals before the O(running) formation
         group = _form_group(eng)
     n = group.size
     outside = len(eng.live) - n
