@@ -108,10 +108,8 @@ def system_features(free: int, available: int, total: int, host_free: int, host_
 
 def client_features(live: int, waiting: int, share: float, oldest_wait: float) -> list[float]:
     """One client slot's row (CLIENT_FEATURES order)."""
-    return [
-        1.0,
-        log_count(live, _LOG_1024),
-        log_count(waiting, _LOG_1024),
-        _unit(share),
-        _unit(math.log1p(max(oldest_wait, 0.0)) / _LOG_600),
-    ]
+    x1 = math.log1p(live) / _LOG_1024
+    x2 = math.log1p(waiting) / _LOG_1024
+    x4 = math.log1p(oldest_wait) / _LOG_600 if oldest_wait > 0.0 else 0.0
+    return [1.0, x1 if x1 < 1.0 else 1.0, x2 if x2 < 1.0 else 1.0,
+            share if share < 1.0 else 1.0, x4 if x4 < 1.0 else 1.0]

@@ -79,7 +79,9 @@ class Request:
         if keys is None:
             keys = self.spec.prompt.block_keys(block_size)
             self._keys = keys
-        if num_blocks <= len(keys):
+        if num_blocks == len(keys):
+            return keys  # callers never modify it
+        if num_blocks < len(keys):
             return keys[:num_blocks]
         spec = self.spec
         if spec.output_tokens is not None:
