@@ -91,11 +91,13 @@ class Request:
         else:
             # Generated content is unknown to the simulator: blocks past the prompt are unique
             # to this request (it may hit them itself after a recompute, nobody else can).
-            full = keys + [hash((0x5EC0DE, self.request_id, j)) for j in range(len(keys), num_blocks)]
+            # Content keys are >= 0, so negative ones, distinct per request and block, never clash.
+            base = -(self.request_id << 24) - 1
+            full = keys + list(range(base - len(keys), base - num_blocks, -1))
         self._keys = full
         if num_blocks > len(full):
             raise ValueError(f"request {self.request_id}: {num_blocks} blocks asked, content covers {len(full)}")
-        return full[:num_blocks]
+        return full if num_blocks == len(full) else full[:num_blocks]
 
     def drop_keys(self) -> None:
         self._keys = None
