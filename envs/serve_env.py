@@ -370,36 +370,48 @@ class ServeEnv(gym.Env):
         eng = self.engine
         now = eng.clock
         live = eng.live
-        service = self.policy.client_service(live.values(), eng.output_tokens_of)
-        total = sum(service.values()) or 1.0
-        view = eng.view
-        scores = self._scores
-        rows = [request_features(r, now, view.cached_prefix_tokens(r) if r.state is not _RUNNING else 0,
-                                 service[r.client_id] / total, scores.get(r.request_id, 0.5))
-                for r in self._candidates]
-        feats = self._features
-        feats.fill(0.0)
-        if rows:
-            feats[:len(rows)] = rows
+        policy = self.policy
+        w_p, w_q = policy.w_prompt, policy.w_output
         slots = self.max_clients
-        agg = [[False, 0, 0, 0.0, 0.0] for _ in range(slots)]   # active, live, waiting, service, oldest wait
-        for cid, amount in service.items():
-            row = agg[cid % slots]
-            row[0] = True
-            row[3] += amount
+        # one pass over the live requests: per-client service and the client slots' counts
+        service = dict(policy.finished_service)
+        agg = [[0.0, 0, 0, 0.0] for _ in range(slots)]   # active, live, waiting, oldest wait
         waiting_state = RequestState.WAITING
+        out_of = eng.output_tokens_of
         for r in live.values():
             row = agg[r.client_id % slots]
             row[1] += 1
             if r.state is waiting_state:
                 row[2] += 1
-            if not r.num_output_tokens:
+            n = out_of(r)
+            if n:
+                service[r.client_id] += w_p * r.prompt_len + w_q * n
+            else:
                 w = now - r.arrival_time
-                if w > row[4]:
-                    row[4] = w
+                if w > row[3]:
+                    row[3] = w
+        total = sum(service.values()) or 1.0
+        shares = [0.0] * slots
+        for cid, amount in service.items():
+            slot = cid % slots
+            agg[slot][0] = 1.0
+            shares[slot] += amount / total
+        view = eng.view
+        scores = self._scores
+        cand = np.zeros(self.top_k * len(REQUEST_FEATURES), np.float32)
+        if self._candidates:
+            flat: list[float] = []
+            for r in self._candidates:
+                flat += request_features(r, now, view.cached_prefix_tokens(r) if r.state is not _RUNNING else 0,
+                                         service[r.client_id] / total, scores.get(r.request_id, 0.5))
+            cand[:len(flat)] = flat
+        self._features = cand.reshape(self.top_k, len(REQUEST_FEATURES))
+        if self.action_mode == "weights":
+            cand = cand.copy()  # the weights action scores self._features; keep it from the caller
+        clients: list[float] = []
         empty = [0.0] * len(CLIENT_FEATURES)
-        clients = np.array([client_features(n_live, n_wait, amount / total, oldest) if active else empty
-                            for active, n_live, n_wait, amount, oldest in agg], np.float32)
+        for slot, (active, n_live, n_wait, oldest) in enumerate(agg):
+            clients += client_features(n_live, n_wait, shares[slot], oldest) if active else empty
         kv = eng.kv
         host = kv.host
         system = np.array(system_features(
@@ -409,7 +421,7 @@ class ServeEnv(gym.Env):
             eng.num_swapped, eng._num_done, eng._num_specs, self._last_duration), np.float32)
         mask = np.zeros(self.top_k, np.float32)
         mask[:len(self._candidates)] = 1.0
-        return {"candidates": feats.reshape(-1).copy(), "clients": clients.reshape(-1), "system": system,
+        return {"candidates": cand, "clients": np.array(clients, np.float32), "system": system,
                 "action_mask": mask}
 
     def _info(self) -> dict[str, Any]:

@@ -167,3 +167,21 @@ def test_ppo_trains_in_score_mode():
     env = ServeEnv(workload="azure-conv", num_requests=100, rate=10.0, action_mode="score")
     model = PPO("MultiInputPolicy", env, n_steps=256, batch_size=64, n_epochs=1, seed=0, verbose=0)
     model.learn(total_timesteps=512)
+
+
+def test_client_rows_count_live_and_waiting_requests_per_slot():
+    import math
+
+    env = ServeEnv(workload="arena-27", num_requests=300, rate=25.0, max_clients=4)
+    obs, _ = env.reset(seed=5)
+    for _ in range(40):
+        obs, *_ = env.step(int(np.flatnonzero(env.action_masks())[0]))
+    rows = obs["clients"].reshape(4, -1)
+    live = list(env.engine.live.values())
+    for slot in range(4):
+        mine = [r for r in live if r.client_id % 4 == slot]
+        n_live = round(math.expm1(rows[slot, 1] * math.log1p(1024)))
+        n_wait = round(math.expm1(rows[slot, 2] * math.log1p(1024)))
+        assert n_live == len(mine)
+        assert n_wait == sum(1 for r in mine if r.state.name == "WAITING")
+    assert rows[:, 3].sum() == pytest.approx(1.0, abs=1e-5)  # service shares of all slots add up to 1
