@@ -29,13 +29,9 @@ _ARRIVALS, _LENGTHS, _PROGRAM = 0, 1, 2
 
 def check_seed(seed: int) -> int:
     """A workload seed must be a non-negative integer (numpy's ``SeedSequence`` needs one)."""
-    try:
-        value = operator.index(seed)
-    except TypeError:
-        raise TypeError(f"seed must be an integer, got {seed!r}") from None
-    if value < 0:
-        raise ValueError(f"seed must be >= 0, got {value}")
-    return value
+    if seed is None:
+        raise TypeError("seed must be an integer, got None")
+    return check_count("seed", seed)
 
 
 def check_count(name: str, value: int | None) -> int | None:

@@ -17,17 +17,10 @@ from envs.live_request import Request
 from envs.request import RequestSpec
 from envs.tokens import (DEFAULT_VOCAB_SIZE, ConcatTokens, ExplicitTokens, HashBlockTokens, TokenSource,
                          UniqueTokens, counter_tokens, hash_token_blocks)
+from tests.helpers import common_prefix
 
 BS = 16
 
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 # ------------------------------------------------------------------ determinism

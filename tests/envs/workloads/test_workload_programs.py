@@ -4,17 +4,10 @@ import pytest
 from envs.tokens import ConcatTokens
 from envs.workloads import (ClientSpec, Constant, LogNormal, MultiClientWorkload, MultiTurn, NoSharing,
                             Poisson, SharedDocument, StreamIds, SystemPrompt, Uniform)
+from tests.helpers import common_prefix
 
 BS = 16
 
-
-def common_prefix(a, b):
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def workload(program, clients=1, rate=2.0, duration=100.0, prompt=Constant(40), output=Constant(30)):

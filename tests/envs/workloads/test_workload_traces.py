@@ -9,6 +9,7 @@ import envs.workloads.traces as traces_module
 from envs.tokens import HashBlockTokens, UniqueTokens
 from envs.workloads.traces import (DATA_DIR, TraceFormatError, TraceRowsSkippedWarning, TraceWorkload,
                                    load_arena_trace, load_azure_trace, load_mooncake_trace)
+from tests.helpers import common_prefix
 
 
 def mooncake():
@@ -24,21 +25,13 @@ def arena():
     return TraceWorkload("arena-27", "", DATA_DIR / "vtc_chatbot_arena_27clients.csv", "arena")
 
 
-def common_prefix(a, b):
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
 
 # --- the shipped traces ----------------------------------------------------------------
 
 def test_data_lives_inside_the_package():
     assert DATA_DIR == Path(traces_module.__file__).resolve().parent.parent / "data"
     source = Path(traces_module.__file__).read_text()
-    assert "/work/shared" not in source and "../shared" not in source
+    assert "shared/data" not in source and "../shared" not in source
     for name in ("mooncake_conversation_trace.jsonl.gz", "azure_llm_2023_conv.csv.gz",
                  "vtc_chatbot_arena_27clients.csv", "licenses/Apache-2.0.txt", "licenses/CC-BY-4.0.txt",
                  "README.md"):
