@@ -159,6 +159,13 @@ class ServingEngine:
             t = self._released[0][0]
         return t
 
+    def add_arrival(self, spec: RequestSpec, at: float) -> None:
+        """Hand the engine one more request after ``load``, arriving at ``at`` (a cluster's router does
+        this when it routes a request here). It is admitted like a released child: at the first iteration
+        boundary at or after ``at``. The caller keeps ids unique and handles ``spec.parent_id`` itself."""
+        heapq.heappush(self._released, (at, spec.request_id, spec))
+        self._num_specs += 1
+
     def _advance_roots(self) -> None:
         self._root_pos += 1
         self._next_root_time = self._roots[self._root_pos].arrival_time \
