@@ -235,6 +235,11 @@ class ServingEngine:
         ``max_iterations`` caps a multi-iteration run; ``until_time`` makes a run stop at
         the first iteration that ends at or after that time (as an arrival would).
         """
+        return self._step(max_iterations, until_time, False)
+
+    def _step(self, max_iterations: int | None, until_time: float | None, chain: bool) -> StepInfo:
+        """``step``; with ``chain`` (whole runs, nobody watching between events) the fast path goes on
+        through completions and into the next decode run while no request waits and nothing arrives."""
         info = StepInfo()
         self._admit_arrivals(info)
         if not self.live:
@@ -248,7 +253,7 @@ class ServingEngine:
             self._admit_arrivals(info)
         if info.arrived or info.rejected:
             return info  # let the caller see who arrived before anything is scheduled
-        if self._fast_path_ok and group_step(self, info, max_iterations, until_time):
+        if self._fast_path_ok and group_step(self, info, max_iterations, until_time, chain):
             self._admit_arrivals(info)
             return info
         self.sync()
@@ -562,7 +567,7 @@ class ServingEngine:
         t_start = time.perf_counter()
         total = self._num_specs
         while not self.done:
-            self.step()
+            self._step(None, None, max_iterations is None)
             if progress is not None:
                 progress(self._num_done, total)
             if max_iterations is not None and self.iteration >= max_iterations:

@@ -40,8 +40,13 @@ def _form_group(eng: "ServingEngine") -> DecodeGroup:
 
 
 def group_step(eng: "ServingEngine", info: "StepInfo", max_iterations: int | None,
-               until_time: float | None) -> bool:
-    """One engine step on the fast path; False (the group synced, nothing changed) to take the general path."""
+               until_time: float | None, chain: bool = False) -> bool:
+    """One engine step on the fast path; False (the group synced, nothing changed) to take the general path.
+
+    With ``chain`` it goes on, as the next steps would, while nothing needs the caller: after a
+    prefill iteration that leaves every live request in the group, and after a decode run that
+    ended at a completion, the next decode run follows at once unless a request has arrived.
+    """
     cfg = eng.config
     kv = eng.kv
     group = eng._group
@@ -56,7 +61,7 @@ def group_step(eng: "ServingEngine", info: "StepInfo", max_iterations: int | Non
             or (outside and not (cfg.decode_first and cfg.mixed))):
         return _give_up(eng, formed)
     if outside == 0:
-        return _decode_run(eng, group, formed, max_iterations, until_time, info)
+        return _decode_run(eng, group, formed, max_iterations, until_time, info, chain)
     # the decode pass: every member's next block
     step_blocks = group.blocks_needed(1) if n else 0
     if step_blocks > kv.num_available_blocks:
@@ -84,6 +89,8 @@ def group_step(eng: "ServingEngine", info: "StepInfo", max_iterations: int | Non
     plan.decode_context_sum = group.context_sum
     result = eng.executor.execute(plan)
     _apply(eng, group, work, 1, result.duration_s, result.duration_s, 0.0, info)
+    if chain and eng._group is group and len(eng.live) == group.size and eng.next_arrival_time() > eng.clock:
+        _decode_run(eng, group, False, None, None, info, True)
     return True
 
 
@@ -94,9 +101,22 @@ def _give_up(eng: "ServingEngine", formed: bool) -> bool:
 
 
 def _decode_run(eng: "ServingEngine", group: DecodeGroup, formed: bool, max_iterations: int | None,
-                until_time: float | None, info: "StepInfo") -> bool:
+                until_time: float | None, info: "StepInfo", chain: bool = False) -> bool:
     """As many decode steps of the group as fit before the next event; timed by the executor's
-    affine step time (its multi-step contract)."""
+    affine step time (its multi-step contract). With ``chain``, run after run through completions
+    while the group is the whole live set and nothing has arrived."""
+    if not _one_decode_run(eng, group, formed, max_iterations, until_time, info):
+        return False
+    if chain:
+        live = eng.live
+        while eng._group is group and len(live) == group.size and eng.next_arrival_time() > eng.clock:
+            if not _one_decode_run(eng, group, False, None, None, info):
+                break
+    return True
+
+
+def _one_decode_run(eng: "ServingEngine", group: DecodeGroup, formed: bool, max_iterations: int | None,
+                    until_time: float | None, info: "StepInfo") -> bool:
     kv = eng.kv
     n = group.size
     k = group.steps_to_next_finish()

@@ -36,22 +36,26 @@ _POSITION_MULTIPLIERS = np.random.default_rng(0x5EED).integers(
 
 
 def _tokens_from_counters(z: np.ndarray, vocab_size: int) -> np.ndarray:
-    """Tokens in ``[0, vocab_size)`` from distinct uint64 counters (two multiply-xorshift rounds)."""
+    """Tokens in ``[0, vocab_size)`` from distinct uint64 counters (two multiply-xorshift rounds), in place."""
     z *= _MIX1
     z ^= z >> _S31
     z *= _MIX2
-    hi = z >> _S32
-    hi *= np.uint64(vocab_size)
-    hi >>= _S32
-    return hi.view(np.int64)
+    z >>= _S32
+    z *= np.uint64(vocab_size)
+    z >>= _S32
+    return z.view(np.int64)
 
 
 def counter_tokens(stream: int, start: int, length: int, vocab_size: int) -> np.ndarray:
     """Tokens ``start .. start+length`` of the pseudo-random token stream ``stream``."""
     if length <= 0:
         return np.zeros(0, dtype=np.int64)
-    z = np.arange(start, start + length, dtype=np.uint64)
-    z += np.uint64((stream * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+    first = (start + stream * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    if first + length <= 1 << 64:
+        z = np.arange(first, first + length, dtype=np.uint64)
+    else:  # the counters wrap around 2**64
+        z = np.arange(start, start + length, dtype=np.uint64)
+        z += np.uint64((stream * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
     return _tokens_from_counters(z, vocab_size)
 
 
@@ -62,7 +66,7 @@ def hash_token_blocks(tokens: np.ndarray, block_size: int) -> list[int]:
         return []
     if block_size > len(_POSITION_MULTIPLIERS):
         raise ValueError(f"block_size {block_size} exceeds the supported maximum {len(_POSITION_MULTIPLIERS)}")
-    blocks = tokens[: num_full * block_size].reshape(num_full, block_size).astype(np.int64, copy=False)
+    blocks = tokens[: num_full * block_size].astype(np.int64, copy=False).reshape(num_full, block_size)
     keys = (blocks @ _POSITION_MULTIPLIERS[:block_size]).view(np.uint64)
     keys ^= keys >> _S29
     keys *= _MIX2

@@ -52,6 +52,27 @@ def test_token_generation_is_pinned():
     assert UniqueTokens(0, 16).block_keys(16) == [12849823522322149389]
 
 
+def _reference_tokens(stream: int, start: int, length: int, vocab: int) -> list[int]:
+    """The token generator in plain Python integers (mod 2**64)."""
+    m64 = (1 << 64) - 1
+    out = []
+    for i in range(start, start + length):
+        z = (i + stream * 0x9E3779B97F4A7C15) & m64
+        z = (z * 0xBF58476D1CE4E5B9) & m64
+        z ^= z >> 31
+        z = (z * 0x94D049BB133111EB) & m64
+        out.append(((z >> 32) * vocab) >> 32)
+    return out
+
+
+@pytest.mark.parametrize("stream,start", [(3, 0), (5, 1000), (1, 0)])
+def test_counter_tokens_match_the_reference_also_where_counters_wrap(stream, start):
+    # stream 1 starts 0x9E37...15 up, about 2**63.3: with a start near 2**64 minus that the counters wrap
+    if stream == 1:
+        start = (1 << 64) - 0x9E3779B97F4A7C15 - 5
+    assert counter_tokens(stream, start, 12, 32000).tolist() == _reference_tokens(stream, start, 12, 32000)
+
+
 def test_key_counts_and_partial_blocks():
     assert UniqueTokens(1, 15).block_keys(BS) == []
     assert len(UniqueTokens(1, 16).block_keys(BS)) == 1
