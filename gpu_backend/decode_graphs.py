@@ -1,0 +1,86 @@
+"""CUDA graphs for pure-decode iterations, one per padded batch size.
+
+Why: a decode step of a small model is hundreds of small kernels whose launch cost, not
+their work, sets the step time. Capturing the whole decode forward (and the greedy
+argmax) once per batch-size bucket and replaying it makes a step one launch. The graphs
+read static input buffers: token ids, positions and a block-table matrix that is as wide
+as the longest sequence the executor admits; each step copies only the columns it needs.
+A batch is padded up to its bucket with rows that point at the store's scratch block, so
+padding never writes into a block the bookkeeping handed out.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gpu_backend.llama_forward import ForwardBatch, LlamaForward
+
+
+def bucket_sizes(max_batch: int) -> list[int]:
+    """1, 2, 4, 8, then steps of 8 to 32, of 16 to 128, of 32 beyond (vLLM-like)."""
+    sizes = [s for s in (1, 2, 4) if s < max_batch]
+    s = 8
+    while s < max_batch:
+        sizes.append(s)
+        s += 8 if s < 32 else 16 if s < 128 else 32
+    sizes.append(max_batch)
+    return sizes
+
+
+class DecodeGraphs:
+    """Captured decode steps for every bucket up to ``max_batch`` sequences."""
+
+    def __init__(self, model: LlamaForward, max_batch: int, max_blocks_per_seq: int):
+        store = model.store
+        dev = store.device
+        self.model = model
+        self.block_size = store.block_size
+        self.scratch = store.scratch_block
+        self.max_batch = max_batch
+        self.width = max_blocks_per_seq
+        self.sizes = bucket_sizes(max_batch)
+        self.ids = torch.zeros(max_batch, dtype=torch.long, device=dev)
+        self.pos = torch.zeros(max_batch, dtype=torch.long, device=dev)
+        self.tables = torch.full((max_batch, max_blocks_per_seq), self.scratch, dtype=torch.long, device=dev)
+        self.out = torch.zeros(max_batch, dtype=torch.long, device=dev)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._capture()
+
+    def _body(self, n: int) -> None:
+        pos = self.pos[:n]
+        tables = self.tables[:n]
+        blocks = tables.gather(1, (pos // self.block_size).unsqueeze(1)).squeeze(1)
+        batch = ForwardBatch(self.ids[:n], pos, blocks, pos % self.block_size, [], 0, tables, pos + 1, None)
+        self.out[:n] = self.model(batch).argmax(-1)
+
+    def _capture(self) -> None:
+        torch.cuda.synchronize()
+        pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream()
+        for n in reversed(self.sizes):      # largest first: the pool's blocks then fit the rest
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._body(n)               # warm-up (compiles the Triton kernel; writes scratch only)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self._body(n)
+            self.graphs[n] = graph
+        torch.cuda.synchronize()
+
+    def bucket(self, n: int) -> int:
+        for s in self.sizes:
+            if s >= n:
+                return s
+        raise ValueError(f"decode batch of {n} exceeds the largest captured graph ({self.max_batch})")
+
+    def run(self, staged: torch.Tensor, n: int, bucket: int, width: int) -> torch.Tensor:
+        """``staged`` (device, int64): ``bucket`` ids, ``bucket`` positions, then ``bucket x width`` table
+        entries, padding rows included. Returns the device tensor of the ``n`` greedy tokens."""
+        if width > self.width:
+            raise ValueError(f"a decode sequence needs {width} blocks, graphs were built for {self.width}")
+        self.ids[:bucket].copy_(staged[:bucket])
+        self.pos[:bucket].copy_(staged[bucket:2 * bucket])
+        self.tables[:bucket, :width].copy_(staged[2 * bucket:2 * bucket + bucket * width].view(bucket, width))
+        self.graphs[bucket].replay()
+        return self.out[:n]

@@ -1,0 +1,133 @@
+"""Our Llama forward pass over packed tokens and the paged KV cache.
+
+One call runs one engine iteration: the tokens of every prefill chunk and every decode in
+the batch are packed into one ``[T]`` row list (prefill rows first, decode rows last), so
+each linear layer is one matrix product over all of them — the mixed batches of Orca's
+iteration-level scheduling and Sarathi-Serve's chunked prefills (papers.md §7) — and only
+attention is split: each prefill chunk attends causally over its cached prefix plus
+itself, decode rows go through paged decode attention.
+
+The arithmetic follows the Llama architecture as transformers implements it (RMSNorm in
+float32 then cast, rotate-half RoPE with float32 angles, GQA, SwiGLU), so that its logits
+match ``LlamaForCausalLM`` to rounding; the layout is ours (fused QKV and gate/up
+matrices, the KV written straight into the paged cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from gpu_backend.kv_store import PagedKVStore
+from gpu_backend.models import LlamaWeights, rope_inv_freq
+from gpu_backend.paged_attention import decode_attention, gather_kv, prefill_attention
+
+
+@dataclass(slots=True)
+class PrefillSegment:
+    """One prefill chunk's rows in the packed batch."""
+
+    row: int                                  # first row of the chunk
+    num_tokens: int
+    start: int                                # tokens already in the cache (prefix + earlier chunks)
+    block_table: torch.Tensor | None = None   # device block ids; read only when start > 0
+
+
+@dataclass(slots=True)
+class ForwardBatch:
+    """Device tensors for one forward pass (all index tensors int64)."""
+
+    input_ids: torch.Tensor                   # [T]
+    positions: torch.Tensor                   # [T]
+    write_blocks: torch.Tensor                # [T] block receiving each token's KV
+    write_slots: torch.Tensor                 # [T] slot inside that block
+    prefills: list[PrefillSegment] = field(default_factory=list)
+    num_prefill_rows: int = 0                 # rows [0, P) are prefill, [P, T) decode
+    decode_block_tables: torch.Tensor | None = None   # [D, W]
+    decode_context_lens: torch.Tensor | None = None   # [D] (position + 1)
+    logit_rows: torch.Tensor | None = None    # rows whose logits are computed; None: all
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [T, heads, hd]; cos, sin: [T, 1, hd] (the half-angle table repeated twice)."""
+    return x * cos + _rotate_half(x) * sin
+
+
+class LlamaForward:
+    """The model: weights, RoPE tables and the KV store it reads and writes."""
+
+    def __init__(self, weights: LlamaWeights, store: PagedKVStore, max_model_len: int):
+        d = weights.dims
+        if store.dims != d:
+            raise ValueError(f"KV store is laid out for {store.dims.name!r}, the weights are {d.name!r}")
+        self.w = weights
+        self.dims = d
+        self.store = store
+        self.scale = d.head_dim ** -0.5
+        inv = rope_inv_freq(d).to(weights.device)
+        angles = torch.arange(max_model_len, dtype=torch.float32, device=weights.device)[:, None] * inv[None, :]
+        emb = torch.cat((angles, angles), dim=-1)
+        self.cos = emb.cos().to(weights.dtype)
+        self.sin = emb.sin().to(weights.dtype)
+        self._q = d.num_heads * d.head_dim
+        self._kv = d.num_kv_heads * d.head_dim
+        # per layer: the caches viewed [blocks, slot, kv_heads, hd] for writing one row per token
+        self._write_views = [(k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)) for k, v in store.layers]
+
+    @torch.no_grad()
+    def __call__(self, b: ForwardBatch) -> torch.Tensor:
+        """Logits ``[rows, vocab]`` of ``b.logit_rows`` (all rows when None); writes the batch's KV."""
+        w = self.w
+        d = self.dims
+        eps = d.rms_norm_eps
+        T = b.input_ids.shape[0]
+        nh, nkv, hd = d.num_heads, d.num_kv_heads, d.head_dim
+        qn, kvn = self._q, self._kv
+        P = b.num_prefill_rows
+        h = F.embedding(b.input_ids, w.embed)
+        cos = self.cos[b.positions].unsqueeze(1)
+        sin = self.sin[b.positions].unsqueeze(1)
+        inter = d.intermediate_size
+        for layer in range(d.num_layers):
+            x = rms_norm(h, w.input_norm[layer], eps)
+            qkv = F.linear(x, w.qkv[layer])
+            q = apply_rope(qkv[:, :qn].view(T, nh, hd), cos, sin)
+            k = apply_rope(qkv[:, qn:qn + kvn].view(T, nkv, hd), cos, sin)
+            v = qkv[:, qn + kvn:].view(T, nkv, hd)
+            k_write, v_write = self._write_views[layer]
+            k_write[b.write_blocks, b.write_slots] = k
+            v_write[b.write_blocks, b.write_slots] = v
+            k_cache, v_cache = self.store.layers[layer]
+            attn = torch.empty_like(q)
+            for seg in b.prefills:
+                r0, n = seg.row, seg.num_tokens
+                if seg.start == 0:
+                    ks = k[r0:r0 + n].transpose(0, 1)
+                    vs = v[r0:r0 + n].transpose(0, 1)
+                else:
+                    ks = gather_kv(k_cache, seg.block_table, seg.start + n)
+                    vs = gather_kv(v_cache, seg.block_table, seg.start + n)
+                attn[r0:r0 + n] = prefill_attention(q[r0:r0 + n], ks, vs, self.scale)
+            if T > P:
+                decode_attention(q[P:], k_cache, v_cache, b.decode_block_tables, b.decode_context_lens,
+                                 self.scale, out=attn[P:])
+            h = h + F.linear(attn.view(T, qn), w.o_proj[layer])
+            x = rms_norm(h, w.post_norm[layer], eps)
+            gu = F.linear(x, w.gate_up[layer])
+            h = h + F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], w.down[layer])
+        if b.logit_rows is not None:
+            h = h[b.logit_rows]
+        return F.linear(rms_norm(h, w.final_norm, eps), w.lm_head)

@@ -1,0 +1,172 @@
+"""Attention over the paged KV cache: a plain torch path (CPU, reference) and a Triton decode kernel (CUDA).
+
+Decode (one query token per sequence) reads the sequence's KV through its block table:
+token ``t`` lives in block ``table[t // block_size]`` at slot ``t % block_size``. This is
+vLLM's paged attention (Kwon et al., SOSP 2023, papers.md §3, "PagedAttention"): the KV of
+a sequence need not be contiguous, so memory is allocated block by block and blocks can
+be shared by sequences with a common prefix. The Triton kernel computes one
+(sequence, KV head) pair per program: all query heads of the GQA group against a tile of
+``block_size * BLOCKS_PER_TILE`` context tokens at a time, with the online softmax of
+FlashAttention (Dao et al. 2022, papers.md §3) so the context is read once.
+
+Prefill chunks (many query tokens of one sequence) use ``F.scaled_dot_product_attention``
+with a lower-right causal mask: queries at positions ``start .. start+n-1`` see keys
+``0 .. start+n-1``. When ``start == 0`` the keys are the chunk's own, fresh from the
+projection; otherwise the cached prefix is gathered from the paged cache first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:  # Triton ships with CUDA builds of torch; the CPU path never needs it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised on CPU-only installs
+    triton = None
+    tl = None
+
+
+def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """The first ``num_tokens`` tokens of a sequence from one layer's K (or V) cache.
+
+    ``cache``: [num_blocks, kv_heads, block_size, head_dim]; returns [kv_heads, num_tokens, head_dim].
+    """
+    bs = cache.shape[2]
+    nb = -(-num_tokens // bs)
+    blocks = cache[block_table[:nb]]                       # [nb, kv_heads, bs, hd]
+    kvh, hd = blocks.shape[1], blocks.shape[3]
+    return blocks.permute(1, 0, 2, 3).reshape(kvh, nb * bs, hd)[:, :num_tokens]
+
+
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of ``n`` queries (the last ``n`` positions) over ``L >= n`` keys.
+
+    q: [n, heads, hd]; k, v: [kv_heads, L, hd]. Returns [n, heads, hd].
+    """
+    n = q.shape[0]
+    L = k.shape[1]
+    qh = q.transpose(0, 1).unsqueeze(0)                      # [1, heads, n, hd]
+    kh = k.unsqueeze(0)
+    vh = v.unsqueeze(0)
+    group = q.shape[1] // k.shape[0]
+    if group > 1:
+        kh = kh.repeat_interleave(group, dim=1)
+        vh = vh.repeat_interleave(group, dim=1)
+    if n == L:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
+    else:
+        # query i (position L - n + i) sees keys 0 .. L - n + i: a lower-right causal mask
+        mask = torch.ones(n, L, dtype=torch.bool, device=q.device).tril(diagonal=L - n)
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
+    return out.squeeze(0).transpose(0, 1)
+
+
+def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Reference decode attention (plain torch, float32 softmax), batched with a padding mask.
+
+    q: [B, heads, hd]; caches: [num_blocks, kv_heads, block_size, hd]; block_tables: [B, W]
+    (entries past a sequence's blocks may hold anything valid); context_lens: [B].
+    """
+    B, H, D = q.shape
+    kvh, bs = k_cache.shape[1], k_cache.shape[2]
+    W = block_tables.shape[1]
+    g = H // kvh
+    k = k_cache[block_tables.long()].permute(0, 2, 1, 3, 4).reshape(B, kvh, W * bs, D)
+    v = v_cache[block_tables.long()].permute(0, 2, 1, 3, 4).reshape(B, kvh, W * bs, D)
+    qg = q.view(B, kvh, g, D).float()
+    scores = torch.matmul(qg, k.float().transpose(-1, -2)) * scale            # [B, kvh, g, W*bs]
+    valid = torch.arange(W * bs, device=q.device)[None, :] < context_lens.long()[:, None]
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    p = torch.softmax(scores, dim=-1)
+    out = torch.matmul(p, v.float())                                          # [B, kvh, g, D]
+    return out.reshape(B, H, D).to(q.dtype)
+
+
+if triton is not None:
+    @triton.jit
+    def _paged_decode_kernel(Q, K, V, BT, CL, O, scale,
+                             stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
+                             stride_btb, stride_ob, stride_oh,
+                             GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                             BLOCK_SIZE: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr):
+        b = tl.program_id(0)
+        kvh = tl.program_id(1)
+        ctx = tl.load(CL + b)
+        offs_g = tl.arange(0, GROUP_PAD)
+        offs_d = tl.arange(0, HEAD_DIM)
+        TILE: tl.constexpr = BLOCK_SIZE * BLOCKS_PER_TILE
+        offs_t = tl.arange(0, TILE)
+        g_ok = offs_g < GROUP
+        heads = kvh * GROUP + offs_g
+        q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :], mask=g_ok[:, None], other=0.0)
+        m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+        l_i = tl.zeros([GROUP_PAD], tl.float32)
+        acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+        kv_base = kvh * stride_kh
+        for start in range(0, ctx, TILE):
+            tok = start + offs_t
+            ok = tok < ctx
+            blk = tl.load(BT + b * stride_btb + tok // BLOCK_SIZE, mask=ok, other=0).to(tl.int64)
+            off = blk[:, None] * stride_kb + kv_base + (tok % BLOCK_SIZE)[:, None] * stride_ks + offs_d[None, :]
+            k = tl.load(K + off, mask=ok[:, None], other=0.0)
+            v = tl.load(V + off, mask=ok[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * (scale * 1.4426950408889634)          # [GROUP_PAD, TILE], base 2
+            s = tl.where(ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.exp2(s - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        out = acc / l_i[:, None]
+        tl.store(O + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
+                 mask=g_ok[:, None])
+
+
+def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
+                            out: torch.Tensor | None = None, blocks_per_tile: int | None = None) -> torch.Tensor:
+    """Paged decode attention with the Triton kernel; same contract as ``decode_attention_torch``.
+
+    Every sequence must have ``context_lens >= 1``. K and V caches must share strides
+    (views of one ``PagedKVStore`` tensor do).
+    """
+    if triton is None:
+        raise RuntimeError("decode_attention_triton needs triton (it ships with CUDA builds of torch)")
+    B, H, D = q.shape
+    kvh, bs = k_cache.shape[1], k_cache.shape[2]
+    if k_cache.stride() != v_cache.stride():
+        raise ValueError(f"K and V caches have different strides: {k_cache.stride()} vs {v_cache.stride()}")
+    if q.stride(2) != 1 or k_cache.stride(3) != 1:
+        raise ValueError("q and the caches need a contiguous head dimension")
+    if D & (D - 1) or D < 16:
+        raise ValueError(f"head_dim {D} must be a power of two >= 16 for the Triton kernel")
+    group = H // kvh
+    group_pad = max(16, triton.next_power_of_2(group))
+    if blocks_per_tile is None:
+        blocks_per_tile = max(1, 64 // bs)
+    if out is None:
+        out = torch.empty_like(q)
+    if B == 0:
+        return out
+    _paged_decode_kernel[(B, kvh)](
+        q, k_cache, v_cache, block_tables, context_lens, out, scale,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0), out.stride(0), out.stride(1),
+        GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=D, BLOCK_SIZE=bs, BLOCKS_PER_TILE=blocks_per_tile,
+        num_warps=4, num_stages=2)
+    return out
+
+
+def decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, out=None):
+    """Dispatch: the Triton kernel on CUDA, the torch reference elsewhere."""
+    if q.is_cuda and triton is not None:
+        return decode_attention_triton(q, k_cache, v_cache, block_tables, context_lens, scale, out)
+    res = decode_attention_torch(q, k_cache, v_cache, block_tables, context_lens, scale)
+    if out is not None:
+        out.copy_(res)
+        return out
+    return res

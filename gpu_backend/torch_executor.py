@@ -1,0 +1,329 @@
+"""The real executor: runs each ``BatchPlan`` through our Llama forward pass over the paged KV cache.
+
+It sits beside ``SimExecutor`` and takes exactly the same plans; where the simulator
+predicts how long a plan takes, this one runs it on the device (a CUDA GPU, or the CPU
+for tests), samples real tokens greedily and reports the measured time. The KV blocks it
+reads and writes are the ids the engine's ``KVCacheManager`` assigned (eager ids:
+``needs_block_ids``), so prefix-cache hits, chunked prefill, swaps and recomputes are
+the bookkeeping's, executed for real.
+
+One iteration: (1) swap copies, one per ``GroupMove``, on a side stream (``PagedKVStore``),
+the compute waiting for them; (2) one forward over the packed tokens of every prefill
+chunk and decode (``LlamaForward``) — a pure-decode batch replays a captured CUDA graph
+(``DecodeGraphs``) instead; (3) greedy sampling for every decode and every chunk that
+completes its prompt. Host-side inputs travel in one pinned buffer and one copy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+import torch
+
+from gpu_backend.decode_graphs import DecodeGraphs
+from gpu_backend.kv_store import PagedKVStore
+from gpu_backend.llama_forward import ForwardBatch, LlamaForward, PrefillSegment
+from gpu_backend.models import LlamaWeights, load_weights
+from gpu_backend.plan import BatchPlan, KVCapacity, StepResult
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """bf16 on CUDA and float32 on the CPU unless named."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+class TorchExecutor:
+    """Runs plans on a real Llama-architecture model (see the module docstring).
+
+    ``model``: a name from ``gpu_backend.models`` or ready ``LlamaWeights`` (on ``device``).
+    KV memory: ``num_gpu_blocks`` (default: what ``gpu_memory_utilization`` of the device
+    leaves after the weights and ``activation_reserve_bytes`` on CUDA; 1 GiB of KV on the
+    CPU) and ``num_host_blocks`` (default: ``swap_space_bytes``). ``max_model_len`` defaults
+    to the model's context length. ``keep_logits`` keeps every row's logits of the last
+    iteration in ``last_logits`` (seq id -> [rows, vocab]; for tests) and turns graphs off.
+    """
+
+    supports_multi_step = False
+    needs_token_ids = True
+    needs_block_ids = True
+
+    def __init__(self, model: str | LlamaWeights = "tiny", device: str | torch.device | None = None,
+                 dtype: torch.dtype | str | None = None, num_gpu_blocks: int | None = None,
+                 num_host_blocks: int | None = None, block_size: int = 16, max_model_len: int | None = None,
+                 max_num_seqs: int = 256, cuda_graphs: bool = True, gpu_memory_utilization: float = 0.9,
+                 activation_reserve_bytes: int = 4 * 2**30, swap_space_bytes: int | None = None,
+                 seed: int = 0, keep_logits: bool = False):
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine")
+        if self.device.type not in ("cuda", "cpu"):
+            raise ValueError(f"device {device!r}: only 'cuda' and 'cpu' are supported")
+        self.dtype = resolve_dtype(dtype, self.device)
+        if isinstance(model, LlamaWeights):
+            self.weights = model
+            if model.device.type != self.device.type or model.dtype != self.dtype:
+                raise ValueError(f"weights are {model.dtype} on {model.device}, the executor runs "
+                                 f"{self.dtype} on {self.device}")
+        else:
+            self.weights = load_weights(model, self.device, self.dtype, seed)
+        dims = self.weights.dims
+        self.dims = dims
+        if max_model_len is None:
+            max_model_len = dims.max_position_embeddings
+        if not 1 <= max_model_len <= dims.max_position_embeddings:
+            raise ValueError(f"max_model_len {max_model_len} must be in [1, {dims.max_position_embeddings}] "
+                             f"(model {dims.name!r})")
+        if max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
+        self.max_model_len = max_model_len
+        self.block_size = block_size
+        elt = torch.empty((), dtype=self.dtype).element_size()
+        bytes_per_block = dims.kv_bytes_per_token(elt) * block_size
+        if num_gpu_blocks is None:
+            num_gpu_blocks = self._default_gpu_blocks(bytes_per_block, gpu_memory_utilization,
+                                                      activation_reserve_bytes)
+        if num_host_blocks is None:
+            if swap_space_bytes is None:
+                swap_space_bytes = 4 * 2**30 if self.device.type == "cuda" else 64 * 2**20
+            num_host_blocks = swap_space_bytes // bytes_per_block
+        self.store = PagedKVStore(dims, num_gpu_blocks, num_host_blocks, block_size, self.dtype, self.device)
+        self.model = LlamaForward(self.weights, self.store, max_model_len)
+        self.is_cuda = self.device.type == "cuda"
+        self.keep_logits = keep_logits
+        self.last_logits: dict[int, torch.Tensor] = {}
+        self._staging = torch.empty(0, dtype=torch.long, pin_memory=self.is_cuda)
+        self._staging_np = self._staging.numpy()
+        self.graphs: DecodeGraphs | None = None
+        if self.is_cuda and cuda_graphs and not keep_logits:
+            self.graphs = DecodeGraphs(self.model, max_num_seqs, -(-max_model_len // block_size))
+        self.last_swap = None
+
+    def _default_gpu_blocks(self, bytes_per_block: int, util: float, reserve: int) -> int:
+        if not 0 < util <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {util}")
+        if self.device.type != "cuda":
+            return max(1, 2**30 // bytes_per_block)
+        free, total = torch.cuda.mem_get_info(self.device)
+        budget = total * util - (total - free) - reserve
+        n = int(budget // bytes_per_block)
+        if n < 1:
+            raise ValueError(f"no GPU memory left for KV blocks: {free} of {total} bytes free, "
+                             f"utilization {util}, activation reserve {reserve} bytes")
+        return n
+
+    # ------------------------------------------------------------------ protocol
+    def capacity(self) -> KVCapacity:
+        s = self.store
+        return KVCapacity(s.num_gpu_blocks, s.num_host_blocks, self.block_size, s.bytes_per_block,
+                          self.max_model_len)
+
+    def decode_step_affine(self, num_seqs: int) -> tuple[float, float]:
+        raise NotImplementedError("TorchExecutor runs one measured iteration at a time "
+                                  "(supports_multi_step is False); it has no closed-form decode time")
+
+    def execute(self, plan: BatchPlan) -> StepResult:
+        t0 = time.perf_counter()
+        if plan.num_steps != 1:
+            raise ValueError(f"TorchExecutor runs one iteration per plan, got num_steps={plan.num_steps}")
+        self._validate(plan)
+        swap = self.store.start_swaps(plan.swap_out, plan.swap_in)
+        sampled: dict[int, int] = {}
+        compute_s = 0.0
+        if plan.prefills or plan.decode_seq_ids:
+            if self.is_cuda:
+                c0 = torch.cuda.Event(enable_timing=True)
+                c1 = torch.cuda.Event(enable_timing=True)
+                c0.record()
+            else:
+                c_start = time.perf_counter()
+            tokens, seq_ids = self._compute(plan)
+            if self.is_cuda:
+                c1.record()
+            tok_list = tokens.tolist()        # synchronises with the device
+            sampled = dict(zip(seq_ids, tok_list))
+            compute_s = c0.elapsed_time(c1) / 1e3 if self.is_cuda else time.perf_counter() - c_start
+        elif self.is_cuda and swap.num_copies:
+            torch.cuda.current_stream(self.device).synchronize()
+        self.store.finish_swaps(swap)
+        self.last_swap = swap
+        duration = time.perf_counter() - t0
+        return StepResult(duration, compute_s, swap.seconds, sampled_tokens=sampled)
+
+    # ------------------------------------------------------------------ checks
+    def _validate(self, plan: BatchPlan) -> None:
+        bs = self.block_size
+        limit = self.max_model_len
+        for c in plan.prefills:
+            if c.token_ids is None or len(c.token_ids) != c.num_tokens:
+                got = None if c.token_ids is None else len(c.token_ids)
+                raise ValueError(f"sequence {c.seq_id}: prefill chunk of {c.num_tokens} tokens carries "
+                                 f"{got} token ids (the engine fills them when needs_token_ids is True)")
+            if c.num_tokens < 1 or c.start < 0:
+                raise ValueError(f"sequence {c.seq_id}: bad prefill chunk start={c.start} n={c.num_tokens}")
+            end = c.start + c.num_tokens
+            if end > limit:
+                raise ValueError(f"sequence {c.seq_id}: prefill up to position {end - 1} exceeds the model's "
+                                 f"context length (max_model_len {limit})")
+            if len(c.block_table) * bs < end:
+                raise ValueError(f"sequence {c.seq_id}: {len(c.block_table)} blocks cannot hold {end} tokens")
+        n = len(plan.decode_seq_ids)
+        if n:
+            ids = plan.decode_input_ids
+            if ids is None or len(ids) != n:
+                raise ValueError(f"decode of {n} sequences carries {None if ids is None else len(ids)} input ids "
+                                 f"(the engine fills them when needs_token_ids is True)")
+            if len(plan.decode_positions) != n or len(plan.decode_block_tables) != n:
+                raise ValueError(f"decode lists disagree: {n} ids, {len(plan.decode_positions)} positions, "
+                                 f"{len(plan.decode_block_tables)} block tables")
+            for sid, pos, table in zip(plan.decode_seq_ids, plan.decode_positions, plan.decode_block_tables):
+                if pos >= limit:
+                    raise ValueError(f"sequence {sid}: decode at position {pos} exceeds the model's context "
+                                     f"length (max_model_len {limit})")
+                if len(table) * bs <= pos:
+                    raise ValueError(f"sequence {sid}: {len(table)} blocks cannot hold position {pos}")
+
+    def _check_range(self, arr: np.ndarray, hi: int, what: str) -> None:
+        if arr.size and (arr.min() < 0 or arr.max() >= hi):
+            bad = int(arr[(arr < 0) | (arr >= hi)][0])
+            raise ValueError(f"{what} {bad} is outside [0, {hi})")
+
+    # ------------------------------------------------------------------ staging
+    def _stage(self, parts: list[np.ndarray]) -> torch.Tensor:
+        """Copy int64 host arrays into one pinned buffer and then to the device in one copy."""
+        total = sum(p.size for p in parts)
+        if self._staging.numel() < total:
+            self._staging = torch.empty(max(total, 2 * self._staging.numel()), dtype=torch.long,
+                                        pin_memory=self.is_cuda)
+            self._staging_np = self._staging.numpy()
+        buf = self._staging_np
+        o = 0
+        for p in parts:
+            buf[o:o + p.size] = p.ravel()
+            o += p.size
+        return self._staging[:total].to(self.device, non_blocking=True)
+
+    @staticmethod
+    def _table_matrix(tables, width: int, rows: int, fill: int) -> np.ndarray:
+        """``rows x width`` block ids, the first ``len(tables)`` rows from ``tables`` (truncated), the rest ``fill``."""
+        lens = np.fromiter((min(len(t), width) for t in tables), dtype=np.int64, count=len(tables))
+        flat = np.fromiter(itertools.chain.from_iterable(t[:width] for t in tables), dtype=np.int64,
+                           count=int(lens.sum()))
+        out = np.full((rows, width), fill, dtype=np.int64)
+        mask = np.arange(width)[None, :] < lens[:, None]
+        out[:len(tables)][mask] = flat
+        return out
+
+    # ------------------------------------------------------------------ compute
+    def _compute(self, plan: BatchPlan) -> tuple[torch.Tensor, list[int]]:
+        bs = self.block_size
+        vocab = self.dims.vocab_size
+        nblocks = self.store.num_gpu_blocks
+        d_ids = plan.decode_seq_ids
+        nd = len(d_ids)
+        if nd:
+            pos = np.asarray(plan.decode_positions, dtype=np.int64)
+            width = int((pos.max() // bs) + 1)
+            dec_ids = np.asarray(plan.decode_input_ids, dtype=np.int64)
+            self._check_range(dec_ids, vocab, "decode input token id")
+        if not plan.prefills and self.graphs is not None and nd <= self.graphs.max_batch:
+            bucket = self.graphs.bucket(nd)
+            tables = self._table_matrix(plan.decode_block_tables, width, bucket, self.store.scratch_block)
+            self._check_range(tables[:nd], nblocks, "decode block id")
+            ids = np.zeros(bucket, dtype=np.int64)
+            ids[:nd] = dec_ids
+            p = np.zeros(bucket, dtype=np.int64)
+            p[:nd] = pos
+            staged = self._stage([ids, p, tables])
+            return self.graphs.run(staged, nd, bucket, width), list(d_ids)
+        return self._compute_eager(plan)
+
+    def _compute_eager(self, plan: BatchPlan) -> tuple[torch.Tensor, list[int]]:
+        bs = self.block_size
+        nblocks = self.store.num_gpu_blocks
+        ids, positions, wblocks, logit_rows, sample_rows, seq_ids = [], [], [], [], [], []
+        segs: list[tuple[int, int, int, np.ndarray | None]] = []
+        row = 0
+        for c in plan.prefills:
+            n = c.num_tokens
+            p = np.arange(c.start, c.start + n, dtype=np.int64)
+            table = np.asarray(c.block_table[:-(-(c.start + n) // bs)], dtype=np.int64)
+            ids.append(np.asarray(c.token_ids, dtype=np.int64))
+            positions.append(p)
+            wblocks.append(table[p // bs])
+            segs.append((row, n, c.start, table if c.start > 0 else None))
+            if self.keep_logits:
+                logit_rows.append(np.arange(row, row + n, dtype=np.int64))
+            if c.samples:
+                sample_rows.append(row + n - 1)
+                seq_ids.append(c.seq_id)
+            row += n
+        num_prefill = row
+        nd = len(plan.decode_seq_ids)
+        tables = np.zeros((0, 1), dtype=np.int64)
+        if nd:
+            pos = np.asarray(plan.decode_positions, dtype=np.int64)
+            width = int((pos.max() // bs) + 1)
+            tables = self._table_matrix(plan.decode_block_tables, width, nd, self.store.scratch_block)
+            ids.append(np.asarray(plan.decode_input_ids, dtype=np.int64))
+            positions.append(pos)
+            wblocks.append(tables[np.arange(nd), pos // bs])
+            dec_rows = np.arange(row, row + nd, dtype=np.int64)
+            if self.keep_logits:
+                logit_rows.append(dec_rows)
+            sample_rows.extend(dec_rows.tolist())
+            seq_ids.extend(plan.decode_seq_ids)
+        ids_a = np.concatenate(ids)
+        pos_a = np.concatenate(positions)
+        wb_a = np.concatenate(wblocks)
+        self._check_range(ids_a, self.dims.vocab_size, "input token id")
+        self._check_range(wb_a, nblocks, "block id")
+        self._check_range(tables, nblocks + 1, "decode block id")
+        T = ids_a.size
+        if self.keep_logits:
+            lr = np.concatenate(logit_rows)
+            # sampled rows, as indices into the kept rows (all rows are kept)
+            pick = np.asarray(sample_rows, dtype=np.int64)
+        else:
+            lr = np.asarray(sample_rows, dtype=np.int64)
+            pick = np.arange(lr.size, dtype=np.int64)
+        prefill_tables = [s[3] for s in segs if s[3] is not None]
+        parts = [ids_a, pos_a, wb_a, pos_a % bs, lr, pick, tables] + prefill_tables
+        staged = self._stage(parts)
+        views = []
+        o = 0
+        for part in parts:
+            views.append(staged[o:o + part.size].view(part.shape))
+            o += part.size
+        d_ids, d_pos, d_wb, d_ws, d_lr, d_pick, d_tables = views[:7]
+        pt = iter(views[7:])
+        segments = [PrefillSegment(r, n, start, next(pt) if t is not None else None) for r, n, start, t in segs]
+        batch = ForwardBatch(d_ids, d_pos, d_wb, d_ws, segments, num_prefill,
+                             d_tables if nd else None, (d_pos[num_prefill:] + 1) if nd else None, d_lr)
+        logits = self.model(batch)
+        if self.keep_logits:
+            self._keep(plan, logits, num_prefill)
+        tokens = logits[d_pick].argmax(-1) if d_pick.numel() else torch.zeros(0, dtype=torch.long)
+        return tokens, seq_ids
+
+    def _keep(self, plan: BatchPlan, logits: torch.Tensor, num_prefill: int) -> None:
+        out: dict[int, torch.Tensor] = {}
+        r = 0
+        for c in plan.prefills:
+            out[c.seq_id] = logits[r:r + c.num_tokens].float().cpu()
+            r += c.num_tokens
+        for i, sid in enumerate(plan.decode_seq_ids):
+            out[sid] = logits[num_prefill + i:num_prefill + i + 1].float().cpu()
+        self.last_logits = out
