@@ -50,7 +50,8 @@ def env_steps(seconds: float = 5.0) -> dict:
     t0 = time.perf_counter()
     env.reset(seed=0)
     while time.perf_counter() - t0 < seconds:
-        a = int(rng.choice(np.flatnonzero(env.action_masks())))
+        allowed = np.flatnonzero(env.action_masks())
+        a = int(allowed[rng.integers(len(allowed))])   # uniform over the allowed actions
         _, _, term, trunc, _ = env.step(a)
         steps += 1
         if term or trunc:

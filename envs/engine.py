@@ -59,6 +59,7 @@ class StepInfo:
     arrived: int = 0
     arrival_time_sum: float = 0.0   # sum of the arrival times of the requests admitted
     finished: int = 0
+    finish_time_sum: float = 0.0    # sum of the finish times of the requests that finished
     preempted: int = 0
     rejected: int = 0
 
@@ -225,7 +226,8 @@ class ServingEngine:
             self._reject(child_req, f"parent request {req.request_id} was rejected", info)
 
     # ------------------------------------------------------------------ stepping
-    def step(self, max_iterations: int | None = None, until_time: float | None = None) -> StepInfo:
+    def step(self, max_iterations: int | None = None, until_time: float | None = None,
+             chain: bool = False) -> StepInfo:
         """Run one iteration, or a closed-form decode run of several, or admit arrivals.
 
         Arrivals due by the end are admitted before returning, so the live set a caller sees
@@ -234,12 +236,13 @@ class ServingEngine:
 
         ``max_iterations`` caps a multi-iteration run; ``until_time`` makes a run stop at
         the first iteration that ends at or after that time (as an arrival would).
+        ``chain`` (no limit given) lets the decode-group fast path go on through completions,
+        and from a prefill iteration into the decode run after it, while every live request is
+        decoding and nothing arrives: for callers with nothing to decide until a request
+        waits (``run``, an env deciding at events). ``StepInfo.finish_time_sum`` then tells
+        when the requests finished inside the step.
         """
-        return self._step(max_iterations, until_time, False)
-
-    def _step(self, max_iterations: int | None, until_time: float | None, chain: bool) -> StepInfo:
-        """``step``; with ``chain`` (whole runs, nobody watching between events) the fast path goes on
-        through completions and into the next decode run while no request waits and nothing arrives."""
+        chain = chain and max_iterations is None and until_time is None
         info = StepInfo()
         self._admit_arrivals(info)
         if not self.live:
@@ -510,6 +513,7 @@ class ServingEngine:
         info.num_iterations += k
         info.duration_s += result.duration_s
         info.finished += len(finished)
+        info.finish_time_sum += end * len(finished)
 
     def _apply_chunk(self, req: Request, num_tokens: int, samples: bool, iteration: int, end: float,
                      token: int | None = None) -> bool:
@@ -567,7 +571,7 @@ class ServingEngine:
         t_start = time.perf_counter()
         total = self._num_specs
         while not self.done:
-            self._step(None, None, max_iterations is None)
+            self.step(chain=max_iterations is None)
             if progress is not None:
                 progress(self._num_done, total)
             if max_iterations is not None and self.iteration >= max_iterations:

@@ -195,3 +195,4 @@ def _apply(eng: "ServingEngine", group: DecodeGroup, work, k: int, duration: flo
     info.num_iterations += k
     info.duration_s += duration
     info.finished += len(finished)
+    info.finish_time_sum += end * len(finished)

@@ -298,7 +298,9 @@ class ServeEnv(gym.Env):
             if self.decision == "interval":
                 info = eng.step(max_iterations=self.decision_interval - iters)
             else:
-                info = eng.step()
+                # while every live request decodes there is nothing to decide: let the engine go on
+                # (not for the fairness reward, which samples the service gap at each completion)
+                info = eng.step(chain=self.reward_name != "fairness")
             self._account(info, n_before, t_before)
             if info.num_iterations:
                 self._last_duration = info.duration_s / info.num_iterations
@@ -319,8 +321,10 @@ class ServeEnv(gym.Env):
         dt = eng.clock - t_before
         name = self.reward_name
         if name == "latency":
-            # live through the whole step, plus each arrival from its arrival time on
-            area = n_before * dt + info.arrived * eng.clock - info.arrival_time_sum
+            # live through the whole step, plus each arrival from its arrival time on, less each
+            # completion inside the step from its finish time on
+            area = (n_before * dt + info.arrived * eng.clock - info.arrival_time_sum
+                    - (info.finished * eng.clock - info.finish_time_sum))
             self._reward_acc -= self.reward_scale * area
         elif name == "throughput":
             total = eng.counters.output_tokens
