@@ -1,0 +1,189 @@
+"""Pin ``gpu_backend.torch_executor`` on the CPU: its logits equal transformers' own
+``LlamaForCausalLM`` forward (float32, tiny random model with llama3 RoPE scaling and GQA)
+for plain prefill, chunked prefill, prefill over a prefix-cache hit, and many decode steps
+in mixed batches; a swap-out/swap-in round trip restores the KV bit for bit; plans past
+the context length or without token ids are refused with a clear error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpu_backend.models import LlamaWeights, build_hf_model
+from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
+from gpu_backend.torch_executor import TorchExecutor
+
+ATOL = 2e-5
+RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def hf():
+    model = build_hf_model("tiny", torch.float32, "cpu", seed=0)
+    gen = torch.Generator().manual_seed(123)
+    with torch.no_grad():  # norms at 1.0 would hide a norm applied to the wrong tensor
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@pytest.fixture(scope="module")
+def weights(hf):
+    return LlamaWeights.from_hf(hf, "tiny")
+
+
+def make_executor(weights, **kw) -> TorchExecutor:
+    kw.setdefault("num_gpu_blocks", 64)
+    kw.setdefault("num_host_blocks", 32)
+    return TorchExecutor(weights, device="cpu", keep_logits=True, **kw)
+
+
+def tokens(n: int, seed: int) -> list[int]:
+    return torch.randint(0, 32000, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def reference(hf, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return hf(torch.tensor([ids])).logits[0]
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=RTOL)
+
+
+def test_dims_come_from_the_hf_config(weights):
+    d = weights.dims
+    assert (d.num_layers, d.hidden_size, d.num_heads, d.num_kv_heads, d.head_dim) == (2, 64, 4, 2, 16)
+    assert d.rope_scaling is not None and d.rope_scaling.factor == 4.0
+    assert weights.qkv[0].shape == ((4 + 2 * 2) * 16, 64)
+    assert weights.gate_up[0].shape == (2 * 128, 64)
+
+
+def test_plain_prefill_of_two_sequences_in_one_batch(hf, weights):
+    ex = make_executor(weights)
+    a, b = tokens(37, 1), tokens(20, 2)
+    plan = BatchPlan(prefills=[PrefillChunk(1, 0, 37, [5, 6, 9], True, a),
+                               PrefillChunk(2, 0, 20, [0, 12], True, b)])
+    res = ex.execute(plan)
+    close(ex.last_logits[1], reference(hf, a))
+    close(ex.last_logits[2], reference(hf, b))
+    assert res.sampled_tokens == {1: int(reference(hf, a)[-1].argmax()), 2: int(reference(hf, b)[-1].argmax())}
+    assert res.duration_s >= res.compute_s > 0 and res.swap_s == 0.0
+
+
+def test_chunked_prefill_then_decodes(hf, weights):
+    ex = make_executor(weights)
+    ids = tokens(90, 3)
+    table = [20, 3, 4, 40, 41, 7]           # scattered blocks: the table, not contiguity, places tokens
+    ref = reference(hf, ids)
+    start = 0
+    for n in (13, 35, 32):                  # chunk ends inside blocks and on a block boundary
+        res = ex.execute(BatchPlan(prefills=[PrefillChunk(9, start, n, table, start + n == 80, ids[start:start + n])]))
+        close(ex.last_logits[9], ref[start:start + n])
+        start += n
+    assert res.sampled_tokens == {9: int(ref[79].argmax())}
+    for p in range(80, 90):                 # decodes over the chunked prefix, crossing into a new block
+        res = ex.execute(BatchPlan(decode_seq_ids=[9], decode_positions=[p], decode_block_tables=[table],
+                                   decode_input_ids=[ids[p]]))
+        close(ex.last_logits[9], ref[p:p + 1])
+        assert res.sampled_tokens == {9: int(ref[p].argmax())}
+
+
+def test_prefill_over_a_prefix_cache_hit(hf, weights):
+    ex = make_executor(weights)
+    shared = tokens(48, 4)
+    a = shared + tokens(10, 5)
+    b = shared + tokens(25, 6)
+    ex.execute(BatchPlan(prefills=[PrefillChunk(1, 0, len(a), [10, 11, 12, 13], True, a)]))
+    # b reuses a's three full blocks and computes only its own tail
+    table_b = [10, 11, 12, 30, 31]
+    res = ex.execute(BatchPlan(prefills=[PrefillChunk(2, 48, 25, table_b, True, b[48:])]))
+    ref = reference(hf, b)
+    close(ex.last_logits[2], ref[48:])
+    assert res.sampled_tokens == {2: int(ref[-1].argmax())}
+
+
+def test_mixed_batch_prefill_chunk_beside_decodes(hf, weights):
+    ex = make_executor(weights)
+    a, b, c = tokens(40, 7), tokens(33, 8), tokens(50, 9)
+    ex.execute(BatchPlan(prefills=[PrefillChunk(1, 0, 39, [0, 1, 2], True, a[:39]),
+                                   PrefillChunk(2, 0, 32, [8, 9, 10], True, b[:32])]))
+    plan = BatchPlan(prefills=[PrefillChunk(3, 0, 30, [20, 21], False, c[:30])],
+                     decode_seq_ids=[1, 2], decode_positions=[39, 32], decode_block_tables=[[0, 1, 2], [8, 9, 10]],
+                     decode_input_ids=[a[39], b[32]])
+    res = ex.execute(plan)
+    close(ex.last_logits[1], reference(hf, a)[39:40])
+    close(ex.last_logits[2], reference(hf, b)[32:33])
+    close(ex.last_logits[3], reference(hf, c)[:30])
+    assert set(res.sampled_tokens) == {1, 2}   # the unfinished chunk samples nothing
+
+
+def test_swap_round_trip_restores_kv_bit_for_bit(hf, weights):
+    ex = make_executor(weights, num_gpu_blocks=32, num_host_blocks=16)
+    ids = tokens(70, 10)
+    table = [3, 4, 5, 6, 7]
+    ex.execute(BatchPlan(prefills=[PrefillChunk(1, 0, 66, table, True, ids[:66])]))
+    before = ex.store.gpu_blocks(table)
+    # out to host blocks 8..12 in one group copy; a second sequence then overwrites the GPU blocks
+    res = ex.execute(BatchPlan(swap_out=[GroupMove(3, 8, 5)]))
+    assert res.swap_s > 0 and ex.last_swap.num_copies == 1
+    assert torch.equal(ex.store.host_blocks(range(8, 13)), before)
+    ex.execute(BatchPlan(prefills=[PrefillChunk(2, 0, 80, [3, 4, 5, 6, 7], True, tokens(80, 11))]))
+    assert not torch.equal(ex.store.gpu_blocks(table), before)
+    # back in to other GPU blocks, in two groups, and a decode in the same iteration reads them
+    new_table = [20, 21, 22, 25, 26]
+    plan = BatchPlan(swap_in=[GroupMove(8, 20, 3), GroupMove(11, 25, 2)], decode_seq_ids=[1],
+                     decode_positions=[66], decode_block_tables=[new_table], decode_input_ids=[ids[66]])
+    res = ex.execute(plan)
+    assert ex.last_swap.num_copies == 2 and ex.last_swap.num_bytes == 5 * ex.store.bytes_per_block
+    after = ex.store.gpu_blocks(new_table)
+    # the decode wrote position 66 (block 4 of the table, slot 2): every other byte is the restored copy
+    untouched = torch.ones(after.shape, dtype=torch.bool)
+    untouched[4, :, :, :, 2] = False
+    assert torch.equal(after[untouched], before[untouched])
+    ref = reference(hf, ids)
+    close(ex.last_logits[1], ref[66:67])
+    for p in range(67, 70):
+        ex.execute(BatchPlan(decode_seq_ids=[1], decode_positions=[p], decode_block_tables=[new_table],
+                             decode_input_ids=[ids[p]]))
+        close(ex.last_logits[1], ref[p:p + 1])
+
+
+def test_capacity_reports_the_store(weights):
+    ex = make_executor(weights, num_gpu_blocks=10, num_host_blocks=4, max_model_len=512)
+    cap = ex.capacity()
+    assert (cap.num_gpu_blocks, cap.num_host_blocks, cap.block_size, cap.max_model_len) == (10, 4, 16, 512)
+    assert cap.bytes_per_block == 2 * 2 * 2 * 16 * 16 * 4   # K and V, layers, kv heads, slots, head dim, fp32
+    assert ex.store.gpu.shape == (11, 2, 2, 2, 16, 16)        # one scratch block beyond the ten
+
+
+def test_positions_beyond_the_context_length_are_refused(weights):
+    ex = make_executor(weights, max_model_len=64)
+    with pytest.raises(ValueError, match=r"sequence 4: prefill up to position 69 exceeds the model's context "
+                                         r"length \(max_model_len 64\)"):
+        ex.execute(BatchPlan(prefills=[PrefillChunk(4, 0, 70, list(range(5)), True, tokens(70, 1))]))
+    with pytest.raises(ValueError, match=r"sequence 5: decode at position 64 exceeds"):
+        ex.execute(BatchPlan(decode_seq_ids=[5], decode_positions=[64], decode_block_tables=[list(range(5))],
+                             decode_input_ids=[1]))
+    with pytest.raises(ValueError, match=r"max_model_len 5000 must be in \[1, 4096\]"):
+        make_executor(weights, max_model_len=5000)
+
+
+def test_bad_plans_are_refused_with_the_culprit_named(weights):
+    ex = make_executor(weights, num_gpu_blocks=8)
+    with pytest.raises(ValueError, match=r"sequence 3: prefill chunk of 4 tokens carries None token ids"):
+        ex.execute(BatchPlan(prefills=[PrefillChunk(3, 0, 4, [0], True)]))
+    with pytest.raises(ValueError, match=r"input token id 32000 is outside \[0, 32000\)"):
+        ex.execute(BatchPlan(prefills=[PrefillChunk(3, 0, 2, [0], True, [5, 32000])]))
+    with pytest.raises(ValueError, match=r"block id 8 is outside \[0, 8\)"):
+        ex.execute(BatchPlan(prefills=[PrefillChunk(3, 0, 2, [8], True, [5, 6])]))
+    with pytest.raises(ValueError, match=r"sequence 3: 1 blocks cannot hold 20 tokens"):
+        ex.execute(BatchPlan(prefills=[PrefillChunk(3, 0, 20, [0], True, tokens(20, 2))]))
+    with pytest.raises(ValueError, match=r"swap-out GroupMove\(src_start=6, dst_start=0, num_blocks=4\): outside"):
+        ex.execute(BatchPlan(swap_out=[GroupMove(6, 0, 4)]))
+    with pytest.raises(ValueError, match="one iteration per plan, got num_steps=3"):
+        ex.execute(BatchPlan(decode_seq_ids=[1], decode_positions=[0], decode_block_tables=[[0]],
+                             decode_input_ids=[1], num_steps=3))
+    with pytest.raises(NotImplementedError, match="supports_multi_step is False"):
+        ex.decode_step_affine(4)
