@@ -104,7 +104,10 @@ class TorchExecutor:
         self.is_cuda = self.device.type == "cuda"
         self.keep_logits = keep_logits
         self.last_logits: dict[int, torch.Tensor] = {}
-        self._staging = torch.empty(0, dtype=torch.long, pin_memory=self.is_cuda)
+        self._staging = torch.empty(1 << 16, dtype=torch.long, pin_memory=self.is_cuda)
+        if self.is_cuda:
+            self._c0 = torch.cuda.Event(enable_timing=True)
+            self._c1 = torch.cuda.Event(enable_timing=True)
         self._staging_np = self._staging.numpy()
         self.graphs: DecodeGraphs | None = None
         if self.is_cuda and cuda_graphs and not keep_logits:
@@ -143,24 +146,37 @@ class TorchExecutor:
         sampled: dict[int, int] = {}
         compute_s = 0.0
         if plan.prefills or plan.decode_seq_ids:
-            if self.is_cuda:
-                c0 = torch.cuda.Event(enable_timing=True)
-                c1 = torch.cuda.Event(enable_timing=True)
-                c0.record()
-            else:
-                c_start = time.perf_counter()
             tokens, seq_ids = self._compute(plan)
-            if self.is_cuda:
-                c1.record()
             tok_list = tokens.tolist()        # synchronises with the device
             sampled = dict(zip(seq_ids, tok_list))
-            compute_s = c0.elapsed_time(c1) / 1e3 if self.is_cuda else time.perf_counter() - c_start
+            compute_s = self._compute_time()
         elif self.is_cuda and swap.num_copies:
             torch.cuda.current_stream(self.device).synchronize()
         self.store.finish_swaps(swap)
         self.last_swap = swap
         duration = time.perf_counter() - t0
         return StepResult(duration, compute_s, swap.seconds, sampled_tokens=sampled)
+
+    # ------------------------------------------------------------------ timing
+    def _start_compute(self) -> None:
+        """Mark the start of the device work (after the inputs are staged)."""
+        if self.is_cuda:
+            self._c0.record()
+        else:
+            self._c_start = time.perf_counter()
+
+    def _end_compute(self) -> None:
+        if self.is_cuda:
+            self._c1.record()
+        else:
+            self._c_end = time.perf_counter()
+
+    def _compute_time(self) -> float:
+        """Seconds from ``_start_compute`` to ``_end_compute`` (device time on CUDA)."""
+        if self.is_cuda:
+            self._c1.synchronize()
+            return self._c0.elapsed_time(self._c1) / 1e3
+        return self._c_end - self._c_start
 
     # ------------------------------------------------------------------ checks
     def _validate(self, plan: BatchPlan) -> None:
@@ -247,7 +263,10 @@ class TorchExecutor:
             p = np.zeros(bucket, dtype=np.int64)
             p[:nd] = pos
             staged = self._stage([ids, p, tables])
-            return self.graphs.run(staged, nd, bucket, width), list(d_ids)
+            self._start_compute()
+            tokens = self.graphs.run(staged, nd, bucket, width)
+            self._end_compute()
+            return tokens, list(d_ids)
         return self._compute_eager(plan)
 
     def _compute_eager(self, plan: BatchPlan) -> tuple[torch.Tensor, list[int]]:
@@ -312,10 +331,12 @@ class TorchExecutor:
         segments = [PrefillSegment(r, n, start, next(pt) if t is not None else None) for r, n, start, t in segs]
         batch = ForwardBatch(d_ids, d_pos, d_wb, d_ws, segments, num_prefill,
                              d_tables if nd else None, (d_pos[num_prefill:] + 1) if nd else None, d_lr)
+        self._start_compute()
         logits = self.model(batch)
+        tokens = logits[d_pick].argmax(-1) if d_pick.numel() else torch.zeros(0, dtype=torch.long)
+        self._end_compute()
         if self.keep_logits:
             self._keep(plan, logits, num_prefill)
-        tokens = logits[d_pick].argmax(-1) if d_pick.numel() else torch.zeros(0, dtype=torch.long)
         return tokens, seq_ids
 
     def _keep(self, plan: BatchPlan, logits: torch.Tensor, num_prefill: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gpu_backend.decode_graphs import DecodeGraphs
 from gpu_backend.models import LlamaWeights, build_hf_model
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
 from gpu_backend.torch_executor import TorchExecutor
@@ -187,3 +188,42 @@ def test_bad_plans_are_refused_with_the_culprit_named(weights):
                              decode_input_ids=[1], num_steps=3))
     with pytest.raises(NotImplementedError, match="supports_multi_step is False"):
         ex.decode_step_affine(4)
+
+
+class _Replay:
+    """Stands in for a captured CUDA graph: ``replay`` runs the captured body eagerly."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def replay(self):
+        self.fn()
+
+
+class _EagerGraphs(DecodeGraphs):
+    """The CUDA-graph decode path (static buffers, buckets, padding) with eager "replays", on the CPU."""
+
+    def _capture(self) -> None:
+        self.graphs = {n: _Replay(lambda n=n: self._body(n)) for n in self.sizes}
+
+
+def test_graph_decode_path_pads_into_the_scratch_block_only(hf, weights):
+    ex = TorchExecutor(weights, device="cpu", num_gpu_blocks=64, num_host_blocks=0, max_model_len=256)
+    ex.graphs = _EagerGraphs(ex.model, max_batch=16, max_blocks_per_seq=16)
+    assert ex.graphs.sizes == [1, 2, 4, 8, 16]
+    seqs = {i: tokens(20 + 9 * i, 40 + i) for i in range(5)}
+    tables = {i: [10 * i + j for j in range(6)] for i in range(5)}
+    ex.execute(BatchPlan(prefills=[PrefillChunk(i, 0, len(s), tables[i], True, s) for i, s in seqs.items()]))
+    ex.store.gpu[ex.store.scratch_block] = 7.0
+    for step, members in enumerate([[0, 1, 2], [3, 4, 0, 1, 2], [2], [1, 3, 4]]):   # buckets 4, 8, 1, 4
+        snapshot = ex.store.gpu.clone()
+        plan = BatchPlan(decode_seq_ids=members, decode_positions=[len(seqs[i]) for i in members],
+                         decode_block_tables=[tables[i] for i in members],
+                         decode_input_ids=[tokens(1, 100 * step + i)[0] for i in members])
+        res = ex.execute(plan)
+        changed = (ex.store.gpu != snapshot).flatten(1).any(1).nonzero().flatten().tolist()
+        written = {tables[i][len(seqs[i]) // 16] for i in members}
+        assert set(changed) <= written | {ex.store.scratch_block}
+        for i, tok in zip(members, plan.decode_input_ids):
+            seqs[i].append(tok)
+            assert res.sampled_tokens[i] == int(reference(hf, seqs[i])[-1].argmax())
