@@ -3,7 +3,13 @@
 Importing this package registers every baseline with ``envs.policy.register_policy``.
 """
 
+from baselines.deficit import DeficitLedger
+from baselines.dlpm import DLPM
 from baselines.fcfs import FCFS
+from baselines.lpm import LPM
+from baselines.ltr import LTR
+from baselines.mlfq import MLFQ
 from baselines.sjf import SJF, SRTF
+from baselines.vtc import LCF, VTC
 
-__all__ = ["FCFS", "SJF", "SRTF"]
+__all__ = ["DLPM", "DeficitLedger", "FCFS", "LCF", "LPM", "LTR", "MLFQ", "SJF", "SRTF", "VTC"]
