@@ -1,16 +1,27 @@
-"""Prompt content as token ids, and the per-block content keys the prefix cache matches on.
+"""Prompt content as token ids, and the per-block keys the prefix cache matches on.
 
 Why this exists: the radix prefix cache must see exactly the sharing that real prompts
 have (a shared document, a conversation history, Mooncake's hashed 512-token blocks),
 yet the simulator must not hold every prompt of a 12,000-request trace in memory as
 token arrays. A ``TokenSource`` describes a prompt's content compactly and produces its
-token ids on demand; ``block_keys`` hashes every full KV block of those tokens into one
-64-bit key. Two sources with the same token content give the same keys, whatever kind
-of source they are, so a multi-turn prompt built by concatenation hits the blocks cached
-by the turn before it.
+token ids on demand; ``block_keys`` gives every full KV block one 64-bit key, equal for
+two blocks exactly when their content is the same:
 
-All generation is deterministic (a counter-based multiply-xorshift hash), so a seed fully
-determines every token.
+- synthetic content is generated from a counter: token i of a stream is a fixed function
+  of counter ``first + i`` (a multiply-xorshift hash), so a block made of ``block_size``
+  consecutive counters *is* its first counter. Its key is that counter (plus a constant
+  per vocabulary and block size), computed without generating a token. Two such blocks
+  have the same key if and only if they are the same counters, hence the same tokens;
+- any other block (explicit tokens: a tokenised real prompt, real sampled output; or a
+  block that straddles two unrelated pieces of content) is keyed by hashing its tokens.
+
+A multi-turn prompt built by concatenation therefore hits the blocks cached by the turn
+before it, and Mooncake requests share exactly their common hash-id prefix. An explicit
+copy of synthetic tokens is keyed by its content and does not match the generator's
+coordinate keys; no workload makes such copies (the simulator's hot path never
+generates tokens at all, which is what makes these keys cheap).
+
+All generation is deterministic, so a seed fully determines every token and key.
 """
 
 from __future__ import annotations
@@ -29,6 +40,27 @@ _S29, _S31, _S32 = np.uint64(29), np.uint64(31), np.uint64(32)
 # mean the same content in every run.
 _POSITION_MULTIPLIERS = np.random.default_rng(0x5EED).integers(
     -(2**62), 2**62, size=1024, dtype=np.int64) | np.int64(1)
+
+_M64 = (1 << 64) - 1
+_STREAM_STRIDE = 0x9E3779B97F4A7C15   # stream s starts at counter s * stride (mod 2**64)
+
+
+def _coordinate_salt(vocab_size: int, block_size: int) -> int:
+    """Added to a block's first counter to make its key: blocks of other vocabularies or sizes differ."""
+    return ((vocab_size * 0xD6E8FEB86659FD93) ^ (block_size * 0xA0761D6478BD642F)) & _M64
+
+
+def counter_block_keys(first_counter: int, length: int, vocab_size: int, block_size: int) -> list[int]:
+    """Keys of the full blocks of ``length`` generator tokens starting at ``first_counter``."""
+    n = length // block_size
+    if n <= 0:
+        return []
+    k0 = (first_counter + _coordinate_salt(vocab_size, block_size)) & _M64
+    end = k0 + n * block_size
+    if end <= 1 << 64:
+        return list(range(k0, end, block_size))
+    return [(k0 + b * block_size) & _M64 for b in range(n)]   # the counters wrap around 2**64
+
 
 # Every numpy call on arrays this small costs about a microsecond whatever its size, and
 # a prompt's tokens and keys are computed once per admitted request: the functions below
@@ -50,27 +82,87 @@ def counter_tokens(stream: int, start: int, length: int, vocab_size: int) -> np.
     """Tokens ``start .. start+length`` of the pseudo-random token stream ``stream``."""
     if length <= 0:
         return np.zeros(0, dtype=np.int64)
-    first = (start + stream * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    return _counter_run_tokens((start + stream * _STREAM_STRIDE) & _M64, length, vocab_size)
+
+
+def _counter_run_tokens(first: int, length: int, vocab_size: int) -> np.ndarray:
+    """The tokens of counters ``first .. first+length`` (mod 2**64)."""
     if first + length <= 1 << 64:
         z = np.arange(first, first + length, dtype=np.uint64)
     else:  # the counters wrap around 2**64
-        z = np.arange(start, start + length, dtype=np.uint64)
-        z += np.uint64((stream * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+        z = np.arange(length, dtype=np.uint64)
+        z += np.uint64(first)
     return _tokens_from_counters(z, vocab_size)
 
 
 def hash_token_blocks(tokens: np.ndarray, block_size: int) -> list[int]:
-    """One 64-bit content key per *full* block of ``tokens`` (a partial tail has none)."""
+    """One 64-bit content key per *full* block of explicit ``tokens`` (a partial tail has none)."""
     num_full = len(tokens) // block_size
     if num_full == 0:
         return []
+    return _hash_block_rows(tokens[: num_full * block_size].astype(np.int64, copy=False)
+                            .reshape(num_full, block_size))
+
+
+def _hash_block_rows(blocks: np.ndarray) -> list[int]:
+    block_size = blocks.shape[1]
     if block_size > len(_POSITION_MULTIPLIERS):
         raise ValueError(f"block_size {block_size} exceeds the supported maximum {len(_POSITION_MULTIPLIERS)}")
-    blocks = tokens[: num_full * block_size].astype(np.int64, copy=False).reshape(num_full, block_size)
     keys = (blocks @ _POSITION_MULTIPLIERS[:block_size]).view(np.uint64)
     keys ^= keys >> _S29
     keys *= _MIX2
     return keys.tolist()
+
+
+def _run_length(run: tuple) -> int:
+    return len(run[1]) if run[0] is None else run[1]
+
+
+def _merge_runs(runs: Sequence[tuple]) -> list[tuple]:
+    """Adjacent explicit pieces joined; adjacent generator pieces joined where the counters continue."""
+    out: list[tuple] = []
+    for run in runs:
+        if _run_length(run) == 0:
+            continue
+        if out:
+            last = out[-1]
+            if run[0] is None and last[0] is None:
+                out[-1] = (None, np.concatenate([last[1], run[1]]))
+                continue
+            if (run[0] is not None and last[0] is not None and last[2] == run[2]
+                    and (last[0] + last[1]) & _M64 == run[0]):
+                out[-1] = (last[0], last[1] + run[1], last[2])
+                continue
+        out.append(run)
+    return out
+
+
+def keys_of_runs(runs: Sequence[tuple], block_size: int) -> list[int]:
+    """Block keys of content given as runs (``TokenSource.runs``): a block inside one generator run is
+    keyed by its first counter, any other block by hashing its tokens."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    merged = _merge_runs(runs)
+    n = sum(_run_length(r) for r in merged) // block_size
+    keys: list[int | None] = [None] * n
+    pos = 0
+    for run in merged:
+        end = pos + _run_length(run)
+        if run[0] is not None:
+            lo = -(-pos // block_size)
+            hi = min(end // block_size, n)
+            if hi > lo:
+                keys[lo:hi] = counter_block_keys(run[0] + lo * block_size - pos, (hi - lo) * block_size,
+                                                 run[2], block_size)
+        pos = end
+    missing = [b for b in range(n) if keys[b] is None]
+    if missing:
+        tokens = np.concatenate([r[1] if r[0] is None else _counter_run_tokens(r[0], r[1], r[2])
+                                 for r in merged]).astype(np.int64, copy=False)
+        rows = tokens[: n * block_size].reshape(n, block_size)[missing]
+        for b, key in zip(missing, _hash_block_rows(rows)):
+            keys[b] = key
+    return keys  # type: ignore[return-value]
 
 
 def _check_vocab(vocab_size: int) -> int:
@@ -93,10 +185,15 @@ class TokenSource:
     def token_ids(self) -> np.ndarray:
         raise NotImplementedError
 
+    def runs(self) -> list[tuple]:
+        """The content as pieces: ``(first_counter, length, vocab_size)`` for generator tokens,
+        ``(None, token_ids)`` for explicit ones."""
+        return [(None, self.token_ids())]
+
     def block_keys(self, block_size: int) -> list[int]:
-        """Content keys of the full blocks. Not cached here: a trace's prompts would not fit in memory
-        as key lists; the engine keeps the keys of live requests only."""
-        return hash_token_blocks(self.token_ids(), block_size)
+        """Keys of the full blocks (see the module docstring). Not cached here: a trace's prompts would
+        not fit in memory as key lists; the engine keeps the keys of live requests only."""
+        return keys_of_runs(self.runs(), block_size)
 
     def __len__(self) -> int:
         return self.length
@@ -122,6 +219,12 @@ class ExplicitTokens(TokenSource):
     def token_ids(self) -> np.ndarray:
         return self._ids
 
+    def runs(self) -> list[tuple]:
+        return [(None, self._ids)]
+
+    def block_keys(self, block_size: int) -> list[int]:
+        return hash_token_blocks(self._ids, block_size)
+
 
 class UniqueTokens(TokenSource):
     """Content no other stream shares: ``length`` tokens of pseudo-random stream ``stream``."""
@@ -136,6 +239,17 @@ class UniqueTokens(TokenSource):
 
     def token_ids(self) -> np.ndarray:
         return counter_tokens(self.stream, self.offset, self.length, self.vocab_size)
+
+    def _first_counter(self) -> int:
+        return (self.offset + self.stream * _STREAM_STRIDE) & _M64
+
+    def runs(self) -> list[tuple]:
+        return [(self._first_counter(), self.length, self.vocab_size)]
+
+    def block_keys(self, block_size: int) -> list[int]:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        return counter_block_keys(self._first_counter(), self.length, self.vocab_size, block_size)
 
 
 class HashBlockTokens(TokenSource):
@@ -173,6 +287,22 @@ class HashBlockTokens(TokenSource):
         counters += np.uint64(self._STREAM_SALT)
         return _tokens_from_counters(counters, self.vocab_size)
 
+    def runs(self) -> list[tuple]:
+        n = self.hash_block_tokens
+        last = len(self.hash_ids) - 1
+        return [((h * n + self._STREAM_SALT) & _M64, n if i < last else self.length - last * n, self.vocab_size)
+                for i, h in enumerate(self.hash_ids)]
+
+    def block_keys(self, block_size: int) -> list[int]:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if self.hash_block_tokens % block_size:
+            return keys_of_runs(self.runs(), block_size)  # some cache blocks straddle two hash blocks
+        keys: list[int] = []
+        for first, length, vocab in self.runs():   # each hash block is whole cache blocks
+            keys += counter_block_keys(first, length, vocab, block_size)
+        return keys
+
 
 class ConcatTokens(TokenSource):
     """Several sources one after another (system prompt + document + question, a chat history)."""
@@ -187,3 +317,6 @@ class ConcatTokens(TokenSource):
         if not self.parts:
             return np.zeros(0, dtype=np.int64)
         return np.concatenate([p.token_ids() for p in self.parts]).astype(np.int64, copy=False)
+
+    def runs(self) -> list[tuple]:
+        return [run for p in self.parts for run in p.runs()]

@@ -7,7 +7,7 @@ new prompt in time proportional to the prefix, holds many prompts' shared parts 
 and makes eviction natural: a leaf no running request uses can go, least recently used
 first, without breaking any other cached prefix.
 
-Keys are the 64-bit content keys of full blocks (``envs.tokens.hash_token_blocks``);
+Keys are 64-bit keys of full blocks, equal exactly when the content is (``envs.tokens``);
 the tree's position encodes the prefix, so equal keys under different parents are
 different cache entries, as they must be.
 

@@ -49,7 +49,10 @@ def test_keys_are_the_same_in_a_fresh_process():
 def test_token_generation_is_pinned():
     """'Fixed forever': a key must mean the same content in every run and every version."""
     assert UniqueTokens(0, 8).token_ids().tolist() == [0, 19568, 11935, 906, 23870, 17980, 20415, 19092]
-    assert UniqueTokens(0, 16).block_keys(16) == [12849823522322149389]
+    # generator blocks are keyed by their first counter; explicit tokens by their content
+    assert UniqueTokens(0, 16).block_keys(16) == [14051758321573463536]
+    assert UniqueTokens(0, 32).block_keys(16)[1] == 14051758321573463536 + 16
+    assert ExplicitTokens(UniqueTokens(0, 16).token_ids()).block_keys(16) == [12849823522322149389]
 
 
 def _reference_tokens(stream: int, start: int, length: int, vocab: int) -> list[int]:
@@ -138,28 +141,89 @@ def test_concat_of_an_unaligned_part_shares_exactly_its_full_blocks(len_a):
     assert not set(ab[full:]) & set(ac[full:])
 
 
-def test_concat_content_equality_is_what_matters():
+def test_pieces_that_continue_a_stream_are_keyed_as_the_stream():
     x = UniqueTokens(21, 300)
-    ids = x.token_ids()
-    pieces = ConcatTokens([ExplicitTokens(ids[:7]), ConcatTokens([ExplicitTokens(ids[7:150])]),
+    pieces = ConcatTokens([UniqueTokens(21, 7), ConcatTokens([UniqueTokens(21, 143, offset=7)]),
                            UniqueTokens(21, 150, offset=150)])
     assert pieces.length == 300 and len(pieces) == 300
+    assert np.array_equal(pieces.token_ids(), x.token_ids())
     assert pieces.block_keys(BS) == x.block_keys(BS)
     assert ConcatTokens([]).length == 0 and ConcatTokens([]).block_keys(BS) == []
     assert ConcatTokens([]).token_ids().shape == (0,)
 
 
+def test_explicit_pieces_are_keyed_by_their_content():
+    ids = UniqueTokens(21, 300).token_ids()
+    pieces = ConcatTokens([ExplicitTokens(ids[:7]), ConcatTokens([ExplicitTokens(ids[7:150])]),
+                           ExplicitTokens(ids[150:])])
+    assert pieces.block_keys(BS) == ExplicitTokens(ids).block_keys(BS) == hash_token_blocks(ids, BS)
+
+
+def test_a_block_across_two_unrelated_pieces_is_keyed_by_its_tokens():
+    a, b = UniqueTokens(1, 10), UniqueTokens(2, 30)
+    ab = ConcatTokens([a, b])
+    keys = ab.block_keys(BS)
+    ids = ab.token_ids()
+    assert len(keys) == 2
+    assert keys[0] == hash_token_blocks(ids[:16], BS)[0]                 # 10 tokens of a, 6 of b
+    assert keys[1] == UniqueTokens(2, 22, offset=6).block_keys(BS)[0]    # tokens 6..21 of b
+    # the same layout again gives the same keys; another second piece changes the blocks it touches
+    assert ConcatTokens([a, UniqueTokens(2, 30)]).block_keys(BS) == keys
+    other = ConcatTokens([a, UniqueTokens(3, 30)]).block_keys(BS)
+    assert other[0] != keys[0] and other[1] != keys[1]
+
+
+def test_hash_blocks_that_continue_each_other_are_one_run():
+    # 24-token hash blocks: cache block 1 (tokens 16..31) straddles hash blocks 0 and 1
+    consecutive = HashBlockTokens([5, 6], 48, hash_block_tokens=24).block_keys(BS)
+    apart = HashBlockTokens([5, 7], 48, hash_block_tokens=24).block_keys(BS)
+    assert consecutive[0] == apart[0]
+    assert consecutive[1] != apart[1]
+    assert HashBlockTokens([5, 7], 48, hash_block_tokens=24).token_ids()[16:32].tolist() != \
+        HashBlockTokens([5, 6], 48, hash_block_tokens=24).token_ids()[16:32].tolist()
+    # hash ids 5, 6 are counters 5*24.. and 6*24..: one run, keyed as one
+    assert consecutive[1] == consecutive[0] + 16
+
+
 # ------------------------------------------------------------------ explicit tokens
-@pytest.mark.parametrize("src", [UniqueTokens(4, 333), HashBlockTokens([1, 2, 3], 1100),
-                                 ConcatTokens([UniqueTokens(1, 20), HashBlockTokens([9], 300)])],
+@pytest.mark.parametrize("src, shared", [(UniqueTokens(4, 333), []), (HashBlockTokens([1, 2, 3], 1100), []),
+                                         (ConcatTokens([UniqueTokens(1, 20), HashBlockTokens([9], 300)]), [1])],
                          ids=["unique", "hash", "concat"])
-def test_explicit_copy_of_any_source_has_the_same_keys(src):
+def test_explicit_copy_is_keyed_by_content_not_as_the_generator(src, shared):
     copy = ExplicitTokens(src.token_ids())
     assert copy.length == src.length
     assert np.array_equal(copy.token_ids(), src.token_ids())
-    assert copy.block_keys(BS) == src.block_keys(BS)
-    assert copy.block_keys(32) == src.block_keys(32)
-    assert ExplicitTokens(src.token_ids().tolist()).block_keys(BS) == src.block_keys(BS)
+    assert copy.block_keys(BS) == hash_token_blocks(src.token_ids(), BS)
+    assert ExplicitTokens(src.token_ids().tolist()).block_keys(BS) == copy.block_keys(BS)
+    assert len(copy.block_keys(BS)) == len(src.block_keys(BS))
+    # only a block that straddles two pieces is keyed by content in the source too
+    assert [b for b, (x, y) in enumerate(zip(copy.block_keys(BS), src.block_keys(BS))) if x == y] == shared
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_equal_keys_only_for_equal_blocks(seed):
+    """Random compositions of stream pieces (continuing or not), hash blocks and explicit copies:
+    wherever two blocks have the same key, their tokens are the same."""
+    rng = np.random.default_rng(seed)
+    by_key: dict[int, bytes] = {}
+    for _ in range(12):
+        parts = []
+        for _ in range(int(rng.integers(1, 5))):
+            kind = int(rng.integers(0, 3))
+            stream, off, n = int(rng.integers(0, 3)), int(rng.integers(0, 64)), int(rng.integers(1, 70))
+            if kind == 0:
+                parts.append(UniqueTokens(stream, n, offset=off))
+            elif kind == 1:
+                parts.append(HashBlockTokens([int(h) for h in rng.integers(0, 4, size=2)], 25 + n % 23,
+                                             hash_block_tokens=24))
+            else:
+                parts.append(ExplicitTokens(UniqueTokens(stream, n, offset=off).token_ids()))
+        src = ConcatTokens(parts)
+        ids = src.token_ids()
+        for b, key in enumerate(src.block_keys(BS)):
+            content = ids[b * BS:(b + 1) * BS].tobytes()
+            assert by_key.setdefault(key, content) == content
+    assert len(by_key) > 20
 
 
 def test_explicit_tokens_keep_the_given_ids():
