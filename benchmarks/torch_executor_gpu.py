@@ -144,7 +144,7 @@ def bf16_pair(name: str, seed: int):
                     p.add_(0.2 * torch.randn(p.shape, generator=g, device="cuda", dtype=p.dtype))
     weights = LlamaWeights.from_hf(hf, name)
     ref = copy.deepcopy(hf).float()
-    return weights, ref
+    return weights, ref, hf
 
 
 def toks(n, seed, vocab=32000):
@@ -153,7 +153,7 @@ def toks(n, seed, vocab=32000):
 
 @section("a2 tiny model bf16 vs transformers fp32")
 def check_tiny() -> dict:
-    weights, ref = bf16_pair("tiny", 0)
+    weights, ref, _ = bf16_pair("tiny", 0)
 
     def hf_logits(ids):
         with torch.no_grad():
@@ -212,7 +212,7 @@ def check_tiny() -> dict:
 
 @section("a3 llama-1b bf16: eager logits and graph tokens")
 def check_1b() -> dict:
-    weights, ref = bf16_pair("llama-1b", 1)
+    weights, ref, hf_bf16 = bf16_pair("llama-1b", 1)
     res = {}
     prompts = [toks(64 + 8 * i, 100 + i) for i in range(8)]
     tables = [list(range(20 * i, 20 * i + 20)) for i in range(8)]
@@ -237,24 +237,29 @@ def check_1b() -> dict:
         runs[mode] = (seqs, logits)
         del ex
     seqs, logits = runs["eager"]
-    errs = []
+    errs, hf_errs = [], []
     agree = total = 0
     for i in range(8):
         with torch.no_grad():
-            full = ref(torch.tensor([seqs[i][:-1]], device="cuda")).logits[0].cpu()
+            ids = torch.tensor([seqs[i][:-1]], device="cuda")
+            full = ref(ids).logits[0].cpu()
+            theirs = hf_bf16(ids).logits[0].cpu()
         mine = torch.cat(logits[i])
         p0 = len(prompts[i]) - 1
         errs.append(rel_err(mine, full[p0:]))
+        hf_errs.append(rel_err(theirs[p0:], full[p0:]))
         agree += int((full[p0:].argmax(-1) == torch.tensor(seqs[i][p0 + 1:])).sum())
         total += len(seqs[i]) - p0 - 1
     res["eager_logits_rel_err"] = max(errs)
+    res["hf_bf16_logits_rel_err"] = max(hf_errs)    # transformers' own bf16 forward: the yardstick
     res["eager_tokens_equal_fp32_argmax"] = agree / total
     g = runs["graph"][0]
     res["graph_tokens_equal_eager"] = sum(a == b for s, t in zip(seqs, g) for a, b in zip(s, t)) / sum(map(len, g))
     log("   " + ", ".join(f"{k} {v:.3g}" for k, v in res.items()))
-    if not res["eager_logits_rel_err"] < 2e-2:
-        raise AssertionError(f"llama-1b bf16 logits relative error {res['eager_logits_rel_err']:.2e}")
-    del ref
+    if not res["eager_logits_rel_err"] <= 1.5 * res["hf_bf16_logits_rel_err"]:
+        raise AssertionError(f"llama-1b bf16 logits relative error {res['eager_logits_rel_err']:.2e}, "
+                             f"transformers' bf16 has {res['hf_bf16_logits_rel_err']:.2e}")
+    del ref, hf_bf16
     return res
 
 
@@ -512,7 +517,8 @@ def table(r: dict, args) -> None:
         rows.append(("tiny bf16 logits vs fp32 HF (max rel. err)", f"{worst:.1e}", "< 2e-2"))
         rows.append(("swap round trip bit-identical", str(t["swap_bit_identical"]), "True"))
     if r.get("a_1b"):
-        rows.append(("llama-1b bf16 logits vs fp32 HF", f"{r['a_1b']['eager_logits_rel_err']:.1e}", "< 2e-2"))
+        rows.append(("llama-1b bf16 logits vs fp32 HF", f"{r['a_1b']['eager_logits_rel_err']:.1e}",
+                     f"HF bf16: {r['a_1b']['hf_bf16_logits_rel_err']:.1e}"))
         rows.append(("llama-1b graph tokens == eager tokens", f"{r['a_1b']['graph_tokens_equal_eager']:.1%}", ""))
     ours = (r.get("b_ours") or {}).get("output_tok_s")
     wl = f"{args.requests}x{args.prompt}+{args.output}"

@@ -10,7 +10,8 @@ itself, decode rows go through paged decode attention.
 The arithmetic follows the Llama architecture as transformers implements it (RMSNorm in
 float32 then cast, rotate-half RoPE with float32 angles, GQA, SwiGLU), so that its logits
 match ``LlamaForCausalLM`` to rounding; the layout is ours (fused QKV and gate/up
-matrices, the KV written straight into the paged cache).
+matrices, the KV written straight into the paged cache, the residual add fused with the
+next norm: ``gpu_backend.fused_ops``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from gpu_backend.fused_ops import add_rms_norm, rope_and_cache, silu_mul
 from gpu_backend.kv_store import PagedKVStore
 from gpu_backend.models import LlamaWeights, rope_inv_freq
 from gpu_backend.paged_attention import decode_attention, gather_kv, prefill_attention
@@ -32,7 +34,7 @@ class PrefillSegment:
     row: int                                  # first row of the chunk
     num_tokens: int
     start: int                                # tokens already in the cache (prefix + earlier chunks)
-    block_table: torch.Tensor | None = None   # device block ids; read only when start > 0
+    block_table: torch.Tensor | None = None   # device block ids (read to gather the cached keys)
 
 
 @dataclass(slots=True)
@@ -48,22 +50,6 @@ class ForwardBatch:
     decode_block_tables: torch.Tensor | None = None   # [D, W]
     decode_context_lens: torch.Tensor | None = None   # [D] (position + 1)
     logit_rows: torch.Tensor | None = None    # rows whose logits are computed; None: all
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [T, heads, hd]; cos, sin: [T, 1, hd] (the half-angle table repeated twice)."""
-    return x * cos + _rotate_half(x) * sin
 
 
 class LlamaForward:
@@ -83,9 +69,6 @@ class LlamaForward:
         self.cos = emb.cos().to(weights.dtype)
         self.sin = emb.sin().to(weights.dtype)
         self._q = d.num_heads * d.head_dim
-        self._kv = d.num_kv_heads * d.head_dim
-        # per layer: the caches viewed [blocks, slot, kv_heads, hd] for writing one row per token
-        self._write_views = [(k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)) for k, v in store.layers]
 
     @torch.no_grad()
     def __call__(self, b: ForwardBatch) -> torch.Tensor:
@@ -95,26 +78,19 @@ class LlamaForward:
         eps = d.rms_norm_eps
         T = b.input_ids.shape[0]
         nh, nkv, hd = d.num_heads, d.num_kv_heads, d.head_dim
-        qn, kvn = self._q, self._kv
+        qn = self._q
         P = b.num_prefill_rows
-        h = F.embedding(b.input_ids, w.embed)
-        cos = self.cos[b.positions].unsqueeze(1)
-        sin = self.sin[b.positions].unsqueeze(1)
-        inter = d.intermediate_size
-        for layer in range(d.num_layers):
-            x = rms_norm(h, w.input_norm[layer], eps)
-            qkv = F.linear(x, w.qkv[layer])
-            q = apply_rope(qkv[:, :qn].view(T, nh, hd), cos, sin)
-            k = apply_rope(qkv[:, qn:qn + kvn].view(T, nkv, hd), cos, sin)
-            v = qkv[:, qn + kvn:].view(T, nkv, hd)
-            k_write, v_write = self._write_views[layer]
-            k_write[b.write_blocks, b.write_slots] = k
-            v_write[b.write_blocks, b.write_slots] = v
+        L = d.num_layers
+        h = F.embedding(b.input_ids, w.embed)                 # the residual stream, updated in place
+        x = add_rms_norm(None, h, w.input_norm[0], eps)
+        for layer in range(L):
             k_cache, v_cache = self.store.layers[layer]
+            q, k, v = rope_and_cache(F.linear(x, w.qkv[layer]), self.cos, self.sin, b.positions,
+                                     b.write_blocks, b.write_slots, k_cache, v_cache, nh, nkv, hd)
             attn = torch.empty_like(q)
             for seg in b.prefills:
                 r0, n = seg.row, seg.num_tokens
-                if seg.start == 0:
+                if seg.start == 0 and k is not None:
                     ks = k[r0:r0 + n].transpose(0, 1)
                     vs = v[r0:r0 + n].transpose(0, 1)
                 else:
@@ -124,10 +100,10 @@ class LlamaForward:
             if T > P:
                 decode_attention(q[P:], k_cache, v_cache, b.decode_block_tables, b.decode_context_lens,
                                  self.scale, out=attn[P:])
-            h = h + F.linear(attn.view(T, qn), w.o_proj[layer])
-            x = rms_norm(h, w.post_norm[layer], eps)
-            gu = F.linear(x, w.gate_up[layer])
-            h = h + F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], w.down[layer])
+            x = add_rms_norm(F.linear(attn.view(T, qn), w.o_proj[layer]), h, w.post_norm[layer], eps)
+            a = silu_mul(F.linear(x, w.gate_up[layer]))
+            nxt = w.input_norm[layer + 1] if layer + 1 < L else w.final_norm
+            x = add_rms_norm(F.linear(a, w.down[layer]), h, nxt, eps)
         if b.logit_rows is not None:
-            h = h[b.logit_rows]
-        return F.linear(rms_norm(h, w.final_norm, eps), w.lm_head)
+            x = x[b.logit_rows]
+        return F.linear(x, w.lm_head)

@@ -273,7 +273,7 @@ class TorchExecutor:
         bs = self.block_size
         nblocks = self.store.num_gpu_blocks
         ids, positions, wblocks, logit_rows, sample_rows, seq_ids = [], [], [], [], [], []
-        segs: list[tuple[int, int, int, np.ndarray | None]] = []
+        segs: list[tuple[int, int, int, np.ndarray]] = []
         row = 0
         for c in plan.prefills:
             n = c.num_tokens
@@ -282,7 +282,7 @@ class TorchExecutor:
             ids.append(np.asarray(c.token_ids, dtype=np.int64))
             positions.append(p)
             wblocks.append(table[p // bs])
-            segs.append((row, n, c.start, table if c.start > 0 else None))
+            segs.append((row, n, c.start, table))
             if self.keep_logits:
                 logit_rows.append(np.arange(row, row + n, dtype=np.int64))
             if c.samples:
@@ -318,7 +318,7 @@ class TorchExecutor:
         else:
             lr = np.asarray(sample_rows, dtype=np.int64)
             pick = np.arange(lr.size, dtype=np.int64)
-        prefill_tables = [s[3] for s in segs if s[3] is not None]
+        prefill_tables = [s[3] for s in segs]
         parts = [ids_a, pos_a, wb_a, pos_a % bs, lr, pick, tables] + prefill_tables
         staged = self._stage(parts)
         views = []
@@ -328,7 +328,7 @@ class TorchExecutor:
             o += part.size
         d_ids, d_pos, d_wb, d_ws, d_lr, d_pick, d_tables = views[:7]
         pt = iter(views[7:])
-        segments = [PrefillSegment(r, n, start, next(pt) if t is not None else None) for r, n, start, t in segs]
+        segments = [PrefillSegment(r, n, start, next(pt)) for r, n, start, _ in segs]
         batch = ForwardBatch(d_ids, d_pos, d_wb, d_ws, segments, num_prefill,
                              d_tables if nd else None, (d_pos[num_prefill:] + 1) if nd else None, d_lr)
         self._start_compute()

@@ -1,0 +1,177 @@
+"""Fused element-wise stages of the Llama layer: Triton kernels on CUDA, the same arithmetic in torch elsewhere.
+
+Why: a decode step at batch 256 moves a few GB, so its floor is a couple of milliseconds;
+written as plain torch, each RMSNorm, RoPE and SwiGLU is five to ten tiny kernels, and the
+hundreds of them per step cost as much as the step's real work even inside a CUDA graph.
+Each function here is one kernel:
+
+- ``add_rms_norm``: the residual add and the next RMSNorm (``h += x; return norm(h)``);
+- ``rope_and_cache``: RoPE on Q and K, and K and V written into their paged-cache slots;
+- ``silu_mul``: SwiGLU's ``silu(gate) * up``.
+
+Each rounds to the model's dtype where transformers' Llama does (after the add, after the
+normalised value, after each RoPE product, after the SiLU), so bf16 results track the
+reference to the last bit wherever the order of operations allows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - CPU-only installs
+    triton = None
+    tl = None
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    return t.is_cuda and triton is not None
+
+
+# ---------------------------------------------------------------------- torch reference
+def rms_norm_torch(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    hf = h.float()
+    hf = hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * hf.to(h.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope_torch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [T, heads, hd]; cos, sin: [T, 1, hd] (the half-angle table repeated twice)."""
+    return x * cos + _rotate_half(x) * sin
+
+
+# ---------------------------------------------------------------------- kernels
+if triton is not None:
+    @triton.jit
+    def _add_rms_norm_kernel(X, H, W, Y, stride_x, stride_h, stride_y, N, eps,
+                             HAS_X: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        ok = offs < N
+        h = tl.load(H + row * stride_h + offs, mask=ok, other=0.0)
+        if HAS_X:
+            x = tl.load(X + row * stride_x + offs, mask=ok, other=0.0)
+            h = (h.to(tl.float32) + x.to(tl.float32)).to(h.dtype)
+            tl.store(H + row * stride_h + offs, h, mask=ok)
+        hf = h.to(tl.float32)
+        var = tl.sum(hf * hf, axis=0) / N
+        y = (hf * tl.rsqrt(var + eps)).to(h.dtype)
+        w = tl.load(W + offs, mask=ok, other=0.0)
+        tl.store(Y + row * stride_y + offs, (w.to(tl.float32) * y.to(tl.float32)).to(Y.dtype.element_ty), mask=ok)
+
+    @triton.jit
+    def _rope_cache_kernel(QKV, COS, SIN, POS, WB, WS, QOUT, KC, VC,
+                           stride_t, stride_qt, stride_cos, stride_cb, stride_ch, stride_cs,
+                           NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr):
+        t = tl.program_id(0)
+        head = tl.program_id(1)                 # [0, NH): q heads, [NH, NH+NKV): k, then v
+        offs = tl.arange(0, HALF)
+        base = QKV + t * stride_t + head * (2 * HALF)
+        x1 = tl.load(base + offs)
+        x2 = tl.load(base + HALF + offs)
+        if head < NH + NKV:
+            pos = tl.load(POS + t)
+            c = tl.load(COS + pos * stride_cos + offs).to(tl.float32)
+            s = tl.load(SIN + pos * stride_cos + offs).to(tl.float32)
+            a1 = (x1.to(tl.float32) * c).to(x1.dtype).to(tl.float32)
+            b1 = (x2.to(tl.float32) * s).to(x1.dtype).to(tl.float32)
+            a2 = (x2.to(tl.float32) * c).to(x1.dtype).to(tl.float32)
+            b2 = (x1.to(tl.float32) * s).to(x1.dtype).to(tl.float32)
+            y1 = (a1 - b1).to(x1.dtype)
+            y2 = (a2 + b2).to(x1.dtype)
+        else:
+            y1 = x1
+            y2 = x2
+        if head < NH:
+            qb = QOUT + t * stride_qt + head * (2 * HALF)
+            tl.store(qb + offs, y1)
+            tl.store(qb + HALF + offs, y2)
+        else:
+            blk = tl.load(WB + t).to(tl.int64)
+            slot = tl.load(WS + t)
+            if head < NH + NKV:
+                cb = KC + blk * stride_cb + (head - NH) * stride_ch + slot * stride_cs
+            else:
+                cb = VC + blk * stride_cb + (head - NH - NKV) * stride_ch + slot * stride_cs
+            tl.store(cb + offs, y1)
+            tl.store(cb + HALF + offs, y2)
+
+    @triton.jit
+    def _silu_mul_kernel(GU, OUT, stride_g, stride_o, N, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        ok = offs < N
+        g = tl.load(GU + row * stride_g + offs, mask=ok, other=0.0)
+        u = tl.load(GU + row * stride_g + N + offs, mask=ok, other=0.0)
+        gf = g.to(tl.float32)
+        s = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)
+        tl.store(OUT + row * stride_o + offs, (s.to(tl.float32) * u.to(tl.float32)).to(g.dtype), mask=ok)
+
+
+# ---------------------------------------------------------------------- public functions
+def add_rms_norm(x: torch.Tensor | None, h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``h += x`` in place (when ``x`` is given), then RMSNorm of ``h``; both [T, hidden]."""
+    if not _use_triton(h):
+        if x is not None:
+            h.add_(x)
+        return rms_norm_torch(h, weight, eps)
+    T, N = h.shape
+    y = torch.empty_like(h)
+    if T:
+        _add_rms_norm_kernel[(T,)](x if x is not None else h, h, weight, y,
+                                   x.stride(0) if x is not None else 0, h.stride(0), y.stride(0), N, eps,
+                                   HAS_X=x is not None, BLOCK=triton.next_power_of_2(N), num_warps=8)
+    return y
+
+
+def rope_and_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                   write_blocks: torch.Tensor, write_slots: torch.Tensor, k_cache: torch.Tensor,
+                   v_cache: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int):
+    """RoPE on the Q and K parts of ``qkv`` [T, (heads + 2 kv_heads) * hd]; K and V stored in the cache.
+
+    ``cos``/``sin``: [max_len, hd] tables; caches: [blocks, kv_heads, block_size, hd] views.
+    Returns ``(q, k, v)``: q [T, heads, hd] rotated; k (rotated) and v [T, kv_heads, hd]
+    (on CUDA, k and v are None: they live only in the cache).
+    """
+    T = qkv.shape[0]
+    qn, kvn = num_heads * head_dim, num_kv_heads * head_dim
+    if not _use_triton(qkv):
+        c = cos[positions].unsqueeze(1)
+        s = sin[positions].unsqueeze(1)
+        q = apply_rope_torch(qkv[:, :qn].view(T, num_heads, head_dim), c, s)
+        k = apply_rope_torch(qkv[:, qn:qn + kvn].view(T, num_kv_heads, head_dim), c, s)
+        v = qkv[:, qn + kvn:].view(T, num_kv_heads, head_dim)
+        k_cache.permute(0, 2, 1, 3)[write_blocks, write_slots] = k
+        v_cache.permute(0, 2, 1, 3)[write_blocks, write_slots] = v
+        return q, k, v
+    if k_cache.stride() != v_cache.stride():
+        raise ValueError(f"K and V caches have different strides: {k_cache.stride()} vs {v_cache.stride()}")
+    q = torch.empty((T, num_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+    if T:
+        _rope_cache_kernel[(T, num_heads + 2 * num_kv_heads)](
+            qkv, cos, sin, positions, write_blocks, write_slots, q, k_cache, v_cache,
+            qkv.stride(0), q.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            NH=num_heads, NKV=num_kv_heads, HALF=head_dim // 2, num_warps=1)
+    return q, None, None
+
+
+def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+    """``silu(gu[:, :I]) * gu[:, I:]`` for ``gu`` [T, 2I]."""
+    inter = gu.shape[1] // 2
+    if not _use_triton(gu):
+        return F.silu(gu[:, :inter]) * gu[:, inter:]
+    T = gu.shape[0]
+    out = torch.empty((T, inter), dtype=gu.dtype, device=gu.device)
+    if T:
+        block = 1024
+        _silu_mul_kernel[(T, triton.cdiv(inter, block))](gu, out, gu.stride(0), out.stride(0), inter,
+                                                          BLOCK=block, num_warps=4)
+    return out
