@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from gpu_backend.fused_ops import add_rms_norm, silu_mul  # noqa: E402
 from gpu_backend.models import LlamaWeights, build_hf_model  # noqa: E402
 from gpu_backend.paged_attention import decode_attention_torch, decode_attention_triton  # noqa: E402
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk  # noqa: E402
@@ -393,6 +394,34 @@ def roofline(weights, ceil, args) -> dict:
     log(f"   decode B={B} ctx={ctx + 1}: wall {res['decode_wall_s'] * 1e3:.2f} ms, device "
         f"{res['decode_device_s'] * 1e3:.2f} ms, roofline {floor * 1e3:.2f} ms "
         f"({(w_bytes + kv_bytes) / 1e9:.2f} GB at {bw / 1e12:.2f} TB/s)")
+    # where a decode step goes: each stage alone, B rows, times the layer count (launch gaps included)
+    x = torch.randn(B, d.hidden_size, dtype=torch.bfloat16, device="cuda")
+    bt = torch.tensor(tables, device="cuda")
+    cl = torch.full((B,), ctx + 1, device="cuda")
+    q = torch.randn(B, d.num_heads, d.head_dim, dtype=torch.bfloat16, device="cuda")
+    kc, vc = ex.store.layers[0]
+    gu = torch.randn(B, 2 * d.intermediate_size, dtype=torch.bfloat16, device="cuda")
+    act = torch.randn(B, d.intermediate_size, dtype=torch.bfloat16, device="cuda")
+    attn_in = torch.randn(B, d.num_heads * d.head_dim, dtype=torch.bfloat16, device="cuda")
+    stages = {
+        "qkv_gemm": lambda: torch.nn.functional.linear(x, weights.qkv[0]),
+        "o_gemm": lambda: torch.nn.functional.linear(attn_in, weights.o_proj[0]),
+        "gate_up_gemm": lambda: torch.nn.functional.linear(x, weights.gate_up[0]),
+        "down_gemm": lambda: torch.nn.functional.linear(act, weights.down[0]),
+        "attention": lambda: decode_attention_triton(q, kc, vc, bt, cl, d.head_dim ** -0.5),
+        "silu_mul": lambda: silu_mul(gu),
+        "add_rms_norm": lambda: add_rms_norm(x, x.clone(), weights.post_norm[0], d.rms_norm_eps),
+    }
+    breakdown = {}
+    for name, fn in stages.items():
+        for _ in range(3):
+            fn()
+        breakdown[name] = statistics.median(cuda_time(fn, 20)) * d.num_layers
+    breakdown["lm_head_gemm"] = statistics.median(cuda_time(
+        lambda: torch.nn.functional.linear(x, weights.lm_head), 20))
+    breakdown["attention_floor"] = kv_bytes / bw
+    res["stage_seconds_x_layers"] = breakdown
+    log("   per step: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in breakdown.items()))
     # prefill: 16 prompts of 512 tokens in one forward
     base = B * per_seq
     chunks = [PrefillChunk(1000 + i, 0, 512, list(range(base + 32 * i, base + 32 * i + 32)), True, toks(512, 900 + i))
