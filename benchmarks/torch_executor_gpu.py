@@ -75,6 +75,23 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
+def graph_time(fn, calls: int = 10, reps: int = 5) -> float:
+    """Device seconds per call of ``fn``, from replays of a CUDA graph of ``calls`` calls (no launch gaps)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    return statistics.median(cuda_time(g.replay, reps)) / calls
+
+
 def cuda_time(fn, reps: int) -> list[float]:
     times = []
     for _ in range(reps):
@@ -363,6 +380,20 @@ def speed_generate_batch(hf, args) -> dict:
     return {"wall_s": wall, "output_tokens": gen, "output_tok_s": gen / wall, "requests_returned": len(out)}
 
 
+def workload_floor(weights, ceil, args) -> dict:
+    """The physical limit of the speed workload: every prefill FLOP at the matmul rate, then every
+    decode step at (weight + KV bytes) / copy bandwidth. No executor can beat it."""
+    n, p, o = args.requests, args.prompt, args.output
+    shape = weights.dims.shape(2)
+    prefill_flops = n * (2 * shape.linear_params_per_token * p + 2 * shape.lm_head_params
+                         + shape.attention_flops_per_pair * p * (p + 1) / 2)
+    t_prefill = prefill_flops / ceil["bf16_matmul_flops"]
+    kv = weights.dims.kv_bytes_per_token(2)
+    t_decode = sum((weights.num_bytes_read_per_step + n * (p + i + 1) * kv) / ceil["d2d_bytes_per_s"]
+                   for i in range(1, o))
+    return {"prefill_s": t_prefill, "decode_s": t_decode, "output_tok_s": n * o / (t_prefill + t_decode)}
+
+
 # ---------------------------------------------------------------------- (c) roofline
 @section("c decode at batch 256 and prefill vs the ceilings")
 def roofline(weights, ceil, args) -> dict:
@@ -412,16 +443,30 @@ def roofline(weights, ceil, args) -> dict:
         "silu_mul": lambda: silu_mul(gu),
         "add_rms_norm": lambda: add_rms_norm(x, x.clone(), weights.post_norm[0], d.rms_norm_eps),
     }
-    breakdown = {}
-    for name, fn in stages.items():
-        for _ in range(3):
-            fn()
-        breakdown[name] = statistics.median(cuda_time(fn, 20)) * d.num_layers
-    breakdown["lm_head_gemm"] = statistics.median(cuda_time(
-        lambda: torch.nn.functional.linear(x, weights.lm_head), 20))
+    breakdown = {name: graph_time(fn) * d.num_layers for name, fn in stages.items()}
+    breakdown["lm_head_gemm"] = graph_time(lambda: torch.nn.functional.linear(x, weights.lm_head))
+    breakdown["weights_floor"] = w_bytes / bw
     breakdown["attention_floor"] = kv_bytes / bw
     res["stage_seconds_x_layers"] = breakdown
-    log("   per step: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in breakdown.items()))
+    log("   per step (graph-timed stages x layers): "
+        + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in breakdown.items()))
+    sweep = {}
+    for tile in (32, 64, 128, 256):
+        for warps in (2, 4, 8):
+            for stages_n in (1, 2, 3):
+                cfg = {"tile_tokens": tile, "num_warps": warps, "num_stages": stages_n}
+                o = torch.empty_like(q)
+                try:
+                    t = graph_time(lambda: decode_attention_triton(q, kc, vc, bt, cl, d.head_dim ** -0.5, o, cfg))
+                except Exception as e:  # a configuration the compiler refuses (shared memory): skip it
+                    sweep[f"{tile}/{warps}/{stages_n}"] = f"{type(e).__name__}"
+                    continue
+                sweep[f"{tile}/{warps}/{stages_n}"] = t * d.num_layers
+    res["attention_sweep_tile_warps_stages"] = sweep
+    timed = {k: v for k, v in sweep.items() if isinstance(v, float)}
+    best = min(timed, key=timed.get)
+    log(f"   attention configs (tile tokens/warps/stages, x layers): best {best} {timed[best] * 1e3:.3f} ms; "
+        + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in sorted(timed.items(), key=lambda kv: kv[1])[:6]))
     # prefill: 16 prompts of 512 tokens in one forward
     base = B * per_seq
     chunks = [PrefillChunk(1000 + i, 0, 512, list(range(base + 32 * i, base + 32 * i + 32)), True, toks(512, 900 + i))
@@ -514,6 +559,11 @@ def main() -> int:
     hf.generation_config.eos_token_id = None           # every request generates exactly --output tokens
     if "b" not in skip:
         RESULTS["b_ours"] = speed_ours(weights, args)
+        if ceil:
+            RESULTS["b_floor"] = workload_floor(weights, ceil, args)
+            log(f"   physical limit of this workload: {RESULTS['b_floor']['output_tok_s']:,.0f} output tok/s "
+                f"(prefill {RESULTS['b_floor']['prefill_s']:.2f} s at the matmul rate, decode "
+                f"{RESULTS['b_floor']['decode_s']:.2f} s at the copy bandwidth)")
     if "c" not in skip and ceil:
         RESULTS["c_roofline"] = roofline(weights, ceil, args)
     if "d" not in skip:
@@ -552,7 +602,9 @@ def table(r: dict, args) -> None:
     ours = (r.get("b_ours") or {}).get("output_tok_s")
     wl = f"{args.requests}x{args.prompt}+{args.output}"
     if ours:
-        rows.append((f"ours: serving engine, llama-1b bf16, {wl}", f"{ours:,.0f} tok/s", ""))
+        fl = (r.get("b_floor") or {}).get("output_tok_s")
+        rows.append((f"ours: serving engine, llama-1b bf16, {wl}", f"{ours:,.0f} tok/s",
+                     f"{ours / fl:.0%} of the physical limit {fl:,.0f}" if fl else ""))
     for key, label, target in (("b_generate", "transformers generate (padded)", 10),
                                ("b_generate_batch", "transformers generate_batch", 25)):
         v = (r.get(key) or {}).get("output_tok_s")

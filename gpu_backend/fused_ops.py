@@ -70,39 +70,39 @@ if triton is not None:
     @triton.jit
     def _rope_cache_kernel(QKV, COS, SIN, POS, WB, WS, QOUT, KC, VC,
                            stride_t, stride_qt, stride_cos, stride_cb, stride_ch, stride_cs,
-                           NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr):
+                           NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr, HEADS_PAD: tl.constexpr):
+        # one token per program; rows of the tile are its heads: [0, NH) q, [NH, NH+NKV) k, then v
         t = tl.program_id(0)
-        head = tl.program_id(1)                 # [0, NH): q heads, [NH, NH+NKV): k, then v
-        offs = tl.arange(0, HALF)
-        base = QKV + t * stride_t + head * (2 * HALF)
-        x1 = tl.load(base + offs)
-        x2 = tl.load(base + HALF + offs)
-        if head < NH + NKV:
-            pos = tl.load(POS + t)
-            c = tl.load(COS + pos * stride_cos + offs).to(tl.float32)
-            s = tl.load(SIN + pos * stride_cos + offs).to(tl.float32)
-            a1 = (x1.to(tl.float32) * c).to(x1.dtype).to(tl.float32)
-            b1 = (x2.to(tl.float32) * s).to(x1.dtype).to(tl.float32)
-            a2 = (x2.to(tl.float32) * c).to(x1.dtype).to(tl.float32)
-            b2 = (x1.to(tl.float32) * s).to(x1.dtype).to(tl.float32)
-            y1 = (a1 - b1).to(x1.dtype)
-            y2 = (a2 + b2).to(x1.dtype)
-        else:
-            y1 = x1
-            y2 = x2
-        if head < NH:
-            qb = QOUT + t * stride_qt + head * (2 * HALF)
-            tl.store(qb + offs, y1)
-            tl.store(qb + HALF + offs, y2)
-        else:
-            blk = tl.load(WB + t).to(tl.int64)
-            slot = tl.load(WS + t)
-            if head < NH + NKV:
-                cb = KC + blk * stride_cb + (head - NH) * stride_ch + slot * stride_cs
-            else:
-                cb = VC + blk * stride_cb + (head - NH - NKV) * stride_ch + slot * stride_cs
-            tl.store(cb + offs, y1)
-            tl.store(cb + HALF + offs, y2)
+        hh = tl.arange(0, HEADS_PAD)[:, None]
+        offs = tl.arange(0, HALF)[None, :]
+        ok = hh < NH + 2 * NKV
+        src = QKV + t * stride_t + hh * (2 * HALF) + offs
+        x1 = tl.load(src, mask=ok, other=0.0)
+        x2 = tl.load(src + HALF, mask=ok, other=0.0)
+        pos = tl.load(POS + t)
+        c = tl.load(COS + pos * stride_cos + offs).to(tl.float32)
+        s = tl.load(SIN + pos * stride_cos + offs).to(tl.float32)
+        a1 = (x1.to(tl.float32) * c).to(x1.dtype).to(tl.float32)
+        b1 = (x2.to(tl.float32) * s).to(x1.dtype).to(tl.float32)
+        a2 = (x2.to(tl.float32) * c).to(x1.dtype).to(tl.float32)
+        b2 = (x1.to(tl.float32) * s).to(x1.dtype).to(tl.float32)
+        rot = hh < NH + NKV
+        y1 = tl.where(rot, (a1 - b1).to(x1.dtype), x1)
+        y2 = tl.where(rot, (a2 + b2).to(x1.dtype), x2)
+        is_q = hh < NH
+        dst = QOUT + t * stride_qt + hh * (2 * HALF) + offs
+        tl.store(dst, y1, mask=is_q)
+        tl.store(dst + HALF, y2, mask=is_q)
+        blk = tl.load(WB + t).to(tl.int64)
+        slot = tl.load(WS + t)
+        is_k = (hh >= NH) & rot
+        kdst = KC + blk * stride_cb + (hh - NH) * stride_ch + slot * stride_cs + offs
+        tl.store(kdst, y1, mask=is_k)
+        tl.store(kdst + HALF, y2, mask=is_k)
+        is_v = (hh >= NH + NKV) & ok
+        vdst = VC + blk * stride_cb + (hh - NH - NKV) * stride_ch + slot * stride_cs + offs
+        tl.store(vdst, y1, mask=is_v)
+        tl.store(vdst + HALF, y2, mask=is_v)
 
     @triton.jit
     def _silu_mul_kernel(GU, OUT, stride_g, stride_o, N, BLOCK: tl.constexpr):
@@ -156,10 +156,11 @@ def rope_and_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, posi
         raise ValueError(f"K and V caches have different strides: {k_cache.stride()} vs {v_cache.stride()}")
     q = torch.empty((T, num_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
     if T:
-        _rope_cache_kernel[(T, num_heads + 2 * num_kv_heads)](
+        _rope_cache_kernel[(T,)](
             qkv, cos, sin, positions, write_blocks, write_slots, q, k_cache, v_cache,
             qkv.stride(0), q.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-            NH=num_heads, NKV=num_kv_heads, HALF=head_dim // 2, num_warps=1)
+            NH=num_heads, NKV=num_kv_heads, HALF=head_dim // 2,
+            HEADS_PAD=triton.next_power_of_2(num_heads + 2 * num_kv_heads), num_warps=4)
     return q, None, None
 
 

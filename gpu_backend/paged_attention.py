@@ -126,9 +126,13 @@ if triton is not None:
                  mask=g_ok[:, None])
 
 
+# Launch configuration: context tokens per loop iteration (in blocks), warps, pipeline stages.
+DECODE_CONFIG = {"tile_tokens": 64, "num_warps": 4, "num_stages": 2}
+
+
 def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
-                            out: torch.Tensor | None = None, blocks_per_tile: int | None = None) -> torch.Tensor:
+                            out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
     """Paged decode attention with the Triton kernel; same contract as ``decode_attention_torch``.
 
     Every sequence must have ``context_lens >= 1``. K and V caches must share strides
@@ -146,8 +150,8 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         raise ValueError(f"head_dim {D} must be a power of two >= 16 for the Triton kernel")
     group = H // kvh
     group_pad = max(16, triton.next_power_of_2(group))
-    if blocks_per_tile is None:
-        blocks_per_tile = max(1, 64 // bs)
+    cfg = {**DECODE_CONFIG, **(config or {})}
+    blocks_per_tile = max(1, cfg["tile_tokens"] // bs)
     if out is None:
         out = torch.empty_like(q)
     if B == 0:
@@ -157,7 +161,7 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=D, BLOCK_SIZE=bs, BLOCKS_PER_TILE=blocks_per_tile,
-        num_warps=4, num_stages=2)
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
 
 

@@ -231,13 +231,14 @@ class TorchExecutor:
             o += p.size
         return self._staging[:total].to(self.device, non_blocking=True)
 
-    @staticmethod
-    def _table_matrix(tables, width: int, rows: int, fill: int) -> np.ndarray:
-        """``rows x width`` block ids, the first ``len(tables)`` rows from ``tables`` (truncated), the rest ``fill``."""
+    def _table_matrix(self, tables, width: int, rows: int) -> np.ndarray:
+        """``rows x width`` block ids: the first ``len(tables)`` rows from ``tables`` (truncated to ``width``),
+        every other entry the scratch block. The given ids are checked against the pool."""
         lens = np.fromiter((min(len(t), width) for t in tables), dtype=np.int64, count=len(tables))
         flat = np.fromiter(itertools.chain.from_iterable(t[:width] for t in tables), dtype=np.int64,
                            count=int(lens.sum()))
-        out = np.full((rows, width), fill, dtype=np.int64)
+        self._check_range(flat, self.store.num_gpu_blocks, "decode block id")
+        out = np.full((rows, width), self.store.scratch_block, dtype=np.int64)
         mask = np.arange(width)[None, :] < lens[:, None]
         out[:len(tables)][mask] = flat
         return out
@@ -246,7 +247,6 @@ class TorchExecutor:
     def _compute(self, plan: BatchPlan) -> tuple[torch.Tensor, list[int]]:
         bs = self.block_size
         vocab = self.dims.vocab_size
-        nblocks = self.store.num_gpu_blocks
         d_ids = plan.decode_seq_ids
         nd = len(d_ids)
         if nd:
@@ -256,8 +256,7 @@ class TorchExecutor:
             self._check_range(dec_ids, vocab, "decode input token id")
         if not plan.prefills and self.graphs is not None and nd <= self.graphs.max_batch:
             bucket = self.graphs.bucket(nd)
-            tables = self._table_matrix(plan.decode_block_tables, width, bucket, self.store.scratch_block)
-            self._check_range(tables[:nd], nblocks, "decode block id")
+            tables = self._table_matrix(plan.decode_block_tables, width, bucket)
             ids = np.zeros(bucket, dtype=np.int64)
             ids[:nd] = dec_ids
             p = np.zeros(bucket, dtype=np.int64)
@@ -295,7 +294,7 @@ class TorchExecutor:
         if nd:
             pos = np.asarray(plan.decode_positions, dtype=np.int64)
             width = int((pos.max() // bs) + 1)
-            tables = self._table_matrix(plan.decode_block_tables, width, nd, self.store.scratch_block)
+            tables = self._table_matrix(plan.decode_block_tables, width, nd)
             ids.append(np.asarray(plan.decode_input_ids, dtype=np.int64))
             positions.append(pos)
             wblocks.append(tables[np.arange(nd), pos // bs])
@@ -309,7 +308,6 @@ class TorchExecutor:
         wb_a = np.concatenate(wblocks)
         self._check_range(ids_a, self.dims.vocab_size, "input token id")
         self._check_range(wb_a, nblocks, "block id")
-        self._check_range(tables, nblocks + 1, "decode block id")
         T = ids_a.size
         if self.keep_logits:
             lr = np.concatenate(logit_rows)

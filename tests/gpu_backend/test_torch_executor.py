@@ -212,7 +212,7 @@ def test_graph_decode_path_pads_into_the_scratch_block_only(hf, weights):
     ex.graphs = _EagerGraphs(ex.model, max_batch=16, max_blocks_per_seq=16)
     assert ex.graphs.sizes == [1, 2, 4, 8, 16]
     seqs = {i: tokens(20 + 9 * i, 40 + i) for i in range(5)}
-    tables = {i: [10 * i + j for j in range(6)] for i in range(5)}
+    tables = {i: [10 * i + j for j in range(3 + i)] for i in range(5)}   # tables of different lengths
     ex.execute(BatchPlan(prefills=[PrefillChunk(i, 0, len(s), tables[i], True, s) for i, s in seqs.items()]))
     ex.store.gpu[ex.store.scratch_block] = 7.0
     for step, members in enumerate([[0, 1, 2], [3, 4, 0, 1, 2], [2], [1, 3, 4]]):   # buckets 4, 8, 1, 4
