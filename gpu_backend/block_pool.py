@@ -72,6 +72,9 @@ class BlockPool:
         self.name = name
         self.num_blocks = int(num_blocks)
         self.ref_counts: list[int] = [0] * self.num_blocks
+        # Every id as one shared int object: tables are slices of it (no new ints per allocation),
+        # and comparing a table with a slice of it is a cheap test for "one contiguous run".
+        self._ids: list[int] = list(range(self.num_blocks))
         self._run_len: dict[int, int] = {0: self.num_blocks}      # free run start -> length
         self._run_start: dict[int, int] = {self.num_blocks: 0}    # free run end -> start
         self._by_size: list[tuple[int, int]] = [(self.num_blocks, 0)]   # (length, start), sorted
@@ -102,7 +105,7 @@ class BlockPool:
             if run is not None:
                 take = n if n < run else run
                 self._take(nxt, run, take)
-                out.extend(range(nxt, nxt + take))
+                out += self._ids[nxt:nxt + take]
                 n -= take
         by_size = self._by_size
         while n:
@@ -110,14 +113,14 @@ class BlockPool:
             if i < len(by_size):
                 length, start = by_size[i]
                 self._take(start, length, n)
-                out.extend(range(start, start + n))
+                out += self._ids[start:start + n]
                 return out
             length, start = by_size.pop()   # no run holds the rest: the largest, whole
             del run_len[start]
             del self._run_start[start + length]
             self.ref_counts[start:start + length] = [1] * length
             self.num_free -= length
-            out.extend(range(start, start + length))
+            out += self._ids[start:start + length]
             n -= length
         return out
 
@@ -128,7 +131,7 @@ class BlockPool:
             run = self._run_len.get(nxt)
             if run is not None:
                 self._take(nxt, run, 1)
-                return nxt
+                return self._ids[nxt]
         if not self.num_free:
             raise OutOfBlocksError(f"{self.name} pool: asked for 1 block, 0 free")
         length, start = self._by_size[0]
@@ -174,7 +177,7 @@ class BlockPool:
         n = len(block_ids)
         if n > 4:
             b0 = block_ids[0]
-            if block_ids[-1] == b0 + n - 1 and rc[b0:b0 + n] == [1] * n and block_ids == list(range(b0, b0 + n)):
+            if block_ids[-1] == b0 + n - 1 and rc[b0:b0 + n] == [1] * n and block_ids == self._ids[b0:b0 + n]:
                 # one run whose only holder lets go (a cached leaf evicted, a finished request's tail)
                 rc[b0:b0 + n] = [0] * n
                 self._free_run(b0, n)
