@@ -86,7 +86,8 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 
 
 if triton is not None:
-    @triton.jit
+    # eager mixed batches pass block tables of any width: no recompilation per width
+    @triton.jit(do_not_specialize=["stride_btb"])
     def _paged_decode_kernel(Q, K, V, BT, CL, O, scale,
                              stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
                              stride_btb, stride_ob, stride_oh,
