@@ -322,14 +322,30 @@ def speed_ours(weights, args) -> dict:
     eng = ServingEngine(ex, _fcfs(), cfg)
     specs = workload(n, p, o)
     eng.load(specs)
+    steps = []
+    inner = ex.execute
+
+    def execute(plan):
+        r = inner(plan)
+        steps.append((plan.num_prefill_tokens, len(plan.decode_seq_ids), r.duration_s, r.compute_s))
+        return r
+
+    ex.execute = execute
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     rec = eng.run()
     wall = time.perf_counter() - t0
+    ex.execute = inner
+    with_prefill = [s for s in steps if s[0]]
+    decode_only = [s for s in steps if not s[0]]
+    phases = {"prefill_iterations": len(with_prefill), "prefill_wall_s": sum(s[2] for s in with_prefill),
+              "prefill_device_s": sum(s[3] for s in with_prefill), "decode_iterations": len(decode_only),
+              "decode_wall_s": sum(s[2] for s in decode_only), "decode_device_s": sum(s[3] for s in decode_only)}
+    log("   " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in phases.items()))
     out_tokens = sum(r.num_output_tokens for r in rec.requests)
     res = {"wall_s": wall, "output_tokens": out_tokens, "output_tok_s": out_tokens / wall,
            "iterations": eng.iteration, "busy_s": eng.counters.busy_time_s,
-           "total_tok_s": (out_tokens + n * p) / wall}
+           "total_tok_s": (out_tokens + n * p) / wall, "phases": phases}
     log(f"   {out_tokens} output tokens in {wall:.2f} s: {out_tokens / wall:,.0f} tok/s "
         f"({eng.iteration} iterations, executor busy {eng.counters.busy_time_s:.2f} s)")
     del ex, eng, warm
