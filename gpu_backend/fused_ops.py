@@ -68,9 +68,10 @@ if triton is not None:
         tl.store(Y + row * stride_y + offs, (w.to(tl.float32) * y.to(tl.float32)).to(Y.dtype.element_ty), mask=ok)
 
     @triton.jit
-    def _rope_cache_kernel(QKV, COS, SIN, POS, WB, WS, QOUT, KC, VC,
-                           stride_t, stride_qt, stride_cos, stride_cb, stride_ch, stride_cs,
-                           NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr, HEADS_PAD: tl.constexpr):
+    def _rope_cache_kernel(QKV, COS, SIN, POS, WB, WS, QOUT, KC, VC, KOUT, VOUT,
+                           stride_t, stride_qt, stride_cos, stride_cb, stride_ch, stride_cs, stride_kvt,
+                           NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr, HEADS_PAD: tl.constexpr,
+                           WRITE_KV: tl.constexpr):
         # one token per program; rows of the tile are its heads: [0, NH) q, [NH, NH+NKV) k, then v
         t = tl.program_id(0)
         hh = tl.arange(0, HEADS_PAD)[:, None]
@@ -103,6 +104,13 @@ if triton is not None:
         vdst = VC + blk * stride_cb + (hh - NH - NKV) * stride_ch + slot * stride_cs + offs
         tl.store(vdst, y1, mask=is_v)
         tl.store(vdst + HALF, y2, mask=is_v)
+        if WRITE_KV:   # the chunk's own K and V, contiguous, for prefill attention
+            kout = KOUT + t * stride_kvt + (hh - NH) * (2 * HALF) + offs
+            tl.store(kout, y1, mask=is_k)
+            tl.store(kout + HALF, y2, mask=is_k)
+            vout = VOUT + t * stride_kvt + (hh - NH - NKV) * (2 * HALF) + offs
+            tl.store(vout, y1, mask=is_v)
+            tl.store(vout + HALF, y2, mask=is_v)
 
     @triton.jit
     def _silu_mul_kernel(GU, OUT, stride_g, stride_o, N, BLOCK: tl.constexpr):
@@ -134,12 +142,13 @@ def add_rms_norm(x: torch.Tensor | None, h: torch.Tensor, weight: torch.Tensor, 
 
 def rope_and_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                    write_blocks: torch.Tensor, write_slots: torch.Tensor, k_cache: torch.Tensor,
-                   v_cache: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int):
+                   v_cache: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int,
+                   want_kv: bool = True):
     """RoPE on the Q and K parts of ``qkv`` [T, (heads + 2 kv_heads) * hd]; K and V stored in the cache.
 
     ``cos``/``sin``: [max_len, hd] tables; caches: [blocks, kv_heads, block_size, hd] views.
-    Returns ``(q, k, v)``: q [T, heads, hd] rotated; k (rotated) and v [T, kv_heads, hd]
-    (on CUDA, k and v are None: they live only in the cache).
+    Returns ``(q, k, v)``: q [T, heads, hd] rotated; k (rotated) and v [T, kv_heads, hd], or,
+    on CUDA without ``want_kv``, None for both (they then live only in the cache).
     """
     T = qkv.shape[0]
     qn, kvn = num_heads * head_dim, num_kv_heads * head_dim
@@ -155,13 +164,19 @@ def rope_and_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, posi
     if k_cache.stride() != v_cache.stride():
         raise ValueError(f"K and V caches have different strides: {k_cache.stride()} vs {v_cache.stride()}")
     q = torch.empty((T, num_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+    k = v = None
+    if want_kv:
+        k = torch.empty((T, num_kv_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+        v = torch.empty_like(k)
     if T:
         _rope_cache_kernel[(T,)](
             qkv, cos, sin, positions, write_blocks, write_slots, q, k_cache, v_cache,
+            k if want_kv else q, v if want_kv else q,
             qkv.stride(0), q.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            k.stride(0) if want_kv else 0,
             NH=num_heads, NKV=num_kv_heads, HALF=head_dim // 2,
-            HEADS_PAD=triton.next_power_of_2(num_heads + 2 * num_kv_heads), num_warps=4)
-    return q, None, None
+            HEADS_PAD=triton.next_power_of_2(num_heads + 2 * num_kv_heads), WRITE_KV=want_kv, num_warps=4)
+    return q, k, v
 
 
 def silu_mul(gu: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from gpu_backend.fused_ops import add_rms_norm, rope_and_cache, silu_mul
 from gpu_backend.kv_store import PagedKVStore
 from gpu_backend.models import LlamaWeights, rope_inv_freq
-from gpu_backend.paged_attention import decode_attention, gather_kv, prefill_attention
+from gpu_backend.paged_attention import causal_attention, decode_attention, gather_kv, prefill_attention
 
 
 @dataclass(slots=True)
@@ -70,6 +70,24 @@ class LlamaForward:
         self.sin = emb.sin().to(weights.dtype)
         self._q = d.num_heads * d.head_dim
 
+    @staticmethod
+    def _groups(prefills: list[PrefillSegment]):
+        """(row, count, tokens, None) for runs of adjacent fresh chunks of equal length;
+        (row, 1, tokens, segment) for a chunk that starts over cached tokens."""
+        i = 0
+        while i < len(prefills):
+            s = prefills[i]
+            if s.start:
+                yield s.row, 1, s.num_tokens, s
+                i += 1
+                continue
+            j = i + 1
+            while (j < len(prefills) and prefills[j].start == 0 and prefills[j].num_tokens == s.num_tokens
+                   and prefills[j].row == s.row + (j - i) * s.num_tokens):
+                j += 1
+            yield s.row, j - i, s.num_tokens, None
+            i = j
+
     @torch.no_grad()
     def __call__(self, b: ForwardBatch) -> torch.Tensor:
         """Logits ``[rows, vocab]`` of ``b.logit_rows`` (all rows when None); writes the batch's KV."""
@@ -86,17 +104,18 @@ class LlamaForward:
         for layer in range(L):
             k_cache, v_cache = self.store.layers[layer]
             q, k, v = rope_and_cache(F.linear(x, w.qkv[layer]), self.cos, self.sin, b.positions,
-                                     b.write_blocks, b.write_slots, k_cache, v_cache, nh, nkv, hd)
+                                     b.write_blocks, b.write_slots, k_cache, v_cache, nh, nkv, hd,
+                                     want_kv=bool(b.prefills))
             attn = torch.empty_like(q)
-            for seg in b.prefills:
-                r0, n = seg.row, seg.num_tokens
-                if seg.start == 0 and k is not None:
-                    ks = k[r0:r0 + n].transpose(0, 1)
-                    vs = v[r0:r0 + n].transpose(0, 1)
-                else:
+            for r0, g, n, seg in self._groups(b.prefills):
+                if seg is None:     # g fresh chunks of n tokens each, adjacent rows: one batched call
+                    e = r0 + g * n
+                    attn[r0:e] = causal_attention(q[r0:e].view(g, n, nh, hd), k[r0:e].view(g, n, nkv, hd),
+                                                  v[r0:e].view(g, n, nkv, hd), self.scale).reshape(g * n, nh, hd)
+                else:               # a chunk over cached tokens: gather them through its block table
                     ks = gather_kv(k_cache, seg.block_table, seg.start + n)
                     vs = gather_kv(v_cache, seg.block_table, seg.start + n)
-                attn[r0:r0 + n] = prefill_attention(q[r0:r0 + n], ks, vs, self.scale)
+                    attn[r0:r0 + n] = prefill_attention(q[r0:r0 + n], ks, vs, self.scale)
             if T > P:
                 decode_attention(q[P:], k_cache, v_cache, b.decode_block_tables, b.decode_context_lens,
                                  self.scale, out=attn[P:])

@@ -63,6 +63,21 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     return out.squeeze(0).transpose(0, 1)
 
 
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal self-attention of ``g`` equal-length chunks that start at position 0, in one call.
+
+    q: [g, n, heads, hd]; k, v: [g, n, kv_heads, hd]. Returns [g, n, heads, hd].
+    """
+    group = q.shape[2] // k.shape[2]
+    qh = q.transpose(1, 2)
+    kh = k.transpose(1, 2)
+    vh = v.transpose(1, 2)
+    if group > 1:
+        kh = kh.repeat_interleave(group, dim=1)
+        vh = vh.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale).transpose(1, 2)
+
+
 def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float) -> torch.Tensor:
     """Reference decode attention (plain torch, float32 softmax), batched with a padding mask.

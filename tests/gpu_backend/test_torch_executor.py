@@ -61,15 +61,16 @@ def test_dims_come_from_the_hf_config(weights):
     assert weights.gate_up[0].shape == (2 * 128, 64)
 
 
-def test_plain_prefill_of_two_sequences_in_one_batch(hf, weights):
+def test_plain_prefill_of_several_sequences_in_one_batch(hf, weights):
     ex = make_executor(weights)
-    a, b = tokens(37, 1), tokens(20, 2)
+    a, b, c = tokens(37, 1), tokens(20, 2), tokens(20, 3)
     plan = BatchPlan(prefills=[PrefillChunk(1, 0, 37, [5, 6, 9], True, a),
-                               PrefillChunk(2, 0, 20, [0, 12], True, b)])
+                               PrefillChunk(2, 0, 20, [0, 12], True, b),     # b and c: one batched call
+                               PrefillChunk(3, 0, 20, [13, 14], True, c)])
     res = ex.execute(plan)
-    close(ex.last_logits[1], reference(hf, a))
-    close(ex.last_logits[2], reference(hf, b))
-    assert res.sampled_tokens == {1: int(reference(hf, a)[-1].argmax()), 2: int(reference(hf, b)[-1].argmax())}
+    for sid, ids in ((1, a), (2, b), (3, c)):
+        close(ex.last_logits[sid], reference(hf, ids))
+    assert res.sampled_tokens == {sid: int(reference(hf, ids)[-1].argmax()) for sid, ids in ((1, a), (2, b), (3, c))}
     assert res.duration_s >= res.compute_s > 0 and res.swap_s == 0.0
 
 
