@@ -137,7 +137,8 @@ class Policy:
 
     def ordered_requests(self, view: SchedulerView) -> list[Request] | None:
         """Optional fast path: the order as request objects, already known to be a permutation of
-        the live requests. The engine uses it instead of ``order`` when it returns a list."""
+        the live requests. The engine uses it instead of ``order`` when it returns a list, and
+        only reads it, so a policy may hand back the same list object while its order holds."""
         return None
 
     def on_arrival(self, req: Request) -> None:
