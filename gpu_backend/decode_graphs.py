@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from gpu_backend.block_tables import DeviceBlockTables
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward
 
 
@@ -28,27 +29,31 @@ def bucket_sizes(max_batch: int) -> list[int]:
 
 
 class DecodeGraphs:
-    """Captured decode steps for every bucket up to ``max_batch`` sequences."""
+    """Captured decode steps for every bucket up to ``max_batch`` sequences.
 
-    def __init__(self, model: LlamaForward, max_batch: int, max_blocks_per_seq: int):
+    Static inputs: token ids, positions and each row's slot in the device block table
+    (``DeviceBlockTables``, whose tensor must not be reallocated after capture).
+    """
+
+    def __init__(self, model: LlamaForward, tables: DeviceBlockTables, max_batch: int):
         store = model.store
         dev = store.device
         self.model = model
+        self.tables = tables
         self.block_size = store.block_size
-        self.scratch = store.scratch_block
         self.max_batch = max_batch
-        self.width = max_blocks_per_seq
         self.sizes = bucket_sizes(max_batch)
         self.ids = torch.zeros(max_batch, dtype=torch.long, device=dev)
         self.pos = torch.zeros(max_batch, dtype=torch.long, device=dev)
-        self.tables = torch.full((max_batch, max_blocks_per_seq), self.scratch, dtype=torch.long, device=dev)
+        self.slots = torch.full((max_batch,), tables.pad_slot, dtype=torch.long, device=dev)
         self.out = torch.zeros(max_batch, dtype=torch.long, device=dev)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict = {}
+        self._table_ptr = tables.table.data_ptr()
         self._capture()
 
     def _body(self, n: int) -> None:
         pos = self.pos[:n]
-        tables = self.tables[:n]
+        tables = self.tables.table.index_select(0, self.slots[:n])
         blocks = tables.gather(1, (pos // self.block_size).unsqueeze(1)).squeeze(1)
         batch = ForwardBatch(self.ids[:n], pos, blocks, pos % self.block_size, [], 0, tables, pos + 1, None)
         self.out[:n] = self.model(batch).argmax(-1)
@@ -60,7 +65,7 @@ class DecodeGraphs:
         for n in reversed(self.sizes):      # largest first: the pool's blocks then fit the rest
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self._body(n)               # warm-up (compiles the Triton kernel; writes scratch only)
+                self._body(n)               # warm-up (compiles the Triton kernels; writes scratch only)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
@@ -74,13 +79,13 @@ class DecodeGraphs:
                 return s
         raise ValueError(f"decode batch of {n} exceeds the largest captured graph ({self.max_batch})")
 
-    def run(self, staged: torch.Tensor, n: int, bucket: int, width: int) -> torch.Tensor:
-        """``staged`` (device, int64): ``bucket`` ids, ``bucket`` positions, then ``bucket x width`` table
-        entries, padding rows included. Returns the device tensor of the ``n`` greedy tokens."""
-        if width > self.width:
-            raise ValueError(f"a decode sequence needs {width} blocks, graphs were built for {self.width}")
+    def run(self, staged: torch.Tensor, n: int, bucket: int) -> torch.Tensor:
+        """``staged`` (device, int64): ``bucket`` ids, positions and slots, padding rows included
+        (padding slots point at the all-scratch row). Returns the device tensor of the ``n`` greedy tokens."""
+        if self.tables.table.data_ptr() != self._table_ptr:
+            raise RuntimeError("the device block table was reallocated after the graphs were captured")
         self.ids[:bucket].copy_(staged[:bucket])
         self.pos[:bucket].copy_(staged[bucket:2 * bucket])
-        self.tables[:bucket, :width].copy_(staged[2 * bucket:2 * bucket + bucket * width].view(bucket, width))
+        self.slots[:bucket].copy_(staged[2 * bucket:3 * bucket])
         self.graphs[bucket].replay()
         return self.out[:n]

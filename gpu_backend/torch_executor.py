@@ -16,12 +16,12 @@ completes its prompt. Host-side inputs travel in one pinned buffer and one copy.
 
 from __future__ import annotations
 
-import itertools
 import time
 
 import numpy as np
 import torch
 
+from gpu_backend.block_tables import DeviceBlockTables
 from gpu_backend.decode_graphs import DecodeGraphs
 from gpu_backend.kv_store import PagedKVStore
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward, PrefillSegment
@@ -109,9 +109,13 @@ class TorchExecutor:
             self._c0 = torch.cuda.Event(enable_timing=True)
             self._c1 = torch.cuda.Event(enable_timing=True)
         self._staging_np = self._staging.numpy()
+        # decode block tables live on the device, one row per sequence (fixed size: graphs read it)
+        self.tables = DeviceBlockTables(4 * max_num_seqs, -(-max_model_len // block_size),
+                                        self.store.scratch_block, self.device)
         self.graphs: DecodeGraphs | None = None
         if self.is_cuda and cuda_graphs and not keep_logits:
-            self.graphs = DecodeGraphs(self.model, max_num_seqs, -(-max_model_len // block_size))
+            self.graphs = DecodeGraphs(self.model, self.tables, max_num_seqs)
+            self.tables.growable = False
         self.last_swap = None
 
     def _default_gpu_blocks(self, bytes_per_block: int, util: float, reserve: int) -> int:
@@ -204,12 +208,6 @@ class TorchExecutor:
             if len(plan.decode_positions) != n or len(plan.decode_block_tables) != n:
                 raise ValueError(f"decode lists disagree: {n} ids, {len(plan.decode_positions)} positions, "
                                  f"{len(plan.decode_block_tables)} block tables")
-            for sid, pos, table in zip(plan.decode_seq_ids, plan.decode_positions, plan.decode_block_tables):
-                if pos >= limit:
-                    raise ValueError(f"sequence {sid}: decode at position {pos} exceeds the model's context "
-                                     f"length (max_model_len {limit})")
-                if len(table) * bs <= pos:
-                    raise ValueError(f"sequence {sid}: {len(table)} blocks cannot hold position {pos}")
 
     def _check_range(self, arr: np.ndarray, hi: int, what: str) -> None:
         if arr.size and (arr.min() < 0 or arr.max() >= hi):
@@ -231,41 +229,50 @@ class TorchExecutor:
             o += p.size
         return self._staging[:total].to(self.device, non_blocking=True)
 
-    def _table_matrix(self, tables, width: int, rows: int) -> np.ndarray:
-        """``rows x width`` block ids: the first ``len(tables)`` rows from ``tables`` (truncated to ``width``),
-        every other entry the scratch block. The given ids are checked against the pool."""
-        lens = np.fromiter((min(len(t), width) for t in tables), dtype=np.int64, count=len(tables))
-        flat = np.fromiter(itertools.chain.from_iterable(t[:width] for t in tables), dtype=np.int64,
-                           count=int(lens.sum()))
-        self._check_range(flat, self.store.num_gpu_blocks, "decode block id")
-        out = np.full((rows, width), self.store.scratch_block, dtype=np.int64)
-        mask = np.arange(width)[None, :] < lens[:, None]
-        out[:len(tables)][mask] = flat
-        return out
-
     # ------------------------------------------------------------------ compute
-    def _compute(self, plan: BatchPlan) -> tuple[torch.Tensor, list[int]]:
+    def _decode_inputs(self, plan: BatchPlan):
+        """Decode ids, positions and the block-table update, checked (vectorised: this runs every step)."""
         bs = self.block_size
-        vocab = self.dims.vocab_size
-        d_ids = plan.decode_seq_ids
-        nd = len(d_ids)
-        if nd:
-            pos = np.asarray(plan.decode_positions, dtype=np.int64)
-            width = int((pos.max() // bs) + 1)
-            dec_ids = np.asarray(plan.decode_input_ids, dtype=np.int64)
-            self._check_range(dec_ids, vocab, "decode input token id")
+        sids = plan.decode_seq_ids
+        pos = np.asarray(plan.decode_positions, dtype=np.int64)
+        ids = np.asarray(plan.decode_input_ids, dtype=np.int64)
+        self._check_range(ids, self.dims.vocab_size, "decode input token id")
+        upd = self.tables.prepare(sids, plan.decode_block_tables)
+        bad = np.flatnonzero((pos >= self.max_model_len) | (pos < 0))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"sequence {sids[i]}: decode at position {int(pos[i])} exceeds the model's context "
+                             f"length (max_model_len {self.max_model_len})")
+        bad = np.flatnonzero(upd.lens * bs <= pos)
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"sequence {sids[i]}: {int(upd.lens[i])} blocks cannot hold position {int(pos[i])}")
+        if upd.upd_vals.size:
+            try:
+                self._check_range(upd.upd_vals, self.store.num_gpu_blocks, "decode block id")
+            except ValueError:
+                self.tables.forget()    # the slots took entries that were never written: start over
+                raise
+        return ids, pos, upd
+
+    def _compute(self, plan: BatchPlan) -> tuple[torch.Tensor, list[int]]:
+        nd = len(plan.decode_seq_ids)
         if not plan.prefills and self.graphs is not None and nd <= self.graphs.max_batch:
+            ids, pos, upd = self._decode_inputs(plan)
             bucket = self.graphs.bucket(nd)
-            tables = self._table_matrix(plan.decode_block_tables, width, bucket)
-            ids = np.zeros(bucket, dtype=np.int64)
-            ids[:nd] = dec_ids
-            p = np.zeros(bucket, dtype=np.int64)
-            p[:nd] = pos
-            staged = self._stage([ids, p, tables])
+            pad = bucket - nd
+            staged = self._stage([
+                np.concatenate([ids, np.zeros(pad, np.int64)]),
+                np.concatenate([pos, np.zeros(pad, np.int64)]),
+                np.concatenate([upd.slots, np.full(pad, self.tables.pad_slot, np.int64)]),
+                upd.upd_slots, upd.upd_cols, upd.upd_vals])
+            u = upd.upd_vals.size
+            o = 3 * bucket
+            self.tables.apply(staged[o:o + u], staged[o + u:o + 2 * u], staged[o + 2 * u:o + 3 * u])
             self._start_compute()
-            tokens = self.graphs.run(staged, nd, bucket, width)
+            tokens = self.graphs.run(staged[:3 * bucket], nd, bucket)
             self._end_compute()
-            return tokens, list(d_ids)
+            return tokens, list(plan.decode_seq_ids)
         return self._compute_eager(plan)
 
     def _compute_eager(self, plan: BatchPlan) -> tuple[torch.Tensor, list[int]]:
@@ -278,6 +285,7 @@ class TorchExecutor:
             n = c.num_tokens
             p = np.arange(c.start, c.start + n, dtype=np.int64)
             table = np.asarray(c.block_table[:-(-(c.start + n) // bs)], dtype=np.int64)
+            self._check_range(table, nblocks, "block id")
             ids.append(np.asarray(c.token_ids, dtype=np.int64))
             positions.append(p)
             wblocks.append(table[p // bs])
@@ -290,45 +298,47 @@ class TorchExecutor:
             row += n
         num_prefill = row
         nd = len(plan.decode_seq_ids)
-        tables = np.zeros((0, 1), dtype=np.int64)
+        empty = np.zeros(0, dtype=np.int64)
+        upd_parts = [empty, empty, empty, empty]
         if nd:
-            pos = np.asarray(plan.decode_positions, dtype=np.int64)
-            width = int((pos.max() // bs) + 1)
-            tables = self._table_matrix(plan.decode_block_tables, width, nd)
-            ids.append(np.asarray(plan.decode_input_ids, dtype=np.int64))
-            positions.append(pos)
-            wblocks.append(tables[np.arange(nd), pos // bs])
+            d_ids, d_pos, upd = self._decode_inputs(plan)
+            ids.append(d_ids)
+            positions.append(d_pos)
+            upd_parts = [upd.slots, upd.upd_slots, upd.upd_cols, upd.upd_vals]
             dec_rows = np.arange(row, row + nd, dtype=np.int64)
             if self.keep_logits:
                 logit_rows.append(dec_rows)
             sample_rows.extend(dec_rows.tolist())
             seq_ids.extend(plan.decode_seq_ids)
+            width = int(d_pos.max() // bs) + 1
         ids_a = np.concatenate(ids)
         pos_a = np.concatenate(positions)
-        wb_a = np.concatenate(wblocks)
+        wb_a = np.concatenate(wblocks) if wblocks else empty
         self._check_range(ids_a, self.dims.vocab_size, "input token id")
-        self._check_range(wb_a, nblocks, "block id")
-        T = ids_a.size
         if self.keep_logits:
             lr = np.concatenate(logit_rows)
-            # sampled rows, as indices into the kept rows (all rows are kept)
-            pick = np.asarray(sample_rows, dtype=np.int64)
+            pick = np.asarray(sample_rows, dtype=np.int64)   # sampled rows among the kept (all) rows
         else:
             lr = np.asarray(sample_rows, dtype=np.int64)
             pick = np.arange(lr.size, dtype=np.int64)
-        prefill_tables = [s[3] for s in segs]
-        parts = [ids_a, pos_a, wb_a, pos_a % bs, lr, pick, tables] + prefill_tables
+        parts = [ids_a, pos_a, wb_a, lr, pick, *upd_parts] + [s[3] for s in segs]
         staged = self._stage(parts)
         views = []
         o = 0
         for part in parts:
-            views.append(staged[o:o + part.size].view(part.shape))
+            views.append(staged[o:o + part.size])
             o += part.size
-        d_ids, d_pos, d_wb, d_ws, d_lr, d_pick, d_tables = views[:7]
-        pt = iter(views[7:])
+        d_ids, d_pos, d_wb, d_lr, d_pick, d_slots, u_slots, u_cols, u_vals = views[:9]
+        pt = iter(views[9:])
         segments = [PrefillSegment(r, n, start, next(pt)) for r, n, start, _ in segs]
-        batch = ForwardBatch(d_ids, d_pos, d_wb, d_ws, segments, num_prefill,
-                             d_tables if nd else None, (d_pos[num_prefill:] + 1) if nd else None, d_lr)
+        tables = lens = None
+        if nd:
+            self.tables.apply(u_slots, u_cols, u_vals)
+            tables = self.tables.table.index_select(0, d_slots)[:, :width]
+            dpos = d_pos[num_prefill:]
+            d_wb = torch.cat([d_wb, tables.gather(1, (dpos // bs).unsqueeze(1)).squeeze(1)])
+            lens = dpos + 1
+        batch = ForwardBatch(d_ids, d_pos, d_wb, d_pos % bs, segments, num_prefill, tables, lens, d_lr)
         self._start_compute()
         logits = self.model(batch)
         tokens = logits[d_pick].argmax(-1) if d_pick.numel() else torch.zeros(0, dtype=torch.long)

@@ -210,7 +210,7 @@ class _EagerGraphs(DecodeGraphs):
 
 def test_graph_decode_path_pads_into_the_scratch_block_only(hf, weights):
     ex = TorchExecutor(weights, device="cpu", num_gpu_blocks=64, num_host_blocks=0, max_model_len=256)
-    ex.graphs = _EagerGraphs(ex.model, max_batch=16, max_blocks_per_seq=16)
+    ex.graphs = _EagerGraphs(ex.model, ex.tables, max_batch=16)
     assert ex.graphs.sizes == [1, 2, 4, 8, 16]
     seqs = {i: tokens(20 + 9 * i, 40 + i) for i in range(5)}
     tables = {i: [10 * i + j for j in range(3 + i)] for i in range(5)}   # tables of different lengths
