@@ -126,6 +126,11 @@ class Router:
     name = "base"
     local_policy: str | None = None
 
+    @property
+    def local_policy_kwargs(self) -> dict:
+        """Arguments for ``local_policy`` (e.g. D²LPM's per-replica DLPM quantum)."""
+        return {}
+
     def reset(self, replicas: Sequence[ReplicaView]) -> None:
         self.num_replicas = len(replicas)
 

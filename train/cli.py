@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from train.benchmark import add_benchmark_args, run_benchmark
 from train.simulate import add_simulate_args, run_simulate
 
 
@@ -44,6 +45,14 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scenarios(args: argparse.Namespace) -> int:
+    from envs.scenarios import list_scenarios
+
+    rows = [(s.id, s.suite, str(s.num_replicas), ",".join(s.policies), s.description) for s in list_scenarios()]
+    _print_rows(("id", "suite", "replicas", "policies", "description"), rows)
+    return 0
+
+
 def _print_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
@@ -59,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="serve a workload under a policy and print its metrics")
     add_simulate_args(sim)
     sim.set_defaults(func=run_simulate)
+    bench = sub.add_parser("benchmark", help="run policies on a named scenario over seeds: table, JSON, plots")
+    add_benchmark_args(bench)
+    bench.set_defaults(func=run_benchmark)
+    sub.add_parser("scenarios", help="list the named benchmark scenarios").set_defaults(func=_cmd_scenarios)
     sub.add_parser("workloads", help="list the named workloads").set_defaults(func=_cmd_workloads)
     sub.add_parser("policies", help="list the registered policies").set_defaults(func=_cmd_policies)
     sub.add_parser("profiles", help="list the cost profiles (device x model)").set_defaults(func=_cmd_profiles)
