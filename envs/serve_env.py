@@ -22,6 +22,7 @@ from envs.live_request import Request, RequestState
 from envs.policy import Policy, SchedulerView
 from envs.request import RequestSpec
 from envs.workloads import get_workload, retime_poisson
+from gpu_backend.executors import make_executor
 from gpu_backend.profiles import DEFAULT_PROFILE
 from gpu_backend.sim_executor import SimExecutor
 
@@ -140,6 +141,11 @@ class ServeEnv(gym.Env):
     ``engine_config`` (``EngineConfig``), ``action_mode``, ``top_k``, ``max_clients``,
     ``reward``, ``reward_scale``, ``decision``, ``decision_interval``, ``max_decisions``,
     ``slo_ttft_s``, ``slo_tpot_s``, ``scorer`` (callable spec -> rank score in [0, 1]).
+    ``backend="torch"`` serves the same loop on a real model instead of the cost model:
+    ``model`` (``tiny``, ``smollm2-135m``, ``llama-1b``, ``llama-8b``), ``device`` (``cuda`` or
+    ``cpu``; default: cuda when available) and ``executor_options`` (``TorchExecutor``
+    arguments such as ``num_gpu_blocks``); iteration times are then measured, so episodes
+    are not reproducible (``servegym/ServeTorch-v0`` is registered nondeterministic).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -149,7 +155,9 @@ class ServeEnv(gym.Env):
                  action_mode: str = "pick", top_k: int = 16, max_clients: int = 8, reward: str = "latency",
                  reward_scale: float = 0.1, decision: str = "event", decision_interval: int = 8,
                  max_decisions: int | None = None, slo_ttft_s: float = 2.0, slo_tpot_s: float = 0.1,
-                 scorer: Callable[[RequestSpec], float] | None = None, render_mode: str | None = None):
+                 scorer: Callable[[RequestSpec], float] | None = None, render_mode: str | None = None,
+                 backend: str = "sim", model: str = "tiny", device: str | None = None,
+                 executor_options: dict[str, Any] | None = None):
         if action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode {action_mode!r} is not one of {ACTION_MODES}")
         if reward not in REWARD_PRESETS:
@@ -184,7 +192,12 @@ class ServeEnv(gym.Env):
         self.scorer = scorer
         self.render_mode = render_mode
         self.policy = AgentPolicy()
-        self.engine = ServingEngine(SimExecutor(profile), self.policy, engine_config or EngineConfig())
+        if backend == "sim":
+            executor = SimExecutor(profile)
+        else:  # the real model (gpu_backend.torch_executor); torch is imported only here
+            executor = make_executor(backend, profile, model, device, executor_options)
+        self.backend = backend
+        self.engine = ServingEngine(executor, self.policy, engine_config or EngineConfig())
         nf, nc, ns = len(REQUEST_FEATURES), len(CLIENT_FEATURES), len(SYSTEM_FEATURES)
         self.observation_space = spaces.Dict({
             "candidates": spaces.Box(0.0, 1.0, (top_k * nf,), np.float32),

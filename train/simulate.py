@@ -41,6 +41,15 @@ def add_simulate_args(p: argparse.ArgumentParser) -> None:
                    help="step one iteration at a time (no closed-form decode runs)")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar (auto: only on a terminal)")
+    p.add_argument("--backend", choices=("sim", "torch"), default="sim",
+                   help="sim: iteration times from the cost profile; torch: run a real model (--model) and "
+                        "measure them")
+    p.add_argument("--model", default="tiny",
+                   help="with --backend torch: tiny, smollm2-135m, llama-1b or llama-8b (gpu_backend.models)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                   help="with --backend torch: where the model runs (default: cuda when available)")
+    p.add_argument("--num-gpu-blocks", type=int, default=None,
+                   help="KV blocks of the executor (default: the profile's, or what the device's memory leaves)")
 
 
 def _policy_names(spec: str) -> list[str]:
@@ -55,13 +64,18 @@ def _policy_names(spec: str) -> list[str]:
 
 
 def simulate_once(specs, policy_name: str, profile: str, config: EngineConfig,
-                  progress: bool = False, desc: str = "") -> tuple[Any, float, Any]:
-    """Run one policy over ``specs``; returns (RunRecord, loop wall seconds, engine)."""
+                  progress: bool = False, desc: str = "", executor=None) -> tuple[Any, float, Any]:
+    """Run one policy over ``specs``; returns (RunRecord, loop wall seconds, engine).
+
+    ``executor``: a ready executor (the real model, loaded once for every policy); by
+    default a ``SimExecutor`` of ``profile``."""
     from envs.engine import ServingEngine
     from envs.policy import make_policy
     from gpu_backend.sim_executor import SimExecutor
 
-    engine = ServingEngine(SimExecutor(profile), make_policy(policy_name), config)
+    if executor is None:
+        executor = SimExecutor(profile)
+    engine = ServingEngine(executor, make_policy(policy_name), config)
     engine.load(specs)
     bar = None
     callback = None
@@ -99,6 +113,23 @@ def run_simulate(args: argparse.Namespace) -> int:
     for name in names:
         make_policy(name)  # fail on a bad name before any simulation runs
     profile = load_profile(args.profile)
+    if args.num_gpu_blocks is not None and args.num_gpu_blocks < 1:
+        raise ValueError(f"--num-gpu-blocks must be >= 1, got {args.num_gpu_blocks}")
+    executor = None
+    kv_bytes_per_token = profile.model.kv_bytes_per_token
+    source = f"profile {profile.name}"
+    if args.backend == "torch":
+        from gpu_backend.executors import make_executor
+
+        options = {} if args.num_gpu_blocks is None else {"num_gpu_blocks": args.num_gpu_blocks}
+        executor = make_executor("torch", model=args.model, device=args.device, options=options)
+        cap = executor.capacity()
+        kv_bytes_per_token = cap.bytes_per_block // cap.block_size
+        source = f"model {args.model} on {executor.device} ({executor.dtype}, {cap.num_gpu_blocks:,} KV blocks)"
+    elif args.num_gpu_blocks is not None:
+        from gpu_backend.sim_executor import SimExecutor
+
+        executor = SimExecutor(profile, num_gpu_blocks=args.num_gpu_blocks)
     workload = get_workload(args.workload)
     specs = workload.generate(args.seed, args.num_requests)
     if args.rate is not None:
@@ -111,8 +142,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     table_rows = []
     for name in names:
-        record, wall, engine = simulate_once(specs, name, profile, config, progress=show)
-        metrics = compute_metrics(record, kv_bytes_per_token=profile.model.kv_bytes_per_token)
+        record, wall, engine = simulate_once(specs, name, profile, config, progress=show, executor=executor)
+        metrics = compute_metrics(record, kv_bytes_per_token=kv_bytes_per_token)
         out = metrics.to_dict()
         out["sim_wall_s"] = wall
         out["sim_requests_per_s"] = len(specs) / wall if wall > 0 else None
@@ -122,7 +153,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         if len(names) == 1:
             print(format_single_run(metrics))
     header = (f"workload {args.workload} ({len(specs):,} requests"
-              f"{'' if args.rate is None else f', Poisson {args.rate:g} req/s'}), profile {profile.name}, "
+              f"{'' if args.rate is None else f', Poisson {args.rate:g} req/s'}), {source}, "
               f"batching {args.batching}, preemption {args.preemption}, seed {args.seed}")
     print(header)
     print(format_metrics_table(table_rows))
@@ -130,7 +161,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     print(f"simulation loop wall time: {walls}")
     if args.json is not None:
         run_info = {"workload": args.workload, "num_requests": len(specs), "rate": args.rate,
-                    "profile": profile.name, "seed": args.seed, "config": _config_dict(config)}
+                    "profile": profile.name, "seed": args.seed, "config": _config_dict(config),
+                    "backend": args.backend}
+        if args.backend == "torch":
+            run_info.update(model=args.model, device=str(executor.device))
         payload: dict[str, Any]
         if len(names) == 1:
             payload = {**results[names[0]], "policy": names[0], "run": run_info}

@@ -1,0 +1,64 @@
+"""The real executor behind the Gymnasium env and the command line (CPU, tiny model):
+``servegym/ServeTorch-v0`` is registered nondeterministic and runs whole episodes on the
+model; ``servegym simulate --backend torch`` serves a workload and names its bad model."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import pytest
+
+import envs  # noqa: F401  (registers the env ids)
+from gpu_backend.executors import make_executor
+from gpu_backend.sim_executor import SimExecutor
+from gpu_backend.torch_executor import TorchExecutor
+from train.cli import main
+
+
+def test_make_executor_names_its_backends():
+    assert isinstance(make_executor("sim", "h200-llama-1b"), SimExecutor)
+    ex = make_executor("torch", model="tiny", device="cpu", options={"num_gpu_blocks": 8, "max_model_len": 128})
+    assert isinstance(ex, TorchExecutor) and ex.capacity().num_gpu_blocks == 8
+    with pytest.raises(ValueError, match=r"unknown backend 'jax'; choose one of \('sim', 'torch'\)"):
+        make_executor("jax")
+    with pytest.raises(ValueError, match=r"unknown model 'llama-70b'; available: tiny, smollm2-135m"):
+        make_executor("torch", model="llama-70b", device="cpu")
+
+
+def test_torch_env_runs_an_episode_on_the_model():
+    spec = gym.spec("servegym/ServeTorch-v0")
+    assert spec.nondeterministic and spec.kwargs == {"backend": "torch"}
+    assert not gym.spec("servegym/Serve-v0").nondeterministic
+    env = gym.make("servegym/ServeTorch-v0", workload="vtc-overload-2", num_requests=3, device="cpu",
+                   executor_options={"num_gpu_blocks": 96, "max_model_len": 1024})
+    inner = env.unwrapped
+    assert inner.backend == "torch" and isinstance(inner.engine.executor, TorchExecutor)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    terminated = truncated = False
+    steps = 0
+    while not (terminated or truncated):
+        obs, reward, terminated, truncated, info = env.step(0)
+        steps += 1
+    m = info["episode_metrics"]
+    assert terminated and m["num_finished"] == 3 and m["num_rejected"] == 0
+    assert inner.engine.counters.output_tokens == sum(r.output_len for r in inner.engine.records)
+
+
+def test_simulate_cli_on_the_real_model(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    rc = main(["simulate", "--backend", "torch", "--model", "tiny", "--device", "cpu", "--workload",
+               "vtc-overload-2", "-n", "2", "--num-gpu-blocks", "64", "--json", str(out), "--progress", "off"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "model tiny on cpu (torch.float32, 64 KV blocks)" in text
+    data = json.loads(out.read_text())
+    assert data["run"]["backend"] == "torch" and data["run"]["model"] == "tiny" and data["run"]["device"] == "cpu"
+    assert data["num_finished"] == 2
+
+
+def test_simulate_cli_refuses_an_unknown_model(capsys):
+    rc = main(["simulate", "--backend", "torch", "--model", "gpt-5", "--device", "cpu", "-n", "1"])
+    assert rc == 2
+    assert "servegym simulate: error: unknown model 'gpt-5'" in capsys.readouterr().err
