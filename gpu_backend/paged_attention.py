@@ -2,12 +2,12 @@
 
 Decode (one query token per sequence) reads the sequence's KV through its block table:
 token ``t`` lives in block ``table[t // block_size]`` at slot ``t % block_size``. This is
-vLLM's paged attention (Kwon et al., SOSP 2023, papers.md §3, "PagedAttention"): the KV of
+vLLM's paged attention (Kwon et al., SOSP 2023, §4.1 "PagedAttention"): the KV of
 a sequence need not be contiguous, so memory is allocated block by block and blocks can
 be shared by sequences with a common prefix. The Triton kernel computes one
 (sequence, KV head) pair per program: all query heads of the GQA group against a tile of
 ``block_size * BLOCKS_PER_TILE`` context tokens at a time, with the online softmax of
-FlashAttention (Dao et al. 2022, papers.md §3) so the context is read once.
+FlashAttention (Dao et al., NeurIPS 2022, §3.1, Algorithm 1) so the context is read once.
 
 Prefill chunks (many query tokens of one sequence) use ``F.scaled_dot_product_attention``
 with a lower-right causal mask: queries at positions ``start .. start+n-1`` see keys
