@@ -118,22 +118,23 @@ class DeficitLedger:
         Each key gets ``rounds * quantum_of(key)``.
         """
         keys = list(dict.fromkeys(keys))
-        if not keys:
-            return 0
         d = self._deficit
-        rounds = None
+        quanta = self.quanta
+        default = self.quantum
+        rounds = 0
         for k in keys:
             q = d.get(k, 0.0)
             if q > 0.0:
                 return 0
+            quantum = quanta.get(k, default) if quanta else default
             # the fewest rounds m >= 1 with q + m * quantum > 0
-            m = math.floor(-q / self.quantum_of(k)) + 1
-            if q + m * self.quantum_of(k) <= 0.0:   # floating-point edge: one more round
+            m = math.floor(-q / quantum) + 1
+            if q + m * quantum <= 0.0:   # floating-point edge: one more round
                 m += 1
-            if rounds is None or m < rounds:
+            if rounds == 0 or m < rounds:
                 rounds = m
         for k in keys:
-            d[k] = d.get(k, 0.0) + rounds * self.quantum_of(k)
+            d[k] = d.get(k, 0.0) + rounds * (quanta.get(k, default) if quanta else default)
         return rounds
 
     def copy(self) -> "DeficitLedger":

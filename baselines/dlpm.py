@@ -38,7 +38,7 @@ from typing import Hashable, Mapping
 
 from baselines.client_queues import ClientQueues
 from baselines.deficit import DeficitLedger
-from baselines.lpm import lpm_sorted
+from baselines.lpm import PrefixRanker
 from envs.live_request import Request
 from envs.policy import Policy, SchedulerView, register_policy
 
@@ -55,6 +55,7 @@ class DLPM(Policy):
                  quanta: Mapping[Hashable, float] | None = None):
         self.ledger = DeficitLedger(quantum, w_p, w_q, quanta)
         self._books = ClientQueues()
+        self._ranker = PrefixRanker()
 
     @property
     def quantum(self) -> float:
@@ -64,6 +65,7 @@ class DLPM(Policy):
         super().reset(view)
         self.ledger.reset()
         self._books = ClientQueues()
+        self._ranker = PrefixRanker()
 
     def deficit(self, client: int) -> float:
         return self.ledger.deficit(client)
@@ -71,10 +73,12 @@ class DLPM(Policy):
     # ------------------------------------------------------------------ hooks
     def on_arrival(self, req: Request) -> None:
         self._books.add(req)
+        self._ranker.invalidate()
 
     def on_admit(self, req: Request, cached_tokens: int) -> None:
         if self._books.admit(req):
             self.ledger.charge_prompt(req.client_id, req.prompt_len - cached_tokens)
+            self._ranker.invalidate()
 
     def on_tokens(self, req: Request, n: int) -> None:
         self.ledger.charge_output(req.client_id, n)
@@ -89,10 +93,10 @@ class DLPM(Policy):
         if not books.queues:
             return out
         self.ledger.refill(books.queues)   # the scheduling step's refill, when nobody backlogged has credit
-        waiting = [r for q in books.queues.values() for r in q.values()]
+        queues = books.queues
+        ranked = self._ranker.ranked(view, lambda: (r for q in queues.values() for r in q.values()))
         ranks: dict[int, list[int]] = {}       # client -> global LPM ranks of its waiting requests
         costs: dict[int, list[int]] = {}       # client -> their uncached prompt tokens, same order
-        ranked = lpm_sorted(view, waiting)
         for rank, (r, cached) in enumerate(ranked):
             u = r.client_id
             if u not in ranks:

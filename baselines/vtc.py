@@ -21,9 +21,11 @@ running batch is never reordered; a request the engine preempted by recompute ke
 place and is not charged again, see ``baselines.client_queues``). Then the waiting
 requests in the order VTC's admission loop would admit them if all fitted: take the head
 of the client with the smallest counter (ties: the earlier head arrival, then the smaller
-client id), charge its prompt tentatively, repeat. The engine admits a prefix of that
-order, stopping at the first request that does not fit, as the paper's loop does; the
-hooks then charge for real.
+client id), charge its prompt tentatively, repeat. Each client's tentative counter only
+rises along its queue, so that loop is one stable sort of the waiting requests by
+(counter + prompt charges ahead of it in its client's queue, arrival, client id), which is
+how it is computed. The engine admits a prefix of that order, stopping at the first
+request that does not fit, as the paper's loop does; the hooks then charge for real.
 
 Engine differences from the artifact (S-LoRA): admission is tried every iteration rather
 than every 10 decode steps, memory is not reserved for ``max_output_len`` (the engine
@@ -33,9 +35,10 @@ Counters move with every token, so ``stable_between_events`` is False.
 
 from __future__ import annotations
 
-import heapq
 import math
 from typing import Mapping
+
+import numpy as np
 
 from baselines.client_queues import ClientQueues
 from envs.live_request import Request
@@ -65,12 +68,14 @@ class VTC(Policy):
         self.counters: dict[int, float] = {}
         self.last_left: int | None = None
         self._books = ClientQueues()
+        self._merged = None
 
     def reset(self, view: SchedulerView) -> None:
         super().reset(view)
         self.counters = {}
         self.last_left = None
         self._books = ClientQueues()
+        self._merged = None
 
     def counter(self, client: int) -> float:
         return self.counters.get(client, 0.0)
@@ -94,10 +99,12 @@ class VTC(Policy):
             if floor is not None and floor > c.get(u, 0.0):
                 c[u] = floor
         books.add(req)
+        self._merged = None
 
     def on_admit(self, req: Request, cached_tokens: int) -> None:
         if not self._books.admit(req):
             return  # re-admission after a recompute: charged already
+        self._merged = None
         u = req.client_id
         if not self._books.queues:
             self.last_left = u
@@ -111,25 +118,42 @@ class VTC(Policy):
         self._books.finish(req)
 
     # ------------------------------------------------------------------ order
+    def _merged_queues(self) -> tuple[list[Request], np.ndarray, np.ndarray, np.ndarray, list[int]]:
+        """Every waiting request, client by client in queue order, with its charge offset (the
+        tentative charges of the requests ahead of it in its client's queue), its arrival time
+        and its client's position; rebuilt only after the queues changed."""
+        merged = self._merged
+        if merged is None:
+            reqs: list[Request] = []
+            offsets: list[float] = []
+            clients = list(self._books.queues)
+            pos: list[int] = []
+            w_p = self.w_p
+            for i, (u, q) in enumerate(self._books.queues.items()):
+                f = self._weight(u)
+                acc = 0.0
+                for r in q.values():
+                    reqs.append(r)
+                    offsets.append(acc)
+                    acc += w_p * r.prompt_len / f
+                pos.extend([i] * len(q))
+            merged = (reqs, np.array(offsets), np.array([r.arrival_time for r in reqs]),
+                      np.array(pos, dtype=np.intp), clients)
+            self._merged = merged
+        return merged
+
     def ordered_requests(self, view: SchedulerView) -> list[Request]:
         books = self._books
         out = books.started_in_arrival_order(view)
         if not books.queues:
             return out
+        reqs, offsets, arrivals, pos, clients = self._merged_queues()
         counters = self.counters
-        heads = {u: iter(q.values()) for u, q in books.queues.items()}
-        heap = []
-        for u, it in heads.items():
-            head = next(it)
-            heap.append((counters.get(u, 0.0), head.arrival_time, u, head))
-        heapq.heapify(heap)
-        w_p = self.w_p
-        while heap:
-            c, _, u, head = heapq.heappop(heap)
-            out.append(head)
-            nxt = next(heads[u], None)
-            if nxt is not None:
-                heapq.heappush(heap, (c + w_p * head.prompt_len / self._weight(u), nxt.arrival_time, u, nxt))
+        base = np.array([counters.get(u, 0.0) for u in clients])
+        keys = base[pos] + offsets
+        # VTC's loop pops the least tentative counter; ties: earlier arrival, then smaller client id
+        idx = np.lexsort((np.asarray(clients)[pos], arrivals, keys))
+        out.extend([reqs[i] for i in idx.tolist()])
         return out
 
     def order(self, view: SchedulerView) -> list[int]:

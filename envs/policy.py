@@ -108,6 +108,15 @@ class SchedulerView:
         n = (req.num_tokens - 1) // bs
         return eng.kv.peek_prefix_blocks(req.block_keys(n, bs)) * bs
 
+    @property
+    def prefix_cache_version(self) -> tuple[int, int]:
+        """Changes whenever blocks enter or leave the prefix cache (blocks ever inserted, blocks
+        ever evicted, as the pair (cached now, evicted so far)): while it holds, a request whose
+        ``num_tokens`` did not change has the same ``cached_prefix_tokens``, so LPM-style
+        policies may memoise it."""
+        cache = self._engine.kv.cache
+        return (cache.num_cached_blocks, cache.num_evicted_blocks)
+
     def oracle_output_len(self, req: Request) -> int:
         """The true output length; only for policies registered as oracles."""
         if not self.oracle:

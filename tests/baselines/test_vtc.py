@@ -140,3 +140,40 @@ def test_a_request_preempted_by_recompute_keeps_its_started_place_and_is_not_cha
 def test_bad_settings_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VTC(**kwargs)
+
+
+def _admission_loop(vtc: VTC, queues: dict[int, list]) -> list[int]:
+    """The paper's loop, literally: pop the least tentative counter's head, charge its prompt."""
+    counters = {u: vtc.counter(u) for u in queues}
+    heads = {u: 0 for u in queues}
+    out = []
+    while any(heads[u] < len(q) for u, q in queues.items()):
+        u = min((u for u in queues if heads[u] < len(queues[u])),
+                key=lambda u: (counters[u], queues[u][heads[u]].arrival_time, u))
+        r = queues[u][heads[u]]
+        heads[u] += 1
+        out.append(r.request_id)
+        counters[u] += vtc.w_p * r.prompt_len / vtc._weight(u)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_sorted_order_equals_the_literal_admission_loop(seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = 60
+    times = np.round(rng.uniform(0, 1e-6, n), 9)   # during the first iteration, with ties
+    specs = [spec(i + 10, 0.0 if i < 3 else float(times[i]), int(rng.integers(1, 400)), 50,
+                  client=int(rng.integers(0, 5))) for i in range(n)]
+    pol = VTC(weights={1: 2.0, 3: 0.5})
+    eng = engine(pol, specs, max_num_seqs=3)
+    eng.step()
+    eng.step()  # three requests run; the rest queue
+    # give the clients unequal counters, including ties
+    for u in range(5):
+        pol.counters[u] = float(rng.choice([0.0, 100.0, 250.5, 400.0]))
+    queues = {u: list(q.values()) for u, q in pol._books.queues.items()}
+    started = [rid for rid in eng.live if rid in pol._books.started]
+    assert len(started) == 3 and sum(len(q) for q in queues.values()) == n - 3
+    assert order(eng) == started + _admission_loop(pol, queues)
