@@ -108,6 +108,10 @@ class DLPM(Policy):
         pos = dict.fromkeys(ranks, 0)
         active = list(ranks)
         while active:
+            if len(active) == 1:   # one client left: its requests in LPM order, whatever its deficit
+                u = active[0]
+                out.extend(ranked[k][0] for k in ranks[u][pos[u]:])
+                break
             trial.refill(active)
             taken: list[int] = []
             for u in active:

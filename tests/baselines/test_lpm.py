@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from envs.live_request import RequestState
 from envs.policy import list_policies, make_policy
+from envs.workloads import get_workload, retime_poisson
 from tests.baselines.builders import (EPS, LPM_ORDER, doc_prompt, engine, order, prefix_scene, run_to_end, spec,
                                       states, to_prefix_scene_order)
 
@@ -74,3 +77,51 @@ def test_a_request_preempted_by_recompute_is_ranked_among_the_waiting_by_its_cac
     assert victim in waiting and 1 in waiting
     assert waiting == sorted(waiting, key=lambda rid: (-eng.view.cached_prefix_tokens(eng.live[rid]),
                                                        eng.live[rid].arrival_time, rid))
+
+
+def test_prefix_cache_version_moves_when_blocks_enter_or_leave_the_cache():
+    eng = engine("lpm", prefix_scene())
+    eng.step()
+    v0 = eng.view.prefix_cache_version
+    assert v0 == (0, 0)
+    eng.step()   # the seeds finish: their full blocks enter the cache
+    v1 = eng.view.prefix_cache_version
+    assert v1[0] > 0 and v1[1] == 0
+    # a cache that evicts: a small GPU that long documents overflow
+    specs = retime_poisson(get_workload("shared-doc-qa").generate(0, 60), 8.0, 1)
+    eng = engine("lpm", specs, num_gpu_blocks=1500)
+    seen = set()
+    while not eng.done:
+        eng.step()
+        seen.add(eng.view.prefix_cache_version)
+    evicted = eng.kv.cache.num_evicted_blocks
+    assert evicted > 0 and eng.view.prefix_cache_version[1] == evicted
+    assert len(seen) > 20
+
+
+@pytest.mark.parametrize("policy", ["lpm", "dlpm"])
+def test_the_memoised_sort_equals_a_fresh_one_at_every_step_while_the_cache_evicts(policy):
+    specs = retime_poisson(get_workload("shared-doc-qa").generate(0, 60), 8.0, 1)
+    eng = engine(policy, specs, num_gpu_blocks=1500)
+    view = eng.view
+    checked = 0
+    while not eng.done:
+        if eng.live:
+            got = order(eng)
+            if policy == "lpm":
+                resident = [rid for rid, r in eng.live.items() if r.state is not RequestState.WAITING]
+                waiting = [r for r in eng.live.values() if r.state is RequestState.WAITING]
+            else:
+                resident = [rid for rid in eng.live if rid in eng.policy._books.started]
+                waiting = [r for q in eng.policy._books.queues.values() for r in q.values()]
+            fresh = sorted(waiting, key=lambda r: (-view.cached_prefix_tokens(r), r.arrival_time, r.request_id))
+            if policy == "lpm":
+                assert got == resident + [r.request_id for r in fresh]
+            else:
+                memo = eng.policy._ranker.ranked(view, lambda: iter(waiting))
+                assert [(r.request_id, c) for r, c in memo] == \
+                       [(r.request_id, view.cached_prefix_tokens(r)) for r in fresh]
+                assert got[:len(resident)] == resident and sorted(got) == sorted(eng.live)
+            checked += 1
+        eng.step()
+    assert checked > 100 and eng.kv.cache.num_evicted_blocks > 0

@@ -110,4 +110,4 @@ def test_policy_conforms_on_a_busy_multi_client_slice(name, specs):
 
 
 def test_every_shipped_policy_is_registered():
-    assert {"fcfs", "sjf", "srtf"} <= set(POLICY_NAMES)
+    assert {"fcfs", "sjf", "srtf", "vtc", "lcf", "lpm", "dlpm", "ltr", "mlfq"} <= set(POLICY_NAMES)
