@@ -1,0 +1,334 @@
+"""Calibration: time the real executor over a sweep of batch shapes and fit the simulator's cost model.
+
+Why: the analytic roofline profiles guess the per-iteration overhead and the attention
+rate. A fitted profile replaces the guesses with what ``TorchExecutor`` actually does on
+one GPU, in the simulator's own terms: ``LinearCostModel`` is linear in the features of
+``BatchShape`` (prefill tokens, attention pairs, KV tokens read, decodes, decode context,
+sampled sequences), so the fit is a weighted least-squares problem. This follows Vidur's
+approach (Agrawal et al., MLSys 2024, §4: profile the operators over batch shapes once,
+predict any batch from them), at the granularity of whole iterations.
+
+The sweep covers decode batches over context lengths, prefill chunks over cached prefixes,
+mixed batches, and swaps (group sizes x copy counts, fitted as a per-copy latency plus
+bytes over bandwidth, as FastSwitch models them: papers.md §5). Each shape is run a few
+times after a warm-up; the median wall time of ``execute`` is what the engine's clock would
+advance by, so that is what is fitted. Rows are weighted by 1/time, so the fit minimises
+relative error, and coefficients are kept non-negative (a negative cost per token would
+let the simulator predict shorter iterations for bigger batches).
+
+Run on the GPU: ``python -m gpu_backend.calibration --model llama-1b --out FILE`` (or
+``servegym profile``). It needs only torch, transformers and this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gpu_backend.cost_model import LINEAR_FEATURES, BatchShape
+from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One measured batch shape."""
+
+    kind: str                  # decode, prefill, mixed or swap
+    features: tuple            # BatchShape features in LINEAR_FEATURES order (intercept first); swaps: ()
+    duration_s: float          # median wall time of the iteration
+    swap_copies: int = 0
+    swap_bytes: int = 0
+    swap_s: float = 0.0        # median device time of the copies
+
+
+@dataclass(slots=True)
+class Sweep:
+    """The shapes to time; combinations needing more KV blocks than the executor has are skipped."""
+
+    decode_batches: tuple = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    decode_contexts: tuple = (128, 512, 2048, 8192)
+    prefill_tokens: tuple = (16, 64, 256, 1024, 2048, 4096, 8192)
+    prefill_starts: tuple = (0, 1024, 4096)
+    prefill_batches: tuple = (4, 16)            # n sequences of 512 fresh tokens in one iteration
+    mixed: tuple = ((8, 256), (32, 1024), (128, 2048), (256, 512))   # (decodes at 1024 context, chunk tokens)
+    swap_groups: tuple = (1, 4, 16, 64, 256)
+    swap_copies: tuple = (1, 8)
+    repeats: int = 5
+    warmup: int = 2
+
+
+def shape_features(plan: BatchPlan) -> tuple:
+    s = BatchShape.from_plan(plan)
+    return (1.0, float(s.prefill_tokens), float(s.prefill_attention_pairs), float(s.prefill_kv_read_tokens),
+            float(s.num_decode), float(s.decode_context_tokens), float(s.num_sampled))
+
+
+class _Blocks:
+    """Hands out disjoint runs of block ids for synthetic sequences."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.next = 0
+
+    def reset(self) -> None:
+        self.next = 0
+
+    def take(self, k: int) -> list[int] | None:
+        if self.next + k > self.n:
+            return None
+        out = list(range(self.next, self.next + k))
+        self.next += k
+        return out
+
+
+def _tokens(n: int, vocab: int, rng: np.random.Generator) -> list[int]:
+    return rng.integers(0, vocab, n).tolist()
+
+
+def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
+    """Run the sweep on ``executor`` (a ``TorchExecutor``); returns the samples."""
+    sweep = sweep or Sweep()
+    bs = executor.block_size
+    cap = executor.capacity()
+    vocab = executor.dims.vocab_size
+    rng = np.random.default_rng(0)
+    executor.store.gpu.normal_()        # time on realistic KV, never on zeros
+    blocks = _Blocks(cap.num_gpu_blocks)
+    samples: list[Sample] = []
+
+    def timed(plan: BatchPlan) -> tuple[float, float]:
+        for _ in range(sweep.warmup):
+            executor.execute(plan)
+        runs = [executor.execute(plan) for _ in range(sweep.repeats)]
+        return statistics.median(r.duration_s for r in runs), statistics.median(r.swap_s for r in runs)
+
+    def run(kind: str, plan: BatchPlan) -> None:
+        t, _ = timed(plan)
+        samples.append(Sample(kind, shape_features(plan), t))
+
+    limit = executor.max_model_len
+    for ctx in sweep.decode_contexts:
+        if ctx >= limit:
+            continue
+        for b in sweep.decode_batches:
+            blocks.reset()
+            tables = [blocks.take(-(-(ctx + 1) // bs)) for _ in range(b)]
+            if tables[-1] is None:
+                continue
+            run("decode", BatchPlan(decode_seq_ids=list(range(b)), decode_positions=[ctx] * b,
+                                    decode_block_tables=tables, decode_input_ids=_tokens(b, vocab, rng),
+                                    decode_context_sum=b * (ctx + 1)))
+    for start in sweep.prefill_starts:
+        for n in sweep.prefill_tokens:
+            if start + n > limit:
+                continue
+            blocks.reset()
+            table = blocks.take(-(-(start + n) // bs))
+            if table is None:
+                continue
+            run("prefill", BatchPlan(prefills=[PrefillChunk(0, start, n, table, True, _tokens(n, vocab, rng))]))
+    for k in sweep.prefill_batches:
+        blocks.reset()
+        chunks = [PrefillChunk(i, 0, 512, blocks.take(512 // bs), True, _tokens(512, vocab, rng)) for i in range(k)]
+        if chunks[-1].block_table is not None:
+            run("prefill", BatchPlan(prefills=chunks))
+    for nd, n in sweep.mixed:
+        blocks.reset()
+        ctx = min(1024, limit - 1)
+        tables = [blocks.take(-(-(ctx + 1) // bs)) for _ in range(nd)]
+        table = blocks.take(-(-n // bs))
+        if table is None or tables[-1] is None or n > limit:
+            continue
+        run("mixed", BatchPlan(prefills=[PrefillChunk(nd, 0, n, table, True, _tokens(n, vocab, rng))],
+                               decode_seq_ids=list(range(nd)), decode_positions=[ctx] * nd,
+                               decode_block_tables=tables, decode_input_ids=_tokens(nd, vocab, rng),
+                               decode_context_sum=nd * (ctx + 1)))
+    host = cap.num_host_blocks
+    for g in sweep.swap_groups:
+        for c in sweep.swap_copies:
+            if g * c > min(host, cap.num_gpu_blocks):
+                continue
+            # every other run of g blocks, so the copies cannot merge into one
+            moves = [GroupMove(2 * i * g, i * g, g) for i in range(c) if 2 * i * g + g <= cap.num_gpu_blocks]
+            if len(moves) < c:
+                continue
+            plan = BatchPlan(swap_out=moves)
+            _, s = timed(plan)
+            samples.append(Sample("swap", (), 0.0, c, g * c * cap.bytes_per_block, s))
+    log(f"calibration: {len(samples)} shapes timed")
+    return samples
+
+
+def nnls(A: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with non-negative coefficients (an active-set loop; the problems here are tiny)."""
+    active = list(range(A.shape[1]))
+    x = np.zeros(A.shape[1])
+    while active:
+        sol, *_ = np.linalg.lstsq(A[:, active], y, rcond=None)
+        if (sol >= 0).all():
+            x[:] = 0.0
+            x[active] = sol
+            return x
+        del active[int(np.argmin(sol))]
+    return x
+
+
+@dataclass(slots=True)
+class Fit:
+    coefficients: dict[str, float]
+    copy_latency_s: float
+    host_bandwidth: float
+    mape: dict[str, float] = field(default_factory=dict)     # in-sample, per kind and overall
+    max_ape: float = 0.0
+
+
+def fit(samples: list[Sample]) -> Fit:
+    """Weighted (1/time) non-negative least squares of the iteration samples; swaps separately."""
+    it = [s for s in samples if s.kind != "swap"]
+    sw = [s for s in samples if s.kind == "swap"]
+    if len(it) < len(LINEAR_FEATURES):
+        raise ValueError(f"calibration needs >= {len(LINEAR_FEATURES)} iteration samples, got {len(it)}")
+    X = np.array([s.features for s in it], dtype=np.float64)
+    y = np.array([s.duration_s for s in it], dtype=np.float64)
+    w = 1.0 / y
+    scale = X.max(axis=0)
+    scale[scale == 0] = 1.0
+    c = nnls(X / scale * w[:, None], y * w) / scale
+    pred = X @ c
+    ape = np.abs(pred - y) / y
+    mape = {"all": float(ape.mean())}
+    for kind in sorted({s.kind for s in it}):
+        m = np.array([s.kind == kind for s in it])
+        mape[kind] = float(ape[m].mean())
+    lat, bw = 0.0, 0.0
+    if len(sw) >= 2:
+        A = np.array([[s.swap_copies, s.swap_bytes] for s in sw], dtype=np.float64)
+        t = np.array([s.swap_s for s in sw])
+        ws = 1.0 / t
+        sc = A.max(axis=0)
+        lat_b = nnls(A / sc * ws[:, None], t * ws) / sc
+        lat = float(lat_b[0])
+        bw = float(1.0 / lat_b[1]) if lat_b[1] > 0 else 0.0
+        pt = A @ lat_b
+        mape["swap"] = float((np.abs(pt - t) / t).mean())
+    return Fit({k: float(v) for k, v in zip(LINEAR_FEATURES, c)}, lat, bw, mape, float(ape.max()))
+
+
+def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[Sample]) -> dict:
+    """A profile file ``gpu_backend.profiles.load_profile`` reads: shape, device, KV and the fitted model."""
+    d = executor.dims
+    cap = executor.capacity()
+    shape = d.shape(executor.store.gpu.element_size())
+    return {
+        "name": name,
+        "description": (f"Fitted by gpu_backend.calibration on {device_info['name']} on {device_info['date']}: "
+                        f"TorchExecutor ({executor.dtype}, CUDA graphs for decode), {len(samples)} shapes, "
+                        f"in-sample MAPE {f.mape['all']:.1%} (max {f.max_ape:.1%})."),
+        "model": {"name": d.name, "num_layers": shape.num_layers, "hidden_size": shape.hidden_size,
+                  "num_heads": shape.num_heads, "num_kv_heads": shape.num_kv_heads,
+                  "intermediate_size": shape.intermediate_size, "vocab_size": shape.vocab_size,
+                  "dtype_bytes": shape.dtype_bytes, "head_dim": shape.head_dim,
+                  "tie_word_embeddings": shape.tie_word_embeddings},
+        "device": {"name": device_info["name"], "memory_bytes": device_info["memory_bytes"],
+                   "hbm_bandwidth": device_info["hbm_bandwidth"], "matmul_flops": device_info["matmul_flops"],
+                   "attention_flops": device_info["matmul_flops"],
+                   "host_bandwidth": f.host_bandwidth or device_info["host_bandwidth"],
+                   "copy_latency_s": f.copy_latency_s or 1e-6,
+                   "iteration_overhead_s": max(f.coefficients["intercept"], 1e-6)},
+        "kv": {"block_size": cap.block_size, "num_gpu_blocks": cap.num_gpu_blocks,
+               "num_host_blocks": cap.num_host_blocks, "max_model_len": cap.max_model_len},
+        "cost_model": {"kind": "linear", "coefficients": f.coefficients},
+        "fit": {"mape": f.mape, "max_ape": f.max_ape, "num_samples": len(samples)},
+    }
+
+
+def device_info() -> dict:
+    """Name, memory, and the copy and matmul ceilings of the current CUDA device (measured now)."""
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    n = 2**30
+    src = torch.randn(n // 2, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+
+    def t(fn, reps=10):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(reps):
+            fn()
+        e.record()
+        e.synchronize()
+        return s.elapsed_time(e) / 1e3 / reps
+
+    bw = 2 * n / t(lambda: dst.copy_(src))
+    flops = 2 * 8192**3 / t(lambda: a @ a)
+    pinned = torch.empty(n // 2, dtype=torch.bfloat16, pin_memory=True)
+    host_bw = n / t(lambda: pinned.copy_(src, non_blocking=True), 5)
+    del src, dst, a, pinned
+    torch.cuda.empty_cache()
+    return {"name": props.name, "memory_bytes": int(props.total_memory), "hbm_bandwidth": bw,
+            "matmul_flops": flops, "host_bandwidth": host_bw, "date": time.strftime("%Y-%m-%d")}
+
+
+def add_profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="tiny, smollm2-135m, llama-1b or llama-8b")
+    p.add_argument("--out", type=Path, required=True, help="profile JSON to write")
+    p.add_argument("--name", default=None, help="profile name (default: the file's stem)")
+    p.add_argument("--num-gpu-blocks", type=int, default=None, help="KV blocks (default: what memory leaves)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="the model's shape with random weights (timing does not depend on the values)")
+    p.add_argument("--quick", action="store_true", help="fewer shapes and repeats (a smoke run)")
+    p.add_argument("--samples", type=Path, default=None, help="also write every timed sample as JSON")
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    import torch
+
+    from gpu_backend.models import load_weights
+    from gpu_backend.torch_executor import TorchExecutor
+
+    if not torch.cuda.is_available():
+        raise ValueError("servegym profile times the real executor and needs a CUDA device")
+    info = device_info()
+    weights = load_weights(args.model, "cuda", torch.bfloat16, random_weights=args.random_weights)
+    options = {} if args.num_gpu_blocks is None else {"num_gpu_blocks": args.num_gpu_blocks}
+    ex = TorchExecutor(weights, device="cuda", swap_space_bytes=2 * 2**30, **options)
+    sweep = Sweep()
+    if args.quick:
+        sweep = Sweep(decode_batches=(1, 16, 256), decode_contexts=(128, 2048), prefill_tokens=(64, 1024, 4096),
+                      prefill_starts=(0, 2048), prefill_batches=(8,), mixed=((32, 1024),), swap_groups=(1, 64),
+                      swap_copies=(1, 8), repeats=3, warmup=1)
+    samples = measure(ex, sweep)
+    f = fit(samples)
+    name = args.name or args.out.stem
+    prof = profile_json(name, ex, f, info, samples)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(prof, indent=2) + "\n")
+    if args.samples is not None:
+        args.samples.write_text(json.dumps([asdict(s) for s in samples], indent=1) + "\n")
+    print(f"{name}: {len(samples)} shapes on {info['name']}; in-sample MAPE "
+          + ", ".join(f"{k} {v:.1%}" for k, v in f.mape.items()) + f"; wrote {args.out}")
+    print("coefficients: " + ", ".join(f"{k} {v:.3e}" for k, v in f.coefficients.items())
+          + f"; swap latency {f.copy_latency_s * 1e6:.1f} us, bandwidth {f.host_bandwidth / 1e9:.1f} GB/s")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m gpu_backend.calibration", description=__doc__.splitlines()[0])
+    add_profile_args(p)
+    return run_profile(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Pin ``gpu_backend.calibration``: the non-negative fit recovers known coefficients exactly,
+the sweep times every kind of shape on the real executor (CPU, tiny model), and the profile
+it writes loads as a linear cost profile with the executor's KV geometry."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from gpu_backend.calibration import Sample, Sweep, fit, measure, nnls, profile_json
+from gpu_backend.cost_model import LINEAR_FEATURES, BatchShape, LinearCostModel
+from gpu_backend.profiles import load_profile
+from gpu_backend.torch_executor import TorchExecutor
+
+
+def test_nnls_drops_a_coefficient_that_would_be_negative():
+    rng = np.random.default_rng(0)
+    A = rng.random((40, 3))
+    y = A @ np.array([2.0, 0.0, 3.0]) - 0.01 * A[:, 1]    # the unconstrained fit wants x1 < 0
+    x = nnls(A, y)
+    assert x[1] == 0.0 and (x >= 0).all()
+    np.testing.assert_allclose(nnls(A, A @ np.array([1.0, 2.0, 3.0])), [1.0, 2.0, 3.0], rtol=1e-9)
+
+
+def test_fit_recovers_exact_linear_costs():
+    truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6)))
+    rng = np.random.default_rng(1)
+    samples = []
+    for _ in range(30):
+        f = (1.0, *rng.integers(0, 5000, 6).astype(float))
+        samples.append(Sample("mixed", f, float(np.dot(f, list(truth.values())))))
+    for copies, blocks in ((1, 4), (8, 64), (2, 512)):
+        nbytes = blocks * 65536
+        samples.append(Sample("swap", (), 0.0, copies, nbytes, copies * 5e-6 + nbytes / 50e9))
+    f = fit(samples)
+    for k, v in truth.items():
+        assert f.coefficients[k] == pytest.approx(v, rel=1e-6)
+    assert f.copy_latency_s == pytest.approx(5e-6, rel=1e-6) and f.host_bandwidth == pytest.approx(50e9, rel=1e-6)
+    assert f.mape["all"] < 1e-9 and f.mape["swap"] < 1e-9
+
+
+def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):
+    ex = TorchExecutor("tiny", device="cpu", num_gpu_blocks=512, num_host_blocks=64, max_model_len=1024)
+    sweep = Sweep(decode_batches=(1, 4, 16), decode_contexts=(64, 256), prefill_tokens=(16, 128),
+                  prefill_starts=(0, 256), prefill_batches=(2,), mixed=((4, 64),), swap_groups=(1, 8),
+                  swap_copies=(1, 4), repeats=1, warmup=0)
+    samples = measure(ex, sweep, log=lambda *a: None)
+    kinds = [s.kind for s in samples]
+    assert kinds.count("decode") == 6 and kinds.count("prefill") == 5 and kinds.count("mixed") == 1
+    assert kinds.count("swap") == 4
+    assert all(s.duration_s > 0 for s in samples if s.kind != "swap")
+    assert all(s.swap_s > 0 and s.swap_bytes == s.swap_copies * (s.swap_bytes // s.swap_copies)
+               for s in samples if s.kind == "swap")
+    f = fit(samples)
+    assert all(v >= 0 for v in f.coefficients.values())
+    info = {"name": "cpu-test", "memory_bytes": 2**34, "hbm_bandwidth": 1e11, "matmul_flops": 1e12,
+            "host_bandwidth": 1e10, "date": "2026-11-21"}
+    path = tmp_path / "cpu-tiny.json"
+    path.write_text(json.dumps(profile_json("cpu-tiny", ex, f, info, samples)))
+    prof = load_profile(str(path))
+    assert isinstance(prof.cost, LinearCostModel)
+    assert (prof.num_gpu_blocks, prof.num_host_blocks, prof.block_size, prof.max_model_len) == (512, 64, 16, 1024)
+    assert prof.bytes_per_block == ex.capacity().bytes_per_block
+    assert prof.cost.compute_time(BatchShape(num_decode=4, decode_context_tokens=1024, num_sampled=4)) > 0
