@@ -61,6 +61,15 @@ def _print_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+def _add_profile_command(sub) -> None:
+    """``profile``: time the real executor on a GPU and fit a cost profile (gpu_backend/calibration.py)."""
+    from gpu_backend.calibration import add_profile_args, run_profile
+
+    prof = sub.add_parser("profile", help="time the real executor on a GPU and fit the simulator's cost profile")
+    add_profile_args(prof)
+    prof.set_defaults(func=run_profile)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="servegym", description="An RL environment and simulator for LLM-serving schedulers.")
@@ -75,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("workloads", help="list the named workloads").set_defaults(func=_cmd_workloads)
     sub.add_parser("policies", help="list the registered policies").set_defaults(func=_cmd_policies)
     sub.add_parser("profiles", help="list the cost profiles (device x model)").set_defaults(func=_cmd_profiles)
+    _add_profile_command(sub)
     return parser
 
 
