@@ -70,6 +70,15 @@ def _add_profile_command(sub) -> None:
     prof.set_defaults(func=run_profile)
 
 
+def _add_fidelity_command(sub) -> None:
+    """``fidelity``: one workload on the real executor and on the simulator, compared (train/fidelity.py)."""
+    from train.fidelity import add_fidelity_args, run_fidelity
+
+    fid = sub.add_parser("fidelity", help="serve a workload on the real executor and the simulator, compare")
+    add_fidelity_args(fid)
+    fid.set_defaults(func=run_fidelity)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="servegym", description="An RL environment and simulator for LLM-serving schedulers.")
@@ -85,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("policies", help="list the registered policies").set_defaults(func=_cmd_policies)
     sub.add_parser("profiles", help="list the cost profiles (device x model)").set_defaults(func=_cmd_profiles)
     _add_profile_command(sub)
+    _add_fidelity_command(sub)
     return parser
 
 

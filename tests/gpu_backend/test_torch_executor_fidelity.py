@@ -1,0 +1,38 @@
+"""``servegym fidelity`` on the CPU (tiny model, a profile fitted on the same executor): both
+runs see the same KV memory, every real iteration is re-predicted, and the report holds the
+per-iteration and end-to-end errors."""
+
+from __future__ import annotations
+
+import json
+
+from gpu_backend.calibration import Sweep, fit, measure, profile_json
+from gpu_backend.torch_executor import TorchExecutor
+from train.cli import build_parser
+
+
+def test_fidelity_compares_identical_plans_and_whole_runs(tmp_path, capsys):
+    ex = TorchExecutor("tiny", device="cpu", num_gpu_blocks=96, num_host_blocks=64)
+    sweep = Sweep(decode_batches=(1, 4, 8), decode_contexts=(64, 256), prefill_tokens=(16, 128, 256),
+                  prefill_starts=(0, 128), prefill_batches=(2,), mixed=((4, 64),), swap_groups=(1, 8),
+                  swap_copies=(1, 2), repeats=1, warmup=1)
+    samples = measure(ex, sweep, log=lambda *a: None)
+    info = {"name": "cpu", "memory_bytes": 2**34, "hbm_bandwidth": 1e11, "matmul_flops": 1e12,
+            "host_bandwidth": 1e10, "date": "2026-11-21"}
+    prof = tmp_path / "cpu-tiny.json"
+    prof.write_text(json.dumps(profile_json("cpu-tiny", ex, fit(samples), info, samples)))
+    out = tmp_path / "fid.json"
+    args = build_parser().parse_args(
+        ["fidelity", "--workload", "vtc-overload-2", "--model", "tiny", "--device", "cpu", "--profile", str(prof),
+         "-n", "4", "--num-gpu-blocks", "40", "--preemption", "swap", "--json", str(out)])
+    assert args.func(args) == 0
+    data = json.loads(out.read_text())
+    assert data["num_gpu_blocks"] == 40 and data["num_host_blocks"] == 64
+    it = data["per_iteration"]
+    assert it["iterations"] == data["iterations"]["real"] > 0
+    assert 0 <= it["p50"] <= it["p99"] <= it["max"] and it["mape"] >= 0
+    assert set(data["end_to_end"]) == {"ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s",
+                                       "e2e_p99_s", "throughput_tok_s"}
+    for v in data["end_to_end"].values():
+        assert v["real"] > 0 and v["sim"] > 0 and v["error"] == abs(v["sim"] - v["real"]) / v["real"]
+    assert "per iteration" in capsys.readouterr().out
