@@ -225,8 +225,14 @@ def _sweep_plans(plans: list[PolicyPlan], quanta: tuple[float, ...]) -> list[Pol
     if not quanta:
         return []
     base = next(p for p in plans if _sweepable(p))
-    return [PolicyPlan(f"{base.label}@Q={q:g}", base.policy, {**base.policy_kwargs, "quantum": q},
-                       base.router, dict(base.router_kwargs)) for q in quanta]
+    out = []
+    for q in quanta:
+        router_kwargs = dict(base.router_kwargs)
+        if base.router == "d2lpm":
+            router_kwargs["local_quantum"] = q
+        out.append(PolicyPlan(f"{base.label}@Q={q:g}", base.policy, {**base.policy_kwargs, "quantum": q},
+                              base.router, router_kwargs))
+    return out
 
 
 # ------------------------------------------------------------------ files

@@ -6,6 +6,9 @@ and plots (``train.benchmark``) only present what these runs return.
 
 Resolving names (``resolve_policies``):
 
+Arguments: a name the scenario's ``policy_args`` lists gets those arguments (a router's
+local policy gets the ones the router derives, e.g. D²LPM's ``local_quantum``).
+
 * a registered policy ``P`` (``servegym policies``): on a one-replica scenario it is the
   engine's policy; on a multi-replica scenario every replica runs its own ``P`` behind the
   scenario's router (round-robin unless the scenario says otherwise), labelled
@@ -82,6 +85,11 @@ def resolve_policies(spec: str | None, scenario: Scenario) -> list[PolicyPlan]:
         names = [s.strip() for s in spec.split(",") if s.strip()]
         if not names:
             raise ValueError(f"--policies {spec!r} names no policy")
+    args = scenario.policy_args
+
+    def kwargs(name: str) -> dict[str, Any]:
+        return dict(args.get(name, {}))
+
     plans: list[PolicyPlan] = []
     for name in names:
         if "+" in name:
@@ -91,18 +99,19 @@ def resolve_policies(spec: str | None, scenario: Scenario) -> list[PolicyPlan]:
                                  f"multi-replica scenarios (give the policy name alone)")
             get_router_info(router)        # raises UnknownRouterError naming the routers
             make_policy(policy)            # raises UnknownPolicyError naming the policies
-            plans.append(PolicyPlan(name, policy, router=router))
+            plans.append(PolicyPlan(name, policy, kwargs(policy), router, kwargs(router)))
         elif name in policies:
             if scenario.multi_replica:
-                plans.append(PolicyPlan(f"{scenario.router}+{name}", name, router=scenario.router))
+                plans.append(PolicyPlan(f"{scenario.router}+{name}", name, kwargs(name), scenario.router,
+                                        kwargs(scenario.router)))
             else:
-                plans.append(PolicyPlan(name, name))
+                plans.append(PolicyPlan(name, name, kwargs(name)))
         elif name in cluster_routers:
             if not scenario.multi_replica:
                 raise ValueError(f"{name!r} dispatches over several replicas; scenario {scenario.id!r} has one "
                                  f"(try a multi-replica scenario, e.g. d2lpm-longdoc-qa-4x)")
-            router = make_router(name)
-            plans.append(PolicyPlan(name, router.local_policy, dict(router.local_policy_kwargs), router=name))
+            router = make_router(name, **kwargs(name))
+            plans.append(PolicyPlan(name, router.local_policy, dict(router.local_policy_kwargs), name, kwargs(name)))
         else:
             make_policy(name)  # raises UnknownPolicyError with the list of policies
     labels = [p.label for p in plans]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from envs.engine_config import EngineConfig
 from envs.request import RequestSpec
@@ -45,6 +45,9 @@ class Scenario:
     ``router`` unless the benchmark names another. ``stop_after_finished`` ends a run once
     that many requests finished (LTR's "time to finish 1,000 of 10,000"); the rest stay
     unfinished. ``service_window_s`` is the window of VTC's service metrics.
+    ``policy_args`` gives a policy or router, by name, its arguments in this scenario (a
+    quantum sized to the workload's shared prefixes, for instance); the benchmark records
+    them with each run.
     """
 
     id: str
@@ -61,6 +64,7 @@ class Scenario:
     stop_after_finished: int | None = None
     service_window_s: float = 60.0
     load_scale: float = 1.0
+    policy_args: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.id or self.id != self.id.strip() or " " in self.id:
@@ -72,6 +76,7 @@ class Scenario:
             raise ValueError(f"scenario {self.id!r}: stop_after_finished must be >= 1, got {self.stop_after_finished}")
         if not (math.isfinite(self.service_window_s) and self.service_window_s > 0):
             raise ValueError(f"scenario {self.id!r}: service_window_s must be > 0, got {self.service_window_s!r}")
+        object.__setattr__(self, "policy_args", {k: dict(v) for k, v in self.policy_args.items()})
         if not self.policies:
             raise ValueError(f"scenario {self.id!r}: needs at least one default policy")
 
