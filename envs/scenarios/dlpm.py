@@ -30,6 +30,8 @@ from envs.scenarios.sources import Synthetic
 from envs.workloads import ClientSpec, Gamma, LogNormal, MultiTurn, SharedDocument, SystemPrompt, Uniform
 
 DLPM_ENGINE = EngineConfig(num_gpu_blocks=3000)
+# Conversations' histories are short (~1.6k tokens): the A10G's whole KV for Llama-3.2-3B (~136k tokens)
+MULTI_TURN_ENGINE = EngineConfig(num_gpu_blocks=8500)
 DURATION_S = 300.0        # long-document QA on one replica
 SHORT_DURATION_S = 120.0  # the other graphs and the multi-replica runs (their baselines queue; keeps runs short)
 CV = 1.5
@@ -70,9 +72,9 @@ def quantum_args(shared_prefix_tokens: int) -> dict[str, dict[str, float]]:
 
 
 def _single(sid: str, description: str, setting: str, clients, prefix: int,
-            duration_s: float = SHORT_DURATION_S) -> Scenario:
+            duration_s: float = SHORT_DURATION_S, engine: EngineConfig = DLPM_ENGINE) -> Scenario:
     return Scenario(id=sid, suite="dlpm", description=description, source=f"{_SOURCE}: {setting}",
-                    build=Synthetic(sid, clients, duration_s=duration_s), engine=DLPM_ENGINE,
+                    build=Synthetic(sid, clients, duration_s=duration_s), engine=engine,
                     policies=DLPM_POLICIES, columns=DLPM_COLUMNS, policy_args=quantum_args(prefix))
 
 
@@ -114,12 +116,12 @@ def _scenarios() -> list[Scenario]:
                 tuple(ClientSpec(c, Gamma(2.5, CV), LogNormal(400, 0.5, lo=16, hi=4096), LogNormal(60, 0.5, hi=512),
                                  SystemPrompt(3000)) for c in range(10)), 3000),
         _single("dlpm-multi-turn",
-                "10 clients, Gamma 0.15 conversations/s each of 2-8 turns; each turn re-sends the history "
-                "(~300-token questions, ~250-token answers) after 5 s think time, 120 s",
+                "10 clients, Gamma 0.3 conversations/s each of 2-8 turns; each turn re-sends the history "
+                "(~300-token questions, ~250-token answers) after 1 s think time, 120 s; KV of 136k tokens",
                 "multi-turn conversations",
-                tuple(ClientSpec(c, Gamma(0.15, CV), LogNormal(300, 1.0, lo=4, hi=4096), LogNormal(250, 0.8, hi=2048),
-                                 MultiTurn(Uniform(2, 8), LogNormal(300, 1.0, lo=2, hi=2048), think_time_s=5.0))
-                      for c in range(10)), 1500),
+                tuple(ClientSpec(c, Gamma(0.3, CV), LogNormal(300, 1.0, lo=4, hi=4096), LogNormal(250, 0.8, hi=2048),
+                                 MultiTurn(Uniform(2, 8), LogNormal(300, 1.0, lo=2, hi=2048), think_time_s=1.0))
+                      for c in range(10)), 1500, engine=MULTI_TURN_ENGINE),
         _multi("d2lpm-longdoc-qa-4x", f"4 replicas, 40 clients, 10 req/s in all, {doc_text}, 120 s",
                "long-context QA on 4 data-parallel replicas (D²LPM vs RR+LPM and least-loaded)",
                longdoc_clients(40, 10.0), 4),
