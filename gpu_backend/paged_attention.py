@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 try:  # Triton ships with CUDA builds of torch; the CPU path never needs it
     import triton
@@ -57,9 +58,9 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     if n == L:
         out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
     else:
-        # query i (position L - n + i) sees keys 0 .. L - n + i: a lower-right causal mask
-        mask = torch.ones(n, L, dtype=torch.bool, device=q.device).tril(diagonal=L - n)
-        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
+        # query i (position L - n + i) sees keys 0 .. L - n + i: a lower-right causal mask, which
+        # SDPA runs in its memory-efficient kernel on CUDA without materialising an n x L mask
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=causal_lower_right(n, L), scale=scale)
     return out.squeeze(0).transpose(0, 1)
 
 
