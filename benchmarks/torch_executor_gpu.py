@@ -132,7 +132,7 @@ def ceilings() -> dict:
 def check_triton() -> dict:
     out = {}
     torch.manual_seed(0)
-    for (B, H, KVH, D) in [(7, 32, 8, 64), (33, 9, 3, 64), (5, 32, 8, 128)]:
+    for (B, H, KVH, D) in [(7, 32, 8, 64), (33, 9, 3, 64), (5, 32, 8, 128), (64, 32, 8, 64)]:  # split and not
         store = torch.randn(500, 3, 2, KVH, 16, D, dtype=torch.bfloat16, device="cuda")
         kc, vc = store[:, 1, 0], store[:, 1, 1]
         q = torch.randn(B, H, D, dtype=torch.bfloat16, device="cuda")

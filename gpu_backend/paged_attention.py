@@ -8,6 +8,10 @@ be shared by sequences with a common prefix. The Triton kernel computes one
 (sequence, KV head) pair per program: all query heads of the GQA group against a tile of
 ``block_size * BLOCKS_PER_TILE`` context tokens at a time, with the online softmax of
 FlashAttention (Dao et al., NeurIPS 2022, §3.1, Algorithm 1) so the context is read once.
+When the batch is too small to fill the GPU (few sequences, long contexts), each
+sequence's context is split across several programs whose partial softmax results a
+second kernel combines (flash-decoding: the split-KV scheme of FlashAttention-2's
+decoding path, Dao 2023, §3.2 "parallelism").
 
 Prefill chunks (many query tokens of one sequence) use ``F.scaled_dot_product_attention``
 with a lower-right causal mask: queries at positions ``start .. start+n-1`` see keys
@@ -16,6 +20,8 @@ projection; otherwise the cached prefix is gathered from the paged cache first.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -104,13 +110,14 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 if triton is not None:
     # eager mixed batches pass block tables of any width: no recompilation per width
     @triton.jit(do_not_specialize=["stride_btb"])
-    def _paged_decode_kernel(Q, K, V, BT, CL, O, scale,
+    def _paged_decode_kernel(Q, K, V, BT, CL, O, PO, PM, PL, scale,
                              stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
                              stride_btb, stride_ob, stride_oh,
                              GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                             BLOCK_SIZE: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr):
+                             BLOCK_SIZE: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr, NUM_SPLITS: tl.constexpr):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
+        sp = tl.program_id(2)
         ctx = tl.load(CL + b)
         offs_g = tl.arange(0, GROUP_PAD)
         offs_d = tl.arange(0, HEAD_DIM)
@@ -123,9 +130,13 @@ if triton is not None:
         l_i = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
         kv_base = kvh * stride_kh
-        for start in range(0, ctx, TILE):
+        # this program's share of the context: whole tiles, split evenly (flash-decoding)
+        per = tl.cdiv(tl.cdiv(ctx, TILE), NUM_SPLITS) * TILE
+        lo = sp * per
+        hi = tl.minimum(ctx, lo + per)
+        for start in range(lo, hi, TILE):
             tok = start + offs_t
-            ok = tok < ctx
+            ok = tok < hi
             blk = tl.load(BT + b * stride_btb + tok // BLOCK_SIZE, mask=ok, other=0).to(tl.int64)
             off = blk[:, None] * stride_kb + kv_base + (tok % BLOCK_SIZE)[:, None] * stride_ks + offs_d[None, :]
             k = tl.load(K + off, mask=ok[:, None], other=0.0)
@@ -138,13 +149,60 @@ if triton is not None:
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
-        out = acc / l_i[:, None]
-        tl.store(O + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
-                 mask=g_ok[:, None])
+        if NUM_SPLITS == 1:
+            out = acc / l_i[:, None]
+            tl.store(O + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
+                     mask=g_ok[:, None])
+        else:   # partial results; _decode_reduce_kernel combines the splits
+            row = ((b * tl.num_programs(1) + kvh) * NUM_SPLITS + sp) * GROUP_PAD + offs_g
+            tl.store(PM + row, m_i)
+            tl.store(PL + row, l_i)
+            tl.store(PO + row[:, None] * HEAD_DIM + offs_d[None, :], acc)
+
+    @triton.jit
+    def _decode_reduce_kernel(PO, PM, PL, O, stride_ob, stride_oh,
+                              GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                              NUM_SPLITS: tl.constexpr):
+        b = tl.program_id(0)
+        kvh = tl.program_id(1)
+        offs_g = tl.arange(0, GROUP_PAD)
+        offs_d = tl.arange(0, HEAD_DIM)
+        first = (b * tl.num_programs(1) + kvh) * NUM_SPLITS
+        m_all = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+        for s in tl.static_range(NUM_SPLITS):
+            m_all = tl.maximum(m_all, tl.load(PM + (first + s) * GROUP_PAD + offs_g))
+        l_all = tl.zeros([GROUP_PAD], tl.float32)
+        acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+        for s in tl.static_range(NUM_SPLITS):
+            row = (first + s) * GROUP_PAD + offs_g
+            w = tl.exp2(tl.load(PM + row) - m_all)          # an empty split has m = -inf: weight 0
+            l_all += tl.load(PL + row) * w
+            acc += tl.load(PO + row[:, None] * HEAD_DIM + offs_d[None, :]) * w[:, None]
+        heads = kvh * GROUP + offs_g
+        tl.store(O + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
+                 (acc / l_all[:, None]).to(O.dtype.element_ty), mask=(offs_g < GROUP)[:, None])
 
 
-# Launch configuration: context tokens per loop iteration (in blocks), warps, pipeline stages.
-DECODE_CONFIG = {"tile_tokens": 64, "num_warps": 2, "num_stages": 2}   # best of a sweep on an H200
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def decode_splits(batch: int, kv_heads: int, device: torch.device) -> int:
+    """Context splits per (sequence, KV head): enough programs for two waves over the chip, as a power of
+    two up to 16. A function of the batch shape only (not the context), so a captured graph keeps it."""
+    if device.type != "cuda":
+        return 1
+    want = -(-2 * _num_sms(device.index or 0) // max(1, batch * kv_heads))
+    s = 1
+    while s < want and s < 16:
+        s *= 2
+    return s
+
+
+# Launch configuration: context tokens per loop iteration, warps, pipeline stages (best of a sweep on an
+# H200 at batch 256); "num_splits" (context splits per sequence) defaults to decode_splits().
+DECODE_CONFIG = {"tile_tokens": 64, "num_warps": 2, "num_stages": 2}
 
 
 def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -173,12 +231,23 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         out = torch.empty_like(q)
     if B == 0:
         return out
-    _paged_decode_kernel[(B, kvh)](
-        q, k_cache, v_cache, block_tables, context_lens, out, scale,
+    splits = cfg.get("num_splits") or decode_splits(B, kvh, q.device)
+    if splits > 1:
+        part_o = torch.empty((B, kvh, splits, group_pad, D), dtype=torch.float32, device=q.device)
+        part_m = torch.empty((B, kvh, splits, group_pad), dtype=torch.float32, device=q.device)
+        part_l = torch.empty_like(part_m)
+    else:
+        part_o = part_m = part_l = out      # unused
+    _paged_decode_kernel[(B, kvh, splits)](
+        q, k_cache, v_cache, block_tables, context_lens, out, part_o, part_m, part_l, scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=D, BLOCK_SIZE=bs, BLOCKS_PER_TILE=blocks_per_tile,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        NUM_SPLITS=splits, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if splits > 1:
+        _decode_reduce_kernel[(B, kvh)](part_o, part_m, part_l, out, out.stride(0), out.stride(1),
+                                        GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=D, NUM_SPLITS=splits,
+                                        num_warps=4)
     return out
 
 
