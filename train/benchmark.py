@@ -10,8 +10,10 @@ deviation over seeds. ``DIR`` receives:
   (the metrics of ``envs.metrics``, ``sim_wall_s``, ``sim_requests_per_s``,
   ``iterations``) plus the scenario extras (``envs.scenarios.metrics``), averaged over
   seeds, each with ``<key>_std`` beside it (sample standard deviation; None with one seed
-  or where a value is missing), plus ``num_seeds``; ``per_client`` and
-  ``rejected_by_reason`` are averaged the same way, key by key;
+  or where a value is missing), plus ``num_seeds``; ``per_client``,
+  ``rejected_by_reason`` and, on a cluster, ``per_replica`` (requests routed, finished,
+  cache hit rate, iterations, busy time, preemptions, output tokens of each replica) are
+  averaged the same way, key by key;
 * ``results.md``: the table in Markdown; ``run.json``: scenario, seeds, policies, engine
   settings, the command and the date;
 * ``latency_cdf.png``: TTFT and end-to-end latency CDFs per policy (``Axes.ecdf``, all seeds

@@ -156,14 +156,28 @@ def run_plan(scenario: Scenario, plan: PolicyPlan, seed: int,
         cluster = ClusterEngine.build(scenario.num_replicas, lambda: SimExecutor(profile), new_policy, router,
                                       scenario.engine)
         cluster.load(specs)
-        record = cluster.run(stop_after_finished=stop).merged
+        result = cluster.run(stop_after_finished=stop)
+        record = result.merged
         iterations = record.counters.iterations
     wall = time.perf_counter() - t0
     _, metrics = scenario_metrics(scenario, record, kv_bytes_per_token=profile.model.kv_bytes_per_token)
     metrics["sim_wall_s"] = wall
     metrics["sim_requests_per_s"] = len(specs) / wall if wall > 0 else None
     metrics["iterations"] = iterations
+    if plan.router is not None:
+        metrics["per_replica"] = {str(i): _replica_counters(rr, n) for i, (rr, n)
+                                  in enumerate(zip(result.replicas, result.routed_per_replica))}
     return SeedRun(plan, seed, record, metrics)
+
+
+def _replica_counters(record: RunRecord, num_routed: int) -> dict[str, float | int]:
+    """One replica's share of a cluster run: what was routed there and what its engine did."""
+    c = record.counters
+    return {"num_routed": num_routed,
+            "num_finished": sum(1 for r in record.requests if r.finished and r.rejected_reason is None),
+            "cache_hit_rate": c.prompt_tokens_cached / c.prompt_tokens_admitted if c.prompt_tokens_admitted else 0.0,
+            "iterations": c.iterations, "busy_time_s": c.busy_time_s, "preemptions": c.preemptions,
+            "output_tokens": c.output_tokens}
 
 
 def _run_until(engine, num_finished: int) -> RunRecord:

@@ -84,6 +84,13 @@ def test_multi_replica_benchmark_labels_and_routes(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert list(results) == ["d2lpm", "round-robin+lpm", "least-loaded+vtc"]
     assert all(r["num_finished"] == results["d2lpm"]["num_finished"] for r in results.values())
+    reps = results["d2lpm"]["per_replica"]
+    assert set(reps) == {"0", "1"}
+    assert reps["0"]["num_routed"] + reps["1"]["num_routed"] == results["d2lpm"]["num_requests"]
+    assert reps["0"]["num_finished"] + reps["1"]["num_finished"] == results["d2lpm"]["num_finished"]
+    assert "per_replica" not in json.loads((bench(tmp_path, capsys, "--scenario", "smoke", "--policies", "fcfs",
+                                                  "--seeds", "1", "--no-plots", name="single")[0]
+                                            / "results.json").read_text())["fcfs"]
     plans = json.loads((out / "run.json").read_text())["policies"]
     assert plans[0] == {"label": "d2lpm", "policy": "dlpm", "policy_kwargs": {"quantum": 2048.0, "w_p": 1.0, "w_q": 2.0},
                         "router": "d2lpm", "router_kwargs": {}}
