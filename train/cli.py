@@ -61,6 +61,23 @@ def _print_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+def _add_ranker_commands(sub) -> None:
+    """``train ranker`` and ``ranker score`` (the learning-to-rank length predictor, train/train_ranker.py)."""
+    from train.train_ranker import (add_ranker_score_args, add_train_ranker_args, run_ranker_score,
+                                    run_train_ranker)
+
+    train_p = sub.add_parser("train", help="train a learned predictor or policy")
+    train_sub = train_p.add_subparsers(dest="train_command", required=True, metavar="WHAT")
+    rk = train_sub.add_parser("ranker", help="fine-tune an output-length ranker (LTR) for one target model")
+    add_train_ranker_args(rk)
+    rk.set_defaults(func=run_train_ranker)
+    ranker_p = sub.add_parser("ranker", help="use a trained output-length ranker")
+    ranker_sub = ranker_p.add_subparsers(dest="ranker_command", required=True, metavar="WHAT")
+    score = ranker_sub.add_parser("score", help="score prompts from a JSON-lines file with a ranker checkpoint")
+    add_ranker_score_args(score)
+    score.set_defaults(func=run_ranker_score)
+
+
 def _add_profile_command(sub) -> None:
     """``profile``: time the real executor on a GPU and fit a cost profile (gpu_backend/calibration.py)."""
     from gpu_backend.calibration import add_profile_args, run_profile
@@ -95,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("profiles", help="list the cost profiles (device x model)").set_defaults(func=_cmd_profiles)
     _add_profile_command(sub)
     _add_fidelity_command(sub)
+    _add_ranker_commands(sub)
     return parser
 
 

@@ -164,3 +164,10 @@ def _builtins() -> list[Workload]:
 for _workload in _builtins():
     register_workload(_workload)
 del _workload
+
+# AlpacaEval prompts with real response lengths of each shipped target model (for the LTR ranker).
+from envs.workloads.alpaca import alpaca_workloads  # noqa: E402  (after the registry it fills)
+
+for _workload in alpaca_workloads():
+    register_workload(_workload)
+del _workload

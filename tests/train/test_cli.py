@@ -19,6 +19,7 @@ import pytest
 import baselines  # noqa: F401  (registers the baselines)
 from envs.policy import list_policies
 from envs.workloads import list_workloads
+from envs.workloads.alpaca import alpaca_workloads
 from gpu_backend.profiles import list_profiles
 from train.cli import main
 
@@ -74,7 +75,8 @@ def test_workloads_lists_the_traces_and_every_registered_workload(capsys):
     for name in TRACES:
         assert table[name][1] == "trace"
     assert table["arena-27"][2] == "1,500"
-    assert {w.name for w in list_workloads() if w.kind == "trace"} == set(TRACES)
+    alpaca = {w.name for w in alpaca_workloads()}  # AlpacaEval prompts with real lengths, per target model
+    assert {w.name for w in list_workloads() if w.kind == "trace"} == set(TRACES) | alpaca
     proc = cli("workloads")
     assert proc.returncode == 0 and proc.stderr == ""
     assert proc.stdout == out

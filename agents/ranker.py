@@ -1,0 +1,261 @@
+"""The learning-to-rank output-length predictor: a transformers backbone and a one-output head.
+
+Why: the LTR scheduler (Fu et al., NeurIPS'24, ``../shared/papers.md`` §4.2) needs only a
+*ranking* of requests by output length. It reads the raw prompt text only, encodes it
+with a small pretrained LM, and a linear head on the pooled final hidden state gives one
+score: **higher = shorter** expected output. The backbone is fine-tuned with the head
+(``agents.ranker_training``); the losses are in ``agents.ranker_losses``.
+
+A ``Ranker`` bundles the tokenizer, the ``LengthRanker`` module and ``RankerMeta`` (what it
+was trained for). ``save(dir)`` writes a self-contained checkpoint: ``ranker.json`` (the
+meta), ``model.safetensors`` (backbone and head weights), the backbone's transformers
+config and its tokenizer, so ``Ranker.load(dir)`` needs only transformers, not the
+package the backbone came from.
+
+Scores of one input list are deterministic. Prompts are scored in batches sorted by
+length (less padding); a prompt's score does not depend on the other prompts in its
+batch beyond float rounding (about 1e-6).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from agents.ranker_backbones import POOLINGS, backbone_info, load_backbone, prepare_tokenizer, require_transformers
+
+CHECKPOINT_FORMAT = 1
+META_FILE = "ranker.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class RankerMeta:
+    """What a checkpoint is: its backbone and input handling, and what it was trained for."""
+
+    backbone: str
+    pooling: str
+    max_length: int
+    target_model: str | None = None
+    loss: str | None = None
+    bucket: int | None = None
+    split_seed: int | None = None
+    seed: int | None = None
+    # Sorted validation-set scores: turn a raw score into a rank in [0, 1] (see rank_of).
+    calibration: tuple[float, ...] = ()
+    metrics: dict[str, float] = field(default_factory=dict)
+    format: int = CHECKPOINT_FORMAT
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"ranker pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.max_length < 2:
+            raise ValueError(f"ranker max_length must be >= 2 tokens, got {self.max_length}")
+        cal = tuple(float(c) for c in self.calibration)
+        if any(b < a for a, b in zip(cal, cal[1:])) or not all(math.isfinite(c) for c in cal):
+            raise ValueError("ranker calibration scores must be finite and sorted")
+        object.__setattr__(self, "calibration", cal)
+
+    def rank_of(self, score: float) -> float:
+        """The fraction of calibration prompts scored below ``score``: in [0, 1], 1 = shortest."""
+        if not self.calibration:
+            raise ValueError("this ranker has no calibration scores (it was not trained with a validation set)")
+        return float(np.searchsorted(self.calibration, score, side="right")) / len(self.calibration)
+
+
+def _torch():
+    require_transformers()
+    import torch
+
+    return torch
+
+
+def _build_module(encoder: Any, pooling: str):
+    torch = _torch()
+
+    class LengthRanker(torch.nn.Module):
+        """Backbone encoder + pooling + linear head -> one score per prompt (higher = shorter)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.head = torch.nn.Linear(encoder.config.hidden_size, 1)
+            self.pooling = pooling
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.to(hidden.dtype)
+            if self.pooling == "mean":
+                pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)
+            else:  # the last real token (right padding)
+                last = attention_mask.sum(1) - 1
+                pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+            return self.head(pooled).squeeze(-1)
+
+    return LengthRanker()
+
+
+class Ranker:
+    """Tokenizer + ``LengthRanker`` module + ``RankerMeta``; scores prompt texts."""
+
+    def __init__(self, tokenizer: Any, module: Any, meta: RankerMeta):
+        self.tokenizer = tokenizer
+        self.module = module
+        self.meta = meta
+
+    @classmethod
+    def from_backbone(cls, backbone: str, seed: int = 0, max_length: int | None = None) -> "Ranker":
+        """A fresh ranker: pretrained backbone weights, a head initialised from ``seed``."""
+        info = backbone_info(backbone)
+        torch = _torch()
+        tokenizer, encoder = load_backbone(backbone)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = _build_module(encoder, info.pooling)
+        meta = RankerMeta(backbone=backbone, pooling=info.pooling,
+                          max_length=info.max_length if max_length is None else int(max_length), seed=seed)
+        return cls(tokenizer, module.float(), meta)
+
+    @property
+    def device(self):
+        return next(self.module.parameters()).device
+
+    def to(self, device: str) -> "Ranker":
+        """Move the module to a torch device (``cpu``, ``cuda``); inputs follow it."""
+        self.module.to(_torch().device(device))
+        return self
+
+    # --- inputs -------------------------------------------------------------------
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, with the backbone's special tokens, truncated to ``max_length``."""
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"prompt {i} must be a string, got {type(t).__name__}")
+        if not texts:
+            return []
+        out = self.tokenizer(list(texts), truncation=True, max_length=self.meta.max_length)["input_ids"]
+        return [list(ids) for ids in out]
+
+    def collate(self, id_lists: Sequence[Sequence[int]]):
+        """Right-padded ``(input_ids, attention_mask)`` tensors for a batch of token-id lists."""
+        torch = _torch()
+        width = max(len(ids) for ids in id_lists)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(id_lists), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(id_lists), width), dtype=torch.long)
+        for row, ids in enumerate(id_lists):
+            if not ids:
+                raise ValueError(f"batch row {row} has no tokens")
+            input_ids[row, :len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+            mask[row, :len(ids)] = 1
+        return input_ids, mask
+
+    def forward_ids(self, id_lists: Sequence[Sequence[int]], chunk: int = 16):
+        """Scores (a torch tensor, with gradients) of a list of prompts, in the list's order.
+
+        The list is run in chunks of similar length, so a long prompt pads only its own
+        chunk: training memory follows the list's real token count, not its size times the
+        longest prompt.
+        """
+        torch = _torch()
+        device = self.device
+        order = sorted(range(len(id_lists)), key=lambda i: (len(id_lists[i]), i))
+        parts = []
+        for start in range(0, len(order), chunk):
+            ids, mask = self.collate([id_lists[i] for i in order[start:start + chunk]])
+            parts.append(self.module(ids.to(device), mask.to(device)))
+        scores = torch.cat(parts)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.as_tensor(order)] = torch.arange(len(order))
+        return scores[inverse.to(device)]
+
+    # --- scoring ------------------------------------------------------------------
+
+    def score_ids(self, id_lists: Sequence[Sequence[int]], batch_size: int = 64):
+        """Scores (numpy float64) of pre-tokenised prompts, in eval mode, without gradients."""
+        torch = _torch()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = np.empty(len(id_lists), dtype=np.float64)
+        order = sorted(range(len(id_lists)), key=lambda i: (len(id_lists[i]), i))
+        device = self.device
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(order), batch_size):
+                    rows = order[start:start + batch_size]
+                    ids, mask = self.collate([id_lists[i] for i in rows])
+                    out[rows] = self.module(ids.to(device), mask.to(device)).double().cpu().numpy()
+        finally:
+            self.module.train(was_training)
+        if not np.isfinite(out).all():
+            raise FloatingPointError("the ranker produced a non-finite score")
+        return out
+
+    def score(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """One score per prompt text (higher = shorter expected output)."""
+        return self.score_ids(self.encode(texts), batch_size)
+
+    # --- checkpoints --------------------------------------------------------------
+
+    def save(self, directory: str | Path, meta: RankerMeta | None = None) -> Path:
+        """Write a self-contained checkpoint to ``directory`` (created); returns it."""
+        from safetensors.torch import save_file
+
+        if meta is not None:
+            self.meta = meta
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.module.state_dict().items()}
+        save_file(state, str(d / WEIGHTS_FILE))
+        self.module.encoder.config.save_pretrained(str(d / "backbone"))
+        self.tokenizer.save_pretrained(str(d / "tokenizer"))
+        payload = asdict(self.meta)
+        payload["calibration"] = list(self.meta.calibration)
+        (d / META_FILE).write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Ranker":
+        """Load a checkpoint written by ``save``; errors name the missing or malformed file."""
+        require_transformers()
+        d = Path(directory)
+        meta_path = d / META_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{d} is not a ranker checkpoint: {META_FILE} is missing")
+        try:
+            payload = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{meta_path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{meta_path}: expected a ranker checkpoint of format {CHECKPOINT_FORMAT}, "
+                             f"got format {payload.get('format') if isinstance(payload, dict) else None!r}")
+        try:
+            meta = RankerMeta(**payload)
+        except TypeError as exc:
+            raise ValueError(f"{meta_path}: {exc}") from None
+        for part in (WEIGHTS_FILE, "backbone/config.json", "tokenizer"):
+            if not (d / part).exists():
+                raise FileNotFoundError(f"ranker checkpoint {d}: {part} is missing")
+        from safetensors.torch import load_file
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(str(d / "backbone"), local_files_only=True)
+        encoder = AutoModel.from_config(config)
+        module = _build_module(encoder, meta.pooling).float()
+        state = load_file(str(d / WEIGHTS_FILE))
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"ranker checkpoint {d}: weights do not match the backbone "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        module.eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(d / "tokenizer"), local_files_only=True)
+        prepare_tokenizer(tokenizer)
+        return cls(tokenizer, module, meta)

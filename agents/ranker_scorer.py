@@ -1,0 +1,76 @@
+"""Serve a trained output-length ranker inside the simulator: an ``envs.scoring.Scorer``.
+
+Why: the LTR scheduler (Fu et al., NeurIPS'24, ``../shared/papers.md`` §4.2-4.3) runs the
+predictor once per newly arrived request, batching the new arrivals into one forward
+pass, and ranks by the static score. ``RankerScorer`` does that for any consumer of the
+``Scorer`` protocol (the ``ltr`` policy, the env's predicted-rank feature): it reads each
+request's prompt text, scores the prompts it has not seen before in batches, and caches
+scores per prompt text, so a repeated prompt costs nothing and every request is scored
+exactly once per scorer.
+
+``rank_feature()`` adapts it to the env's ``scorer`` argument (one request -> a value in
+[0, 1], 1 = shortest): the raw score's position among the checkpoint's validation scores.
+Call ``prime(specs)`` first to score a whole workload in batches.
+
+The scorer's own wall time is recorded (``seconds``, ``batches``, ``prompts_scored``) so the
+predictor's overhead can be set against the simulated iteration time.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from agents.ranker import Ranker
+from envs.request import RequestSpec
+
+
+class RankerScorer:
+    """A trained ranker checkpoint behind the ``Scorer`` protocol (higher = shorter)."""
+
+    def __init__(self, checkpoint: str | Path | Ranker, batch_size: int = 64):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.ranker = checkpoint if isinstance(checkpoint, Ranker) else Ranker.load(checkpoint)
+        meta = self.ranker.meta
+        self.name = f"ranker[{meta.backbone}/{meta.loss or 'untrained'}" + \
+            (f" for {meta.target_model}]" if meta.target_model else "]")
+        self.batch_size = batch_size
+        self._cache: dict[str, float] = {}
+        self.seconds = 0.0
+        self.batches = 0
+        self.prompts_scored = 0
+
+    def _text(self, spec: RequestSpec) -> str:
+        if spec.prompt_text is None:
+            raise ValueError(f"{self.name}: request {spec.request_id} has no prompt text; the ranker reads "
+                             "prompts, so serve a workload that carries them (e.g. alpaca-eval-<model>)")
+        return spec.prompt_text
+
+    def score(self, specs: Sequence[RequestSpec]) -> list[float]:
+        """One score per spec; prompts not seen before are scored in batches of ``batch_size``."""
+        texts = [self._text(s) for s in specs]
+        new = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if new:
+            t0 = time.perf_counter()
+            scores = self.ranker.score(new, self.batch_size)
+            self.seconds += time.perf_counter() - t0
+            self.batches += -(-len(new) // self.batch_size)
+            self.prompts_scored += len(new)
+            self._cache.update(zip(new, scores.tolist()))
+        return [self._cache[t] for t in texts]
+
+    def prime(self, specs: Sequence[RequestSpec]) -> None:
+        """Score every spec's prompt now (in batches), so later calls hit the cache."""
+        self.score(specs)
+
+    def rank_feature(self) -> Callable[[RequestSpec], float]:
+        """``spec -> rank in [0, 1]`` (1 = shortest) for the env's ``scorer`` argument."""
+        meta = self.ranker.meta
+
+        def feature(spec: RequestSpec) -> float:
+            return meta.rank_of(self.score([spec])[0])
+
+        meta.rank_of(0.0)  # fail now, not inside the env, when the checkpoint has no calibration
+        return feature
