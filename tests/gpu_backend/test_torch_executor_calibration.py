@@ -64,3 +64,17 @@ def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):
     assert (prof.num_gpu_blocks, prof.num_host_blocks, prof.block_size, prof.max_model_len) == (512, 64, 16, 1024)
     assert prof.bytes_per_block == ex.capacity().bytes_per_block
     assert prof.cost.compute_time(BatchShape(num_decode=4, decode_context_tokens=1024, num_sampled=4)) > 0
+
+
+@pytest.mark.parametrize("model", ["llama-1b", "smollm2-135m", "llama-8b"])
+def test_shipped_fitted_profiles_describe_our_models(model):
+    from gpu_backend.models import model_dims
+    from gpu_backend.profiles import PROFILE_DIR
+
+    prof = load_profile(str(PROFILE_DIR / "fitted" / f"h200-{model}-fitted.json"))
+    assert isinstance(prof.cost, LinearCostModel) and prof.device.name == "NVIDIA H200"
+    assert prof.model == model_dims(model).shape(2)           # the shape the real executor runs, in bf16
+    assert prof.bytes_per_block == model_dims(model).kv_bytes_per_token(2) * prof.block_size
+    assert all(v >= 0 for v in prof.cost.c.values())
+    a, b = prof.cost.decode_affine(64)
+    assert a > 0 and b > 0                                   # decode time grows with the context read
