@@ -22,11 +22,12 @@ from envs.policy import SchedulerView
 class ClientQueues:
     """Backlog per client (arrival order) and the live requests admitted at least once."""
 
-    __slots__ = ("queues", "started")
+    __slots__ = ("queues", "started", "_started_order")
 
     def __init__(self) -> None:
         self.queues: dict[int, dict[int, Request]] = {}   # client -> {request id: request}, only non-empty
         self.started: set[int] = set()
+        self._started_order: list[Request] | None = []
 
     def add(self, req: Request) -> bool:
         """Queue a new arrival; True if its client had no backlog (it joins or rejoins it)."""
@@ -49,10 +50,12 @@ class ClientQueues:
         if not q:
             del self.queues[req.client_id]
         self.started.add(rid)
+        self._started_order = None
         return True
 
     def finish(self, req: Request) -> None:
         self.started.discard(req.request_id)
+        self._started_order = None
 
     def backlogged(self) -> Iterator[int]:
         """Clients with at least one request waiting for its first admission."""
@@ -63,7 +66,8 @@ class ClientQueues:
         return sum(len(q) for q in self.queues.values())
 
     def started_in_arrival_order(self, view: SchedulerView) -> list[Request]:
-        started = self.started
-        if not started:
-            return []
-        return [r for rid, r in view.live.items() if rid in started]
+        """The started requests in arrival order (a new list: the caller may extend it)."""
+        if self._started_order is None:
+            started = self.started
+            self._started_order = [r for rid, r in view.live.items() if rid in started] if started else []
+        return list(self._started_order)

@@ -25,6 +25,21 @@ import math
 from typing import Hashable, Iterable, Mapping, Sequence
 
 
+def rounds_to_credit(deficits: Sequence[float], quanta: Sequence[float]) -> int:
+    """The refill rule: 0 if some deficit is > 0 (or there are none), else the fewest rounds
+    ``m >= 1`` after which some ``deficit + m * quantum`` is > 0; every key then gets ``m`` quanta."""
+    rounds = 0
+    for q, quantum in zip(deficits, quanta):
+        if q > 0.0:
+            return 0
+        m = math.floor(-q / quantum) + 1
+        if q + m * quantum <= 0.0:   # floating-point edge: one more round
+            m += 1
+        if rounds == 0 or m < rounds:
+            rounds = m
+    return rounds
+
+
 def _check_weight(name: str, v: float, positive: bool) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
             or (positive and v == 0):
@@ -119,22 +134,11 @@ class DeficitLedger:
         """
         keys = list(dict.fromkeys(keys))
         d = self._deficit
-        quanta = self.quanta
-        default = self.quantum
-        rounds = 0
-        for k in keys:
-            q = d.get(k, 0.0)
-            if q > 0.0:
-                return 0
-            quantum = quanta.get(k, default) if quanta else default
-            # the fewest rounds m >= 1 with q + m * quantum > 0
-            m = math.floor(-q / quantum) + 1
-            if q + m * quantum <= 0.0:   # floating-point edge: one more round
-                m += 1
-            if rounds == 0 or m < rounds:
-                rounds = m
-        for k in keys:
-            d[k] = d.get(k, 0.0) + rounds * (quanta.get(k, default) if quanta else default)
+        deficits = [d.get(k, 0.0) for k in keys]
+        quanta = [self.quantum_of(k) for k in keys]
+        rounds = rounds_to_credit(deficits, quanta)
+        for k, q, quantum in zip(keys, deficits, quanta):
+            d[k] = q + rounds * quantum
         return rounds
 
     def copy(self) -> "DeficitLedger":

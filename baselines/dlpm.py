@@ -37,7 +37,7 @@ from __future__ import annotations
 from typing import Hashable, Mapping
 
 from baselines.client_queues import ClientQueues
-from baselines.deficit import DeficitLedger
+from baselines.deficit import DeficitLedger, rounds_to_credit
 from baselines.lpm import PrefixRanker
 from envs.live_request import Request
 from envs.policy import Policy, SchedulerView, register_policy
@@ -56,6 +56,7 @@ class DLPM(Policy):
         self.ledger = DeficitLedger(quantum, w_p, w_q, quanta)
         self._books = ClientQueues()
         self._ranker = PrefixRanker()
+        self._grouped_from: list | None = None
 
     @property
     def quantum(self) -> float:
@@ -66,6 +67,7 @@ class DLPM(Policy):
         self.ledger.reset()
         self._books = ClientQueues()
         self._ranker = PrefixRanker()
+        self._grouped_from = None
 
     def deficit(self, client: int) -> float:
         return self.ledger.deficit(client)
@@ -95,34 +97,57 @@ class DLPM(Policy):
         self.ledger.refill(books.queues)   # the scheduling step's refill, when nobody backlogged has credit
         queues = books.queues
         ranked = self._ranker.ranked(view, lambda: (r for q in queues.values() for r in q.values()))
-        ranks: dict[int, list[int]] = {}       # client -> global LPM ranks of its waiting requests
-        costs: dict[int, list[int]] = {}       # client -> their uncached prompt tokens, same order
-        for rank, (r, cached) in enumerate(ranked):
-            u = r.client_id
-            if u not in ranks:
-                ranks[u] = []
-                costs[u] = []
-            ranks[u].append(rank)
-            costs[u].append(r.prompt_len - cached)
-        trial = self.ledger.copy()
-        pos = dict.fromkeys(ranks, 0)
-        active = list(ranks)
+        if ranked is not self._grouped_from:
+            # client -> global LPM ranks of its waiting requests, and their uncached prompt tokens
+            ranks: dict[int, list[int]] = {}
+            costs: dict[int, list[int]] = {}
+            for rank, (r, cached) in enumerate(ranked):
+                u = r.client_id
+                if u not in ranks:
+                    ranks[u] = []
+                    costs[u] = []
+                ranks[u].append(rank)
+                costs[u].append(r.prompt_len - cached)
+            self._grouped = (ranks, costs, [r for r, _ in ranked])
+            self._grouped_from = ranked
+        ranks, costs, ranked_reqs = self._grouped
+        at = ranked_reqs.__getitem__
+        # the trial: plain lists, one slot per client with waiting requests
+        ledger = self.ledger
+        w_p = ledger.w_p
+        clients = list(ranks)
+        q = [ledger.deficit(u) for u in clients]
+        quanta = [ledger.quantum_of(u) for u in clients]
+        rank_lists = [ranks[u] for u in clients]
+        cost_lists = [costs[u] for u in clients]
+        pos = [0] * len(clients)
+        active = list(range(len(clients)))
         while active:
             if len(active) == 1:   # one client left: its requests in LPM order, whatever its deficit
-                u = active[0]
-                out.extend(ranked[k][0] for k in ranks[u][pos[u]:])
+                a = active[0]
+                out.extend(map(at, rank_lists[a][pos[a]:]))
                 break
-            trial.refill(active)
+            rounds = rounds_to_credit([q[a] for a in active], [quanta[a] for a in active])
+            if rounds:
+                for a in active:
+                    q[a] += rounds * quanta[a]
             taken: list[int] = []
-            for u in active:
-                i = pos[u]
-                j = trial.charge_prompts_while_credit(u, costs[u], i)
-                if j > i:
-                    taken.extend(ranks[u][i:j])
-                    pos[u] = j
+            for a in active:
+                qa = q[a]
+                if qa <= 0.0:
+                    continue
+                i = j = pos[a]
+                cost = cost_lists[a]
+                n = len(cost)
+                while j < n and qa > 0.0:
+                    qa -= w_p * cost[j]
+                    j += 1
+                q[a] = qa
+                taken.extend(rank_lists[a][i:j])
+                pos[a] = j
             taken.sort()
-            out.extend(ranked[k][0] for k in taken)
-            active = [u for u in active if pos[u] < len(ranks[u])]
+            out.extend(map(at, taken))
+            active = [a for a in active if pos[a] < len(cost_lists[a])]
         return out
 
     def order(self, view: SchedulerView) -> list[int]:

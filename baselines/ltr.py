@@ -27,7 +27,9 @@ With promotion on, the order moves with the iterations a request waits, so
 arrivals (scores are static) and is True. The promotion state is brought up to date at
 most once per iteration, when the order is asked, from ``Request.last_scheduled_iteration``
 (``baselines.starvation``): the engine asks every iteration, except inside a closed-form
-decode run, where every live request runs every iteration.
+decode run, where every live request runs every iteration. Requests are kept sorted by
+score as they arrive (``baselines.sorted_requests``), so an iteration costs work in the
+changes, not in the queue length.
 """
 
 from __future__ import annotations
@@ -35,10 +37,13 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from baselines.starvation import iterations_unscheduled
-from envs.live_request import Request
+from baselines.sorted_requests import SortedRequests
+from baselines.starvation import StarvationWatch
+from envs.live_request import Request, RequestState
 from envs.policy import Policy, SchedulerView, register_policy
 from envs.scoring import NoisyOracleScorer, Scorer
+
+_WAITING = RequestState.WAITING
 
 
 class LTR(Policy):
@@ -71,10 +76,14 @@ class LTR(Policy):
 
     def _clear(self) -> None:
         self.scores: dict[int, float] = {}
-        self._arrived_at: dict[int, int] = {}
+        self._unscored: dict[int, Request] = {}
+        self._ranked = SortedRequests()          # by (-score, arrival, id)
         self._quota: dict[int, int] = {}         # promoted request -> scheduled iterations left
-        self._promoted_at: dict[int, int] = {}
+        self._promoted = SortedRequests()        # the promoted ones, same key
+        self._may_run: set[int] = set()          # promoted ones admitted at least once since (the quota users)
+        self._watch = StarvationWatch(self.starvation_threshold) if self.starvation_threshold is not None else None
         self._updated_at: int | None = None
+        self._order: list[Request] | None = None
 
     def reset(self, view: SchedulerView) -> None:
         super().reset(view)
@@ -85,29 +94,59 @@ class LTR(Policy):
 
     # ------------------------------------------------------------------ hooks
     def on_arrival(self, req: Request) -> None:
-        self._arrived_at[req.request_id] = self.view.iteration
+        self._unscored[req.request_id] = req
+        if self._watch is not None:
+            self._watch.add(req.request_id, self.view.iteration)
+
+    def on_admit(self, req: Request, cached_tokens: int) -> None:
+        if req.request_id in self._quota:
+            self._may_run.add(req.request_id)
 
     def on_finish(self, req: Request) -> None:
         rid = req.request_id
+        self._may_run.discard(rid)
         self.scores.pop(rid, None)
-        self._arrived_at.pop(rid, None)
-        self._quota.pop(rid, None)
-        self._promoted_at.pop(rid, None)
+        if self._unscored.pop(rid, None) is None:
+            self._ranked.remove(rid)
+            self._order = None
+        if rid in self._quota:
+            del self._quota[rid]
+            self._promoted.remove(rid)
+        if self._watch is not None:
+            self._watch.remove(rid)
 
     # ------------------------------------------------------------------ state
-    def _score_new(self, view: SchedulerView) -> None:
-        scores = self.scores
-        new = [r for rid, r in view.live.items() if rid not in scores]
-        if not new:
-            return
+    def _score_new(self) -> None:
+        new = list(self._unscored.values())
         values = self.scorer.score([r.spec for r in new])
         if len(values) != len(new):
             raise ValueError(f"LTR: scorer {self.scorer.name!r} returned {len(values)} scores for {len(new)} requests")
+        checked = []
         for r, v in zip(new, values):
             v = float(v)
             if not math.isfinite(v):
                 raise ValueError(f"LTR: scorer {self.scorer.name!r} gave request {r.request_id} the score {v!r}")
-            scores[r.request_id] = v
+            checked.append(v)
+        self._unscored.clear()
+        for r, v in zip(new, checked):
+            self.scores[r.request_id] = v
+            self._ranked.insert(r, (-v, r.arrival_time, r.request_id))
+        self._order = None
+
+    def _promote(self, req: Request) -> None:
+        rid = req.request_id
+        if rid not in self._quota:
+            self._promoted.insert(req, self._ranked.key(rid))
+            self._order = None
+            if req.state is not _WAITING:
+                self._may_run.add(rid)
+        self._quota[rid] = self.starvation_quota
+
+    def _demote(self, rid: int) -> None:
+        del self._quota[rid]
+        self._promoted.remove(rid)
+        self._may_run.discard(rid)
+        self._order = None
 
     def _update_promotions(self, view: SchedulerView) -> None:
         """Bring promotion up to date for the iteration about to be scheduled (once per iteration)."""
@@ -115,34 +154,40 @@ class LTR(Policy):
         prev = self._updated_at
         if it == prev:
             return
-        threshold = self.starvation_threshold
+        live = view.live
         quota = self._quota
-        promoted_at = self._promoted_at
-        arrived_at = self._arrived_at
-        for rid, r in view.live.items():
-            last = r.last_scheduled_iteration
-            if rid in quota and prev is not None and last >= prev:
-                # scheduled since the last update: in each of its iterations when that was a
-                # closed-form run (it ends at it - 1), else in one
-                quota[rid] -= (it - prev) if last == it - 1 else 1
-            since = promoted_at.get(rid, arrived_at[rid])
-            if iterations_unscheduled(r, it, since) >= threshold:
-                quota[rid] = self.starvation_quota
-                promoted_at[rid] = it
-            elif rid in quota and quota[rid] <= 0:
-                del quota[rid]
-                del promoted_at[rid]
+        spent: list[int] = []
+        if prev is not None:
+            # only a promoted request that holds KV or was admitted since its promotion can have run
+            for rid in self._may_run:
+                last = live[rid].last_scheduled_iteration
+                if last >= prev:
+                    # scheduled since the last update: in each of its iterations when that was a
+                    # closed-form run (it ends at it - 1), else in one
+                    quota[rid] -= (it - prev) if last == it - 1 else 1
+                    if quota[rid] <= 0:
+                        spent.append(rid)
+        for rid in self._watch.starved(live, it):
+            self._promote(live[rid])    # a fresh quota, also for one promoted already
+        for rid in spent:
+            if quota[rid] <= 0:          # not promoted again just now
+                self._demote(rid)
         self._updated_at = it
 
     # ------------------------------------------------------------------ order
     def ordered_requests(self, view: SchedulerView) -> list[Request]:
-        self._score_new(view)
-        if self.starvation_threshold is not None:
+        if self._unscored:
+            self._score_new()
+        if self._watch is not None:
             self._update_promotions(view)
-        scores = self.scores
-        quota = self._quota
-        return sorted(view.live.values(),
-                      key=lambda r: (r.request_id not in quota, -scores[r.request_id], r.arrival_time, r.request_id))
+        if self._order is None:
+            ranked = self._ranked.requests()
+            if self._quota:
+                quota = self._quota
+                self._order = self._promoted.requests() + [r for r in ranked if r.request_id not in quota]
+            else:
+                self._order = list(ranked)
+        return self._order   # the engine only reads it
 
     def order(self, view: SchedulerView) -> list[int]:
         return [r.request_id for r in self.ordered_requests(view)]

@@ -27,7 +27,10 @@ learning-free comparison (vllm-ltr's ``mlfq-quant<q>-thres<t>``).
 Our parameters, where FastServe's are in time: quanta in output tokens, ratio 2, 10
 levels (the last holds requests past 511 output tokens with the defaults), the prefill
 estimate above, and the 200-iteration starvation threshold of the LTR evaluation.
-Demotion moves with every token, so ``stable_between_events`` is False. When a
+Demotion moves with every token, so ``stable_between_events`` is False. Requests are kept
+sorted by their key (``baselines.sorted_requests``) and starvation is found from a heap of
+deadlines (``baselines.starvation``), so an iteration costs work in the changes, not in the
+queue length. When a
 closed-form decode run hands ``on_tokens`` several tokens at once, each demotion is dated
 by the iteration of the token that used up the quantum, so the order is the one stepping
 one iteration at a time gives.
@@ -35,7 +38,8 @@ one iteration at a time gives.
 
 from __future__ import annotations
 
-from baselines.starvation import iterations_unscheduled
+from baselines.sorted_requests import SortedRequests
+from baselines.starvation import StarvationWatch
 from envs.live_request import Request
 from envs.policy import Policy, SchedulerView, register_policy
 
@@ -69,8 +73,10 @@ class MLFQ(Policy):
         self._level: dict[int, int] = {}
         self._used: dict[int, int] = {}        # output tokens used at the current level
         self._entered: dict[int, int] = {}     # the iteration from which it ranks at its level
-        self._since: dict[int, int] = {}       # arrival or last promotion (starvation count start)
+        self._sorted = SortedRequests()        # by (level, entered, arrival, id)
+        self._watch = StarvationWatch(self.starvation_threshold) if self.starvation_threshold is not None else None
         self._updated_at: int | None = None
+        self._order: list[Request] | None = None
 
     def reset(self, view: SchedulerView) -> None:
         super().reset(view)
@@ -87,14 +93,25 @@ class MLFQ(Policy):
     def level(self, request_id: int) -> int:
         return self._level[request_id]
 
+    def _place(self, req: Request, level: int, entered: int, new: bool = False) -> None:
+        rid = req.request_id
+        self._level[rid] = level
+        self._entered[rid] = entered
+        key = (level, entered, req.arrival_time, rid)
+        if new:
+            self._sorted.insert(req, key)
+        else:
+            self._sorted.rekey(req, key)
+        self._order = None
+
     # ------------------------------------------------------------------ hooks
     def on_arrival(self, req: Request) -> None:
         rid = req.request_id
         it = self.view.iteration
-        self._level[rid] = self.join_level(req.prompt_len)
         self._used[rid] = 0
-        self._entered[rid] = it
-        self._since[rid] = it
+        self._place(req, self.join_level(req.prompt_len), it, new=True)
+        if self._watch is not None:
+            self._watch.add(rid, it)
 
     def on_tokens(self, req: Request, n: int) -> None:
         rid = req.request_id
@@ -105,42 +122,42 @@ class MLFQ(Policy):
             # token j (1-based) of these n was produced in iteration last - n + j
             first_iteration = req.last_scheduled_iteration - n + 1
             tokens_before = self._used[rid]
+            entered = self._entered[rid]
             while level < len(quanta) and used >= quanta[level]:
                 j = quanta[level] - tokens_before          # the token that used up this level's quantum
                 used -= quanta[level]
                 tokens_before -= quanta[level]             # relative to the next level's start
                 level += 1
-                self._entered[rid] = first_iteration + j   # ranks at the new level from the next iteration
-            self._level[rid] = level
+                entered = first_iteration + j              # ranks at the new level from the next iteration
+            self._place(req, level, entered)
         self._used[rid] = used
 
     def on_finish(self, req: Request) -> None:
         rid = req.request_id
-        for d in (self._level, self._used, self._entered, self._since):
+        for d in (self._level, self._used, self._entered):
             d.pop(rid, None)
+        self._sorted.remove(rid)
+        self._order = None
+        if self._watch is not None:
+            self._watch.remove(rid)
 
     # ------------------------------------------------------------------ order
     def _promote_starved(self, view: SchedulerView) -> None:
         it = view.iteration
         if it == self._updated_at:
             return
-        threshold = self.starvation_threshold
-        since = self._since
-        for rid, r in view.live.items():
-            if iterations_unscheduled(r, it, since[rid]) >= threshold:
-                self._level[rid] = 0
-                self._used[rid] = 0
-                self._entered[rid] = it
-                since[rid] = it
+        live = view.live
+        for rid in self._watch.starved(live, it):
+            self._used[rid] = 0
+            self._place(live[rid], 0, it)
         self._updated_at = it
 
     def ordered_requests(self, view: SchedulerView) -> list[Request]:
-        if self.starvation_threshold is not None:
+        if self._watch is not None:
             self._promote_starved(view)
-        level = self._level
-        entered = self._entered
-        return sorted(view.live.values(),
-                      key=lambda r: (level[r.request_id], entered[r.request_id], r.arrival_time, r.request_id))
+        if self._order is None:
+            self._order = list(self._sorted.requests())
+        return self._order   # the engine only reads it
 
     def order(self, view: SchedulerView) -> list[int]:
         return [r.request_id for r in self.ordered_requests(view)]
