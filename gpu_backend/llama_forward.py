@@ -88,41 +88,65 @@ class LlamaForward:
             yield s.row, j - i, s.num_tokens, None
             i = j
 
+    # ---------------------------------------------------------------- pieces (also replayed as graphs)
+    def embed(self, ids: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        """The residual stream ``h`` (written into ``h`` when given) and layer 0's normalised input."""
+        e = F.embedding(ids, self.w.embed)
+        if h is None:
+            h = e
+        else:
+            h.copy_(e)
+        return add_rms_norm(None, h, self.w.input_norm[0], self.dims.rms_norm_eps)
+
+    def pre_attention(self, layer: int, x: torch.Tensor, positions: torch.Tensor, write_blocks: torch.Tensor,
+                      write_slots: torch.Tensor, want_kv: bool):
+        """QKV projection and RoPE; K and V written into the cache. Returns (q, k, v)."""
+        d = self.dims
+        k_cache, v_cache = self.store.layers[layer]
+        return rope_and_cache(F.linear(x, self.w.qkv[layer]), self.cos, self.sin, positions, write_blocks,
+                              write_slots, k_cache, v_cache, d.num_heads, d.num_kv_heads, d.head_dim,
+                              want_kv=want_kv)
+
+    def attention(self, layer: int, q: torch.Tensor, k, v, b: ForwardBatch, attn: torch.Tensor) -> None:
+        """Every row's attention into ``attn``: prefill chunks causally over their cache, decodes paged."""
+        d = self.dims
+        nh, nkv, hd = d.num_heads, d.num_kv_heads, d.head_dim
+        k_cache, v_cache = self.store.layers[layer]
+        for r0, g, n, seg in self._groups(b.prefills):
+            if seg is None:     # g fresh chunks of n tokens each, adjacent rows: one batched call
+                e = r0 + g * n
+                attn[r0:e] = causal_attention(q[r0:e].view(g, n, nh, hd), k[r0:e].view(g, n, nkv, hd),
+                                              v[r0:e].view(g, n, nkv, hd), self.scale).reshape(g * n, nh, hd)
+            else:               # a chunk over cached tokens: gather them through its block table
+                ks = gather_kv(k_cache, seg.block_table, seg.start + n)
+                vs = gather_kv(v_cache, seg.block_table, seg.start + n)
+                attn[r0:r0 + n] = prefill_attention(q[r0:r0 + n], ks, vs, self.scale)
+        P = b.num_prefill_rows
+        if q.shape[0] > P:
+            decode_attention(q[P:], k_cache, v_cache, b.decode_block_tables, b.decode_context_lens,
+                             self.scale, out=attn[P:])
+
+    def post_attention(self, layer: int, attn: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Output projection and MLP, both added to ``h`` in place; returns the next layer's normalised
+        input (after the last layer: the final norm's output)."""
+        w = self.w
+        eps = self.dims.rms_norm_eps
+        x = add_rms_norm(F.linear(attn.view(attn.shape[0], self._q), w.o_proj[layer]), h, w.post_norm[layer], eps)
+        a = silu_mul(F.linear(x, w.gate_up[layer]))
+        nxt = w.input_norm[layer + 1] if layer + 1 < self.dims.num_layers else w.final_norm
+        return add_rms_norm(F.linear(a, w.down[layer]), h, nxt, eps)
+
+    def logits(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x if rows is None else x[rows], self.w.lm_head)
+
     @torch.no_grad()
     def __call__(self, b: ForwardBatch) -> torch.Tensor:
         """Logits ``[rows, vocab]`` of ``b.logit_rows`` (all rows when None); writes the batch's KV."""
-        w = self.w
-        d = self.dims
-        eps = d.rms_norm_eps
-        T = b.input_ids.shape[0]
-        nh, nkv, hd = d.num_heads, d.num_kv_heads, d.head_dim
-        qn = self._q
-        P = b.num_prefill_rows
-        L = d.num_layers
-        h = F.embedding(b.input_ids, w.embed)                 # the residual stream, updated in place
-        x = add_rms_norm(None, h, w.input_norm[0], eps)
-        for layer in range(L):
-            k_cache, v_cache = self.store.layers[layer]
-            q, k, v = rope_and_cache(F.linear(x, w.qkv[layer]), self.cos, self.sin, b.positions,
-                                     b.write_blocks, b.write_slots, k_cache, v_cache, nh, nkv, hd,
-                                     want_kv=bool(b.prefills))
+        h = F.embedding(b.input_ids, self.w.embed)             # the residual stream, updated in place
+        x = add_rms_norm(None, h, self.w.input_norm[0], self.dims.rms_norm_eps)
+        for layer in range(self.dims.num_layers):
+            q, k, v = self.pre_attention(layer, x, b.positions, b.write_blocks, b.write_slots, bool(b.prefills))
             attn = torch.empty_like(q)
-            for r0, g, n, seg in self._groups(b.prefills):
-                if seg is None:     # g fresh chunks of n tokens each, adjacent rows: one batched call
-                    e = r0 + g * n
-                    attn[r0:e] = causal_attention(q[r0:e].view(g, n, nh, hd), k[r0:e].view(g, n, nkv, hd),
-                                                  v[r0:e].view(g, n, nkv, hd), self.scale).reshape(g * n, nh, hd)
-                else:               # a chunk over cached tokens: gather them through its block table
-                    ks = gather_kv(k_cache, seg.block_table, seg.start + n)
-                    vs = gather_kv(v_cache, seg.block_table, seg.start + n)
-                    attn[r0:r0 + n] = prefill_attention(q[r0:r0 + n], ks, vs, self.scale)
-            if T > P:
-                decode_attention(q[P:], k_cache, v_cache, b.decode_block_tables, b.decode_context_lens,
-                                 self.scale, out=attn[P:])
-            x = add_rms_norm(F.linear(attn.view(T, qn), w.o_proj[layer]), h, w.post_norm[layer], eps)
-            a = silu_mul(F.linear(x, w.gate_up[layer]))
-            nxt = w.input_norm[layer + 1] if layer + 1 < L else w.final_norm
-            x = add_rms_norm(F.linear(a, w.down[layer]), h, nxt, eps)
-        if b.logit_rows is not None:
-            x = x[b.logit_rows]
-        return F.linear(x, w.lm_head)
+            self.attention(layer, q, k, v, b, attn)
+            x = self.post_attention(layer, attn, h)
+        return self.logits(x, b.logit_rows)

@@ -11,7 +11,9 @@ One iteration: (1) swap copies, one per ``GroupMove``, on a side stream (``Paged
 the compute waiting for them; (2) one forward over the packed tokens of every prefill
 chunk and decode (``LlamaForward``) — a pure-decode batch replays a captured CUDA graph
 (``DecodeGraphs``) instead; (3) greedy sampling for every decode and every chunk that
-completes its prompt. Host-side inputs travel in one pinned buffer and one copy.
+completes its prompt. Batches with prefill chunks replay piecewise CUDA graphs around an
+eager attention (``MixedGraphs``) up to 1,024 tokens. Host-side inputs travel in one pinned
+buffer and one copy.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from gpu_backend.block_tables import DeviceBlockTables
 from gpu_backend.decode_graphs import DecodeGraphs
 from gpu_backend.kv_store import PagedKVStore
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward, PrefillSegment
+from gpu_backend.mixed_graphs import MixedGraphs
 from gpu_backend.models import LlamaWeights, load_weights
 from gpu_backend.plan import BatchPlan, KVCapacity, StepResult
 
@@ -52,6 +55,7 @@ class TorchExecutor:
     CPU) and ``num_host_blocks`` (default: ``swap_space_bytes``). ``max_model_len`` defaults
     to the model's context length. ``keep_logits`` keeps every row's logits of the last
     iteration in ``last_logits`` (seq id -> [rows, vocab]; for tests) and turns graphs off.
+    ``random_weights`` gives a checkpoint model (``smollm2-135m``) random weights of its shape.
     """
 
     supports_multi_step = False
@@ -63,7 +67,7 @@ class TorchExecutor:
                  num_host_blocks: int | None = None, block_size: int = 16, max_model_len: int | None = None,
                  max_num_seqs: int = 256, cuda_graphs: bool = True, gpu_memory_utilization: float = 0.9,
                  activation_reserve_bytes: int = 4 * 2**30, swap_space_bytes: int | None = None,
-                 seed: int = 0, keep_logits: bool = False):
+                 seed: int = 0, keep_logits: bool = False, random_weights: bool = False):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -78,7 +82,7 @@ class TorchExecutor:
                 raise ValueError(f"weights are {model.dtype} on {model.device}, the executor runs "
                                  f"{self.dtype} on {self.device}")
         else:
-            self.weights = load_weights(model, self.device, self.dtype, seed)
+            self.weights = load_weights(model, self.device, self.dtype, seed, random_weights)
         dims = self.weights.dims
         self.dims = dims
         if max_model_len is None:
@@ -113,9 +117,11 @@ class TorchExecutor:
         self.tables = DeviceBlockTables(4 * max_num_seqs, -(-max_model_len // block_size),
                                         self.store.scratch_block, self.device)
         self.graphs: DecodeGraphs | None = None
+        self.mixed: MixedGraphs | None = None
         if self.is_cuda and cuda_graphs and not keep_logits:
             self.graphs = DecodeGraphs(self.model, self.tables, max_num_seqs)
             self.tables.growable = False
+            self.mixed = MixedGraphs(self.model)
         self.last_swap = None
 
     def _default_gpu_blocks(self, bytes_per_block: int, util: float, reserve: int) -> int:
@@ -340,7 +346,8 @@ class TorchExecutor:
             lens = dpos + 1
         batch = ForwardBatch(d_ids, d_pos, d_wb, d_pos % bs, segments, num_prefill, tables, lens, d_lr)
         self._start_compute()
-        logits = self.model(batch)
+        bucket = self.mixed.bucket(d_ids.shape[0]) if self.mixed is not None else None
+        logits = self.mixed.forward(batch, bucket) if bucket is not None else self.model(batch)
         tokens = logits[d_pick].argmax(-1) if d_pick.numel() else torch.zeros(0, dtype=torch.long)
         self._end_compute()
         if self.keep_logits:

@@ -98,7 +98,7 @@ def run_fidelity(args: argparse.Namespace) -> int:
     specs = get_workload(args.workload).generate(args.seed, args.num_requests)
     if args.rate is not None:
         specs = retime_poisson(specs, args.rate, args.seed)
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"random_weights": True} if args.random_weights else {}
     if args.num_gpu_blocks is not None:
         options["num_gpu_blocks"] = args.num_gpu_blocks
     real_ex = make_executor("torch", model=args.model, device=args.device, options=options)
@@ -171,4 +171,6 @@ def add_fidelity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--num-gpu-blocks", type=int, default=None,
                    help="KV blocks of both runs (default: the smaller of the executor's and the profile's)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="the model's shape with random weights (timing does not depend on the values)")
     p.add_argument("--json", type=Path, default=None)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gpu_backend.decode_graphs import DecodeGraphs
+from gpu_backend.mixed_graphs import MixedGraphs
 from gpu_backend.models import LlamaWeights, build_hf_model
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
 from gpu_backend.torch_executor import TorchExecutor
@@ -228,3 +229,35 @@ def test_graph_decode_path_pads_into_the_scratch_block_only(hf, weights):
         for i, tok in zip(members, plan.decode_input_ids):
             seqs[i].append(tok)
             assert res.sampled_tokens[i] == int(reference(hf, seqs[i])[-1].argmax())
+
+
+class _EagerMixed(MixedGraphs):
+    """The piecewise-graph path (static buffers, buckets, padding) with eager "replays", on the CPU."""
+
+    def _capture(self) -> None:
+        self.graphs = {n: [_Replay(lambda n=n, i=i: self._piece(n, i)) for i in range(self.model.dims.num_layers + 1)]
+                       for n in self.sizes}
+
+
+def test_piecewise_graph_path_matches_transformers_and_pads_into_scratch(hf, weights):
+    ex = make_executor(weights)
+    ex.mixed = _EagerMixed(ex.model, sizes=(16, 64, 128))
+    a, b, c = tokens(40, 21), tokens(33, 22), tokens(70, 23)
+    ex.store.gpu[ex.store.scratch_block] = 3.0
+    snapshot = ex.store.gpu.clone()
+    ex.execute(BatchPlan(prefills=[PrefillChunk(1, 0, 39, [0, 1, 2], True, a[:39]),      # 39 + 10 rows: bucket 64
+                                   PrefillChunk(2, 0, 10, [8, 9, 10], False, b[:10])]))
+    changed = (ex.store.gpu != snapshot).flatten(1).any(1).nonzero().flatten().tolist()
+    assert set(changed) <= {0, 1, 2, 8, ex.store.scratch_block}
+    close(ex.last_logits[1], reference(hf, a)[:39])
+    plan = BatchPlan(prefills=[PrefillChunk(2, 10, 23, [8, 9, 10], True, b[10:]),          # over its own cache
+                               PrefillChunk(3, 0, 70, [20, 21, 22, 23, 24], True, c)],
+                     decode_seq_ids=[1], decode_positions=[39], decode_block_tables=[[0, 1, 2]],
+                     decode_input_ids=[a[39]])                                             # 94 rows: bucket 128
+    res = ex.execute(plan)
+    close(ex.last_logits[1], reference(hf, a)[39:40])
+    close(ex.last_logits[2], reference(hf, b)[10:])
+    close(ex.last_logits[3], reference(hf, c))
+    assert res.sampled_tokens[3] == int(reference(hf, c)[-1].argmax())
+    ex.execute(BatchPlan(prefills=[PrefillChunk(4, 0, 200, list(range(30, 43)), True, tokens(200, 24))]))
+    assert ex.mixed.bucket(200) is None       # past the largest bucket: the eager path ran
