@@ -15,6 +15,7 @@ One call does everything the issue asks to measure on the GPU, writes full resul
                prefill throughput against the measured matmul rate
   (d) swap     block-group copies against per-block copies and one bulk copy of the same bytes
 
+Part (a) lives in ``torch_executor_gpu_checks.py``, shared helpers in ``torch_executor_gpu_common.py``.
 It imports only ``gpu_backend`` and ``envs`` (no gymnasium, no stable-baselines3), so it runs
 on the device machine's stock image: ``python benchmarks/torch_executor_gpu.py``.
 """
@@ -22,87 +23,26 @@ on the device machine's stock image: ``python benchmarks/torch_executor_gpu.py``
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
 import sys
 import time
-import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gpu_backend.fused_ops import add_rms_norm, silu_mul  # noqa: E402
 from gpu_backend.models import LlamaWeights, build_hf_model  # noqa: E402
-from gpu_backend.paged_attention import decode_attention_torch, decode_attention_triton  # noqa: E402
+from gpu_backend.paged_attention import decode_attention_triton  # noqa: E402
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk  # noqa: E402
 from gpu_backend.torch_executor import TorchExecutor  # noqa: E402
-
-RESULTS: dict = {"errors": {}}
-
-
-def log(*a) -> None:
-    print(*a, flush=True)
-
-
-def section(name):
-    """Run one part; record its exception and go on with the others."""
-    def wrap(fn):
-        def run(*a, **kw):
-            t0 = time.perf_counter()
-            log(f"== {name}")
-            try:
-                out = fn(*a, **kw)
-            except Exception as e:  # a benchmark part failing must not lose the other parts' numbers
-                RESULTS["errors"][name] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
-                log(f"!! {name} failed: {type(e).__name__}: {e}")
-                out = None
-            log(f"   ({time.perf_counter() - t0:.1f} s)")
-            torch.cuda.empty_cache()
-            return out
-        return run
-    return wrap
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm())
-
-
-def graph_time(fn, calls: int = 10, reps: int = 5) -> float:
-    """Device seconds per call of ``fn``, from replays of a CUDA graph of ``calls`` calls (no launch gaps)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    return statistics.median(cuda_time(g.replay, reps)) / calls
-
-
-def cuda_time(fn, reps: int) -> list[float]:
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) / 1e3)
-    return times
-
+from torch_executor_gpu_checks import check_1b, check_tiny, check_triton  # noqa: E402
+from torch_executor_gpu_common import RESULTS, cuda_time, graph_time, log, section, toks  # noqa: E402
 
 # ---------------------------------------------------------------------- ceilings
 @section("ceilings")
@@ -128,159 +68,6 @@ def ceilings() -> dict:
 
 
 # ---------------------------------------------------------------------- (a) checks
-@section("a1 triton decode kernel")
-def check_triton() -> dict:
-    out = {}
-    torch.manual_seed(0)
-    for (B, H, KVH, D) in [(7, 32, 8, 64), (33, 9, 3, 64), (5, 32, 8, 128), (64, 32, 8, 64)]:  # split and not
-        store = torch.randn(500, 3, 2, KVH, 16, D, dtype=torch.bfloat16, device="cuda")
-        kc, vc = store[:, 1, 0], store[:, 1, 1]
-        q = torch.randn(B, H, D, dtype=torch.bfloat16, device="cuda")
-        ctx = torch.randint(1, 1500, (B,), device="cuda")
-        W = int((ctx.max() + 15) // 16)
-        bt = torch.stack([torch.randperm(500, device="cuda")[:W] for _ in range(B)])
-        ref = decode_attention_torch(q.float(), kc.float(), vc.float(), bt, ctx, D ** -0.5)
-        got = torch.full_like(q, float("nan"))
-        decode_attention_triton(q, kc, vc, bt, ctx, D ** -0.5, out=got)
-        torch.cuda.synchronize()
-        e = rel_err(got, ref)
-        out[f"B{B}_H{H}_KV{KVH}_D{D}"] = e
-        if not e < 1e-2:
-            raise AssertionError(f"Triton decode kernel B={B} H={H} KVH={KVH} D={D}: relative error {e:.2e}")
-    log("   " + ", ".join(f"{k} {v:.1e}" for k, v in out.items()))
-    return out
-
-
-def bf16_pair(name: str, seed: int):
-    """Our bf16 weights and a float32 transformers reference holding the same (bf16-rounded) weights."""
-    hf = build_hf_model(name, torch.bfloat16, "cuda", seed)
-    if name == "tiny":
-        g = torch.Generator(device="cuda").manual_seed(5)
-        with torch.no_grad():
-            for n, p in hf.named_parameters():
-                if "norm" in n:
-                    p.add_(0.2 * torch.randn(p.shape, generator=g, device="cuda", dtype=p.dtype))
-    weights = LlamaWeights.from_hf(hf, name)
-    ref = copy.deepcopy(hf).float()
-    return weights, ref, hf
-
-
-def toks(n, seed, vocab=32000):
-    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-@section("a2 tiny model bf16 vs transformers fp32")
-def check_tiny() -> dict:
-    weights, ref, _ = bf16_pair("tiny", 0)
-
-    def hf_logits(ids):
-        with torch.no_grad():
-            return ref(torch.tensor([ids], device="cuda")).logits[0]
-
-    ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=64, num_host_blocks=32, keep_logits=True)
-    res = {}
-    a, b = toks(37, 1), toks(90, 2)
-    ex.execute(BatchPlan(prefills=[PrefillChunk(1, 0, 37, [5, 6, 9], True, a)]))
-    res["plain_prefill"] = rel_err(ex.last_logits[1], hf_logits(a).cpu())
-    table = [20, 3, 4, 40, 41, 7]
-    rb = hf_logits(b).cpu()
-    errs, start = [], 0
-    for n in (13, 35, 32):
-        ex.execute(BatchPlan(prefills=[PrefillChunk(2, start, n, table, True, b[start:start + n])]))
-        errs.append(rel_err(ex.last_logits[2], rb[start:start + n]))
-        start += n
-    res["chunked_prefill"] = max(errs)
-    shared = a[:32]
-    c = shared + toks(20, 3)
-    ex.execute(BatchPlan(prefills=[PrefillChunk(3, 32, 20, [5, 6, 30, 31], True, c[32:])]))
-    res["prefix_hit_prefill"] = rel_err(ex.last_logits[3], hf_logits(c)[32:].cpu())
-    # mixed: a prefill chunk beside two decodes, then decodes
-    d = toks(40, 4)
-    errs = []
-    plan = BatchPlan(prefills=[PrefillChunk(4, 0, 40, [50, 51, 52], True, d)], decode_seq_ids=[1, 2],
-                     decode_positions=[37, 80], decode_block_tables=[[5, 6, 9], table],
-                     decode_input_ids=[toks(1, 9)[0], b[80]])
-    ex.execute(plan)
-    errs.append(rel_err(ex.last_logits[2], rb[80:81]))
-    for p in range(81, 90):
-        ex.execute(BatchPlan(decode_seq_ids=[2], decode_positions=[p], decode_block_tables=[table],
-                             decode_input_ids=[b[p]]))
-        errs.append(rel_err(ex.last_logits[2], rb[p:p + 1]))
-    res["mixed_and_decode"] = max(errs)
-    # swap round trip: out, overwrite, back in elsewhere; bit-identical, then decode over it
-    before = ex.store.gpu_blocks(table)
-    ex.execute(BatchPlan(swap_out=[GroupMove(3, 0, 2), GroupMove(40, 2, 2), GroupMove(7, 4, 1),
-                                   GroupMove(20, 5, 1)]))
-    ex.execute(BatchPlan(prefills=[PrefillChunk(5, 0, 96, [20, 3, 4, 40, 41, 7], False, toks(96, 6))]))
-    new_table = [10, 11, 12, 13, 14, 15]
-    plan = BatchPlan(swap_in=[GroupMove(5, 10, 1), GroupMove(0, 11, 2), GroupMove(2, 13, 2), GroupMove(4, 15, 1)])
-    ex.execute(plan)
-    res["swap_bit_identical"] = bool(torch.equal(ex.store.gpu_blocks(new_table), before))
-    ex.execute(BatchPlan(decode_seq_ids=[2], decode_positions=[89], decode_block_tables=[new_table],
-                         decode_input_ids=[b[89]]))
-    res["after_swap_decode"] = rel_err(ex.last_logits[2], rb[89:90])
-    log("   " + ", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()))
-    if not res["swap_bit_identical"]:
-        raise AssertionError("swap round trip did not restore the KV bit for bit")
-    bad = {k: v for k, v in res.items() if isinstance(v, float) and not v < 2e-2}
-    if bad:
-        raise AssertionError(f"bf16 logits too far from the float32 reference: {bad}")
-    return res
-
-
-@section("a3 llama-1b bf16: eager logits and graph tokens")
-def check_1b() -> dict:
-    weights, ref, hf_bf16 = bf16_pair("llama-1b", 1)
-    res = {}
-    prompts = [toks(64 + 8 * i, 100 + i) for i in range(8)]
-    tables = [list(range(20 * i, 20 * i + 20)) for i in range(8)]
-    runs = {}
-    for mode in ("eager", "graph"):
-        ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=200, num_host_blocks=0, max_model_len=2048,
-                           max_num_seqs=16, keep_logits=(mode == "eager"))
-        seqs = [list(p) for p in prompts]
-        r = ex.execute(BatchPlan(prefills=[PrefillChunk(i, 0, len(p), tables[i], True, p)
-                                           for i, p in enumerate(prompts)]))
-        logits = {i: [ex.last_logits[i][-1:]] for i in range(8)} if mode == "eager" else None
-        for i in range(8):
-            seqs[i].append(r.sampled_tokens[i])
-        for _ in range(24):
-            plan = BatchPlan(decode_seq_ids=list(range(8)), decode_positions=[len(s) - 1 for s in seqs],
-                             decode_block_tables=tables, decode_input_ids=[s[-1] for s in seqs])
-            r = ex.execute(plan)
-            for i in range(8):
-                seqs[i].append(r.sampled_tokens[i])
-                if logits is not None:
-                    logits[i].append(ex.last_logits[i])
-        runs[mode] = (seqs, logits)
-        del ex
-    seqs, logits = runs["eager"]
-    errs, hf_errs = [], []
-    agree = total = 0
-    for i in range(8):
-        with torch.no_grad():
-            ids = torch.tensor([seqs[i][:-1]], device="cuda")
-            full = ref(ids).logits[0].cpu()
-            theirs = hf_bf16(ids).logits[0].cpu()
-        mine = torch.cat(logits[i])
-        p0 = len(prompts[i]) - 1
-        errs.append(rel_err(mine, full[p0:]))
-        hf_errs.append(rel_err(theirs[p0:], full[p0:]))
-        agree += int((full[p0:].argmax(-1) == torch.tensor(seqs[i][p0 + 1:])).sum())
-        total += len(seqs[i]) - p0 - 1
-    res["eager_logits_rel_err"] = max(errs)
-    res["hf_bf16_logits_rel_err"] = max(hf_errs)    # transformers' own bf16 forward: the yardstick
-    res["eager_tokens_equal_fp32_argmax"] = agree / total
-    g = runs["graph"][0]
-    res["graph_tokens_equal_eager"] = sum(a == b for s, t in zip(seqs, g) for a, b in zip(s, t)) / sum(map(len, g))
-    log("   " + ", ".join(f"{k} {v:.3g}" for k, v in res.items()))
-    if not res["eager_logits_rel_err"] <= 1.5 * res["hf_bf16_logits_rel_err"]:
-        raise AssertionError(f"llama-1b bf16 logits relative error {res['eager_logits_rel_err']:.2e}, "
-                             f"transformers' bf16 has {res['hf_bf16_logits_rel_err']:.2e}")
-    del ref, hf_bf16
-    return res
-
-
 # ---------------------------------------------------------------------- (b) speed
 def _fcfs():
     """First come, first served, defined here so the script needs no policy registry."""

@@ -1,0 +1,73 @@
+"""Shared pieces of the GPU benchmark (benchmarks/torch_executor_gpu.py): the results dict, a section
+wrapper that records a failing part and goes on, device timers, relative error, token helpers."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import traceback
+
+import torch
+
+RESULTS: dict = {"errors": {}}
+
+
+def log(*a) -> None:
+    print(*a, flush=True)
+
+
+def section(name):
+    """Run one part; record its exception and go on with the others."""
+    def wrap(fn):
+        def run(*a, **kw):
+            t0 = time.perf_counter()
+            log(f"== {name}")
+            try:
+                out = fn(*a, **kw)
+            except Exception as e:  # a benchmark part failing must not lose the other parts' numbers
+                RESULTS["errors"][name] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+                log(f"!! {name} failed: {type(e).__name__}: {e}")
+                out = None
+            log(f"   ({time.perf_counter() - t0:.1f} s)")
+            torch.cuda.empty_cache()
+            return out
+        return run
+    return wrap
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+def graph_time(fn, calls: int = 10, reps: int = 5) -> float:
+    """Device seconds per call of ``fn``, from replays of a CUDA graph of ``calls`` calls (no launch gaps)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    return statistics.median(cuda_time(g.replay, reps)) / calls
+
+
+def cuda_time(fn, reps: int) -> list[float]:
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    return times
+
+
+def toks(n, seed, vocab=32000):
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
