@@ -373,7 +373,9 @@ class ServingEngine:
         bs = kv.block_size
         extra = self._extra_blocks(reqs, k, bs)
         if extra:
-            avail = kv.num_available_blocks
+            # With requests waiting, evicting cached blocks (a waiting request's own prefix, say) can
+            # let one in at the next iteration: then the run's later steps may not evict.
+            avail = kv.num_available_blocks if len(self.live) == n else kv.num_free_unreserved
             if extra > avail:
                 lo, hi = 1, k  # the largest k whose extra blocks fit; k=1 is covered by the schedule
                 while lo < hi:

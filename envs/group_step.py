@@ -136,14 +136,12 @@ def _one_decode_run(eng: "ServingEngine", group: DecodeGroup, formed: bool, max_
     if need > avail:
         if group.blocks_needed(1) > avail:
             return _give_up(eng, formed)  # somebody would be preempted: the general path decides who
-        lo, hi = 1, k  # the largest k whose blocks fit
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if group.blocks_needed(mid) <= avail:
-                lo = mid
-            else:
-                hi = mid - 1
-        k = lo
+        k = _largest_run(group, k, avail)
+        need = group.blocks_needed(k)
+    if k > 1 and len(eng.live) > n and need > kv.num_free_unreserved:
+        # Requests wait: evicting cached blocks (a waiting request's own prefix, say) can let one
+        # in at the next iteration, so only the first step of a run may evict.
+        k = _largest_run(group, k, kv.num_free_unreserved)
         need = group.blocks_needed(k)
     eng._group = group
     if need:
@@ -152,6 +150,18 @@ def _one_decode_run(eng: "ServingEngine", group: DecodeGroup, formed: bool, max_
     duration = first if k == 1 else k * first + inc * (k * (k - 1) / 2)
     _apply(eng, group, None, k, duration, first, inc, info)
     return True
+
+
+def _largest_run(group: DecodeGroup, k: int, blocks: int) -> int:
+    """The largest run length in ``1 .. k`` whose new blocks fit in ``blocks`` (1 if none does)."""
+    lo, hi = 1, k
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if group.blocks_needed(mid) <= blocks:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _apply(eng: "ServingEngine", group: DecodeGroup, work, k: int, duration: float, d0: float, inc: float,

@@ -96,6 +96,11 @@ class KVCacheManager:
         """Blocks a new allocation can get: free unreserved ones plus cached ones nobody is using."""
         return self.gpu.num_free - self.reserved + self.cache.num_evictable_blocks
 
+    @property
+    def num_free_unreserved(self) -> int:
+        """Blocks an allocation can get without evicting anything from the prefix cache."""
+        return self.gpu.num_free - self.reserved
+
     def _make_room(self, need: int) -> bool:
         """Ensure ``need`` unreserved free blocks, evicting cached ones; False (nothing evicted) if impossible."""
         free = self.gpu.num_free - self.reserved

@@ -74,16 +74,19 @@ def test_ltr_without_starvation_control_uses_the_decode_group():
 
 
 # A policy stable between events lets the engine run decode steps in closed form while requests
-# wait. On this slice that is not exact, for FCFS as well (an engine matter, reported): a waiting
-# request blocked by memory while its prefix is cached (matching it locks those blocks) becomes
-# admissible once decode growth evicts that prefix, which the closed-form run does not foresee.
-ENGINE_EVICTION_GAP = pytest.mark.xfail(strict=True, reason="closed-form runs miss admissions made possible by "
-                                        "the eviction of a waiting request's cached prefix (engine)")
-
-
-@pytest.mark.parametrize("policy", [p if p != "ltr-no-starvation" else pytest.param(p, marks=ENGINE_EVICTION_GAP)
-                                    for p in POLICIES])
+# wait. A waiting request blocked by memory while its prefix is cached (matching it locks those
+# blocks) becomes admissible once decode growth evicts that prefix: such runs stop evicting after
+# their first step, which this slice exercises.
+@pytest.mark.parametrize("policy", POLICIES)
 def test_closed_form_runs_equal_stepping_with_shared_prefixes(policy):
     specs = retime_poisson(get_workload("shared-doc-qa").generate(0, 80), 8.0, 1)
     fast = _same(specs, policy, num_gpu_blocks=2000)
     assert fast.counters.prompt_tokens_cached > 0
+
+
+@pytest.mark.parametrize("seed, num_gpu_blocks", [(s, b) for s in (0, 1, 2) for b in (1500, 2000, 2500, 3000)])
+def test_fcfs_closed_form_runs_equal_stepping_while_cached_prefixes_are_evicted(seed, num_gpu_blocks):
+    """FCFS is stable between events, so runs go on while requests wait blocked by memory: the
+    runs may not evict after their first step (see above) on any of these memory sizes."""
+    specs = retime_poisson(get_workload("shared-doc-qa").generate(seed, 80), 8.0, seed + 1)
+    _same(specs, "fcfs", num_gpu_blocks=num_gpu_blocks, preemption_mode="recompute")
