@@ -10,6 +10,7 @@ and D²LPM's (``dlpm``), LTR's (``ltr``) and a tiny ``smoke`` pair for quick che
 from envs.scenarios.registry import (FAIRNESS_COLUMNS, THROUGHPUT_COLUMNS, Scenario, UnknownScenarioError,
                                      get_scenario, list_scenarios, register_scenario)
 from envs.scenarios import dlpm as _dlpm  # noqa: F401,E402  (registers)
+from envs.scenarios import ltr as _ltr  # noqa: F401,E402  (registers)
 from envs.scenarios import smoke as _smoke  # noqa: F401,E402  (registers)
 from envs.scenarios import vtc as _vtc  # noqa: F401,E402  (registers)
 

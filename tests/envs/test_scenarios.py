@@ -13,12 +13,16 @@ from envs.request import RequestSpec
 from envs.scenarios import Scenario, UnknownScenarioError, get_scenario, list_scenarios, register_scenario
 from envs.scenarios.programs import TreeOfThought
 from envs.scenarios.sources import Burst, OverlaidTrace, Phased, Synthetic, scale_clients
+from envs.scenarios.ltr import LOAD_SCALE as LTR_SCALE
+from envs.scenarios.ltr import PAPER_RATES
 from envs.scenarios.vtc import LOAD_SCALE
+from envs.workloads.alpaca import load_alpaca_eval
 from envs.workloads import (ClientSpec, Constant, Deterministic, Gamma, OnOff, Poisson, Ramp, get_workload)
 from tests.helpers import common_prefix
 
 BS = 16
-REQUIRED = ("vtc-overload", "vtc-arena-27", "dlpm-longdoc-qa", "d2lpm-longdoc-qa-4x")
+REQUIRED = ("vtc-overload", "vtc-arena-27", "dlpm-longdoc-qa", "d2lpm-longdoc-qa-4x", "ltr-chatbot", "ltr-burst",
+            "ltr-datagen")
 IDS = [s.id for s in list_scenarios()]
 
 
@@ -37,7 +41,7 @@ def test_the_issues_scenario_ids_are_registered():
     for sid in REQUIRED:
         assert sid in IDS
     suites = collections.Counter(s.suite for s in list_scenarios())
-    assert suites["vtc"] >= 9 and suites["dlpm"] >= 8 and suites["d2lpm"] >= 2
+    assert suites["vtc"] >= 9 and suites["dlpm"] >= 8 and suites["d2lpm"] >= 2 and suites["ltr"] >= 7
     assert IDS == sorted(IDS)
 
 
@@ -192,3 +196,48 @@ def test_burst_sends_everything_at_once():
 def test_overlaid_trace_validation():
     with pytest.raises(ValueError, match="copies must be an integer >= 1, got 0"):
         OverlaidTrace("arena-27", 0)
+
+
+# ------------------------------------------------------------------ LTR
+def test_ltr_chatbot_rates_and_real_lengths():
+    data = load_alpaca_eval()
+    lengths = dict(zip(data.prompts, data.lengths("Meta-Llama-3-8B-Instruct").tolist()))
+    for r in PAPER_RATES:
+        s = get_scenario("ltr-chatbot" if r == 64 else f"ltr-chatbot-r{r}")
+        specs = s.generate(0)
+        assert len(specs) == round(r * LTR_SCALE * 60)
+        assert max(x.arrival_time for x in specs) < 90.0
+        assert s.engine.preemption_mode == "swap" and s.engine.num_gpu_blocks * 16 == 150_000
+    specs = get_scenario("ltr-chatbot").generate(0)
+    assert all(lengths[x.prompt_text] == x.output_len for x in specs)      # the target model's real lengths
+    assert len({x.prompt_text for x in specs}) == 805                      # every prompt, then again
+
+
+def test_ltr_burst_and_datagen():
+    burst = get_scenario("ltr-burst").generate(0)
+    assert len(burst) == 2000 and {x.arrival_time for x in burst} == {0.0}
+    s = get_scenario("ltr-datagen")
+    specs = s.generate(0)
+    assert len(specs) == 10_000 and {x.arrival_time for x in specs} == {0.0}
+    assert s.stop_after_finished == 1000 and "time_to_finish_target_s" in s.columns
+
+
+# ------------------------------------------------------------------ scenario metrics
+def test_extra_metrics_per_client_latency_and_time_to_target():
+    from envs.metrics import compute_metrics
+    from envs.records import EngineCounters, ItlLog, RequestRecord, RunRecord
+    from envs.scenarios.metrics import extra_metrics
+
+    recs = [RequestRecord(0, 0, 1.0, 10, 5, num_output_tokens=5, first_token_time=2.0, finish_time=5.0),
+            RequestRecord(1, 1, 2.0, 10, 5, num_output_tokens=5, first_token_time=3.0, finish_time=4.0),
+            RequestRecord(2, 1, 3.0, 10, 5, num_output_tokens=2, first_token_time=3.5),
+            RequestRecord(3, 2, 0.5, 10, 5, rejected_reason="too long")]
+    run = RunRecord(recs, ItlLog(), EngineCounters(), 0.0, 6.0)
+    m = compute_metrics(run)
+    out = extra_metrics(m, run, 2)
+    assert out["num_clients"] == 3
+    assert out["client_e2e_mean_avg_s"] == 3.0 and out["client_e2e_mean_max_s"] == 4.0
+    assert out["client_ttft_mean_avg_s"] == 1.0 and out["client_ttft_mean_max_s"] == 1.0
+    assert out["time_to_finish_target_s"] == 4.0 and out["target_throughput_req_s"] == 0.5   # from t=1.0 to 5.0
+    assert extra_metrics(m, run, 3)["time_to_finish_target_s"] is None
+    assert extra_metrics(m, run, None)["target_throughput_req_s"] is None
