@@ -104,7 +104,6 @@ class ClusterEngine:
     def _reset_state(self) -> None:
         self._pending: list[tuple[float, int, RequestSpec]] = []   # (time, id, spec) to route
         self._children: dict[int, list[RequestSpec]] = {}
-        self._specs: dict[int, RequestSpec] = {}
         self.assignment: dict[int, int] = {}
         self._seen = [0] * len(self.engines)      # completed records already collected, per replica
         self.cluster_rejected: list[RequestRecord] = []
@@ -125,7 +124,6 @@ class ClusterEngine:
             load.num_routed = load.num_outstanding = load.outstanding_prompt_tokens = 0
         roots = []
         for s in specs:
-            self._specs[s.request_id] = s
             if s.parent_id is None:
                 roots.append((s.arrival_time, s.request_id, s))
             elif s.parent_id not in ids:
