@@ -12,7 +12,7 @@ exactly once per scorer.
 [0, 1], 1 = shortest): the raw score's position among the checkpoint's validation scores.
 Call ``prime(specs)`` first to score a whole workload in batches.
 
-The scorer's own wall time is recorded (``seconds``, ``batches``, ``prompts_scored``) so the
+The scorer's own wall time is recorded (``seconds``, ``calls``, ``batches``, ``prompts_scored``) so the
 predictor's overhead can be set against the simulated iteration time.
 """
 
@@ -39,6 +39,7 @@ class RankerScorer:
         self.batch_size = batch_size
         self._cache: dict[str, float] = {}
         self.seconds = 0.0
+        self.calls = 0  # score() calls that ran the model (had new prompts)
         self.batches = 0
         self.prompts_scored = 0
 
@@ -56,6 +57,7 @@ class RankerScorer:
             t0 = time.perf_counter()
             scores = self.ranker.score(new, self.batch_size)
             self.seconds += time.perf_counter() - t0
+            self.calls += 1
             self.batches += -(-len(new) // self.batch_size)
             self.prompts_scored += len(new)
             self._cache.update(zip(new, scores.tolist()))

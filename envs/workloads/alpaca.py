@@ -17,6 +17,7 @@ the 1-based line and the key.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import json
@@ -224,6 +225,19 @@ class AlpacaEvalWorkload:
     @property
     def num_requests(self) -> int:
         return len(self.rows())
+
+    def generate_slice(self, start: int, count: int) -> list[RequestSpec]:
+        """Requests ``start .. start + count`` of the seed-0 sequence, as ids 0..count-1, first arrival at 0.0.
+
+        The trace-workload interface (the env draws random slices of a trace).
+        """
+        start, count = check_count("start", start), check_count("count", count)
+        if start + count > self.num_requests:
+            raise ValueError(f"workload {self.name!r}: requests [{start}, {start + count}) are outside its "
+                             f"{self.num_requests} requests")
+        specs = self.generate(0, start + count)[start:]
+        t0 = specs[0].arrival_time if specs else 0.0
+        return [dataclasses.replace(s, request_id=i, arrival_time=s.arrival_time - t0) for i, s in enumerate(specs)]
 
     def generate(self, seed: int = 0, num_requests: int | None = None) -> list[RequestSpec]:
         seed = check_seed(seed)

@@ -166,3 +166,15 @@ def test_bag_of_words_ridge_learns_a_word_that_sets_the_length():
     assert tau > 0.45  # the two length classes are separated; within a class the order is noise
     x = hashed_counts(["a b", "a b", ""], 64)
     assert np.array_equal(x[0], x[1]) and np.linalg.norm(x[0]) == pytest.approx(1.0) and not x[2].any()
+
+
+def test_generate_slice_is_a_window_of_the_seed_0_sequence():
+    w = get_workload("alpaca-eval-vicuna-13b-v1.5-test")
+    full = w.generate(0)
+    part = w.generate_slice(10, 5)
+    assert [s.request_id for s in part] == [0, 1, 2, 3, 4] and part[0].arrival_time == 0.0
+    assert [s.prompt_text for s in part] == [s.prompt_text for s in full[10:15]]
+    gaps = np.diff([s.arrival_time for s in full[10:15]])
+    assert np.allclose(np.diff([s.arrival_time for s in part]), gaps)
+    with pytest.raises(ValueError, match=r"requests \[160, 162\) are outside its 161 requests"):
+        w.generate_slice(160, 2)

@@ -127,7 +127,7 @@ def test_scorer_batches_new_prompts_and_caches_by_text(fresh_minilm):
     assert isinstance(scorer, Scorer) and scorer.name == f"ranker[minilm-l6/listmle for {LLAMA}]"
     first = scorer.score([_spec(i, t) for i, t in enumerate(texts)])
     assert calls == [["alpha", "write an essay", "beta"]]        # one call, each distinct prompt once
-    assert (scorer.prompts_scored, scorer.batches) == (3, 2)
+    assert (scorer.prompts_scored, scorer.batches, scorer.calls) == (3, 2, 1)
     assert first[0] == first[3] and first == score(texts[:3], 2).tolist() + [first[0]]
     again = scorer.score([_spec(9, "beta"), _spec(10, "gamma")])
     assert calls[-1] == ["gamma"] and again[0] == first[2]
@@ -159,3 +159,34 @@ def test_ltr_policy_serves_the_alpaca_test_workload_with_the_ranker(fresh_minilm
     record = engine.run()
     assert scorer.prompts_scored == len({s.prompt_text for s in specs})
     assert len(record.requests) == 24
+
+
+def test_env_predicted_rank_feature_comes_from_the_ranker(fresh_minilm):
+    import gymnasium as gym
+
+    from agents.ranker import RankerMeta
+    from agents.ranker_scorer import RankerScorer
+    from envs.env_features import REQUEST_FEATURES
+    from envs.workloads import get_workload
+
+    name = "alpaca-eval-alpaca-7b-test"
+    ranker = fresh_minilm(seed=4, max_length=16)
+    prompts = [s.prompt_text for s in get_workload(name).generate(0)]
+    ranker.meta = RankerMeta(backbone="minilm-l6", pooling="mean", max_length=16,
+                             calibration=tuple(sorted(ranker.score(prompts[:40]).tolist())))
+    scorer = RankerScorer(ranker)
+    scorer.prime(get_workload(name).generate(0))  # every prompt of the workload, in batches
+    assert scorer.calls == 1 and scorer.prompts_scored == 161
+    env = gym.make("servegym/Serve-v0", workload=name, num_requests=30, rate=50.0, scorer=scorer.rank_feature())
+    obs, _ = env.reset(seed=0)
+    assert scorer.calls == 1  # served from the cache
+    k = len(REQUEST_FEATURES)
+    table = obs["candidates"].reshape(-1, k)
+    col = REQUEST_FEATURES.index("predicted_rank")
+    valid = table[:, 0] == 1.0
+    assert valid.any()
+    expected = {ranker.meta.rank_of(s) for s in scorer.score(get_workload(name).generate(0))}
+    got = table[valid, col].tolist()
+    assert all(any(abs(g - e) < 1e-6 for e in expected) for g in got)
+    assert len(set(np.round(got, 6))) > 1 or len(got) == 1
+    env.close()

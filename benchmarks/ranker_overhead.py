@@ -1,0 +1,116 @@
+"""The output-length ranker's cost: milliseconds per batch of new prompts, against the iteration it sits beside.
+
+The LTR paper (Fu et al., NeurIPS'24, ``../shared/papers.md`` §4.2) runs its predictor once
+per batch of newly arrived requests and reports an overhead under 2 %. This script
+measures (1) the ranker's wall time per batch of B new prompts (tokenisation + forward,
+AlpacaEval prompts drawn at random; median and p90 over repeats after warm-up) and
+(2) the simulated iteration time of the engine serving the same prompts
+(``h100-llama-8b`` profile, FCFS, Poisson arrivals at ``--rate``): mean busy time per
+iteration, and the batch cost as a fraction of it. A fresh backbone costs what a trained
+one does (same shapes), so ``--checkpoint`` is optional.
+
+    python benchmarks/ranker_overhead.py [--backbone minilm-l6 | --checkpoint DIR] [--device cpu]
+        [--batch-sizes 1,4,16,64] [--repeats 20] [--rate 16] [--threads N] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def simulated_iteration_s(model: str, rate: float, num_requests: int, profile: str) -> tuple[float, int]:
+    """Mean busy seconds per engine iteration (and the iteration count) serving AlpacaEval at ``rate``."""
+    from envs.engine import ServingEngine
+    from envs.engine_config import EngineConfig
+    from envs.policy import make_policy
+    from envs.workloads import retime_poisson
+    from envs.workloads.alpaca import AlpacaEvalWorkload
+    from gpu_backend.sim_executor import SimExecutor
+
+    import baselines  # noqa: F401  (registers fcfs)
+
+    specs = AlpacaEvalWorkload("overhead", "overhead", model).generate(0, num_requests)
+    specs = retime_poisson(specs, rate, 0)
+    engine = ServingEngine(SimExecutor(profile), make_policy("fcfs"), EngineConfig(multi_step=False))
+    engine.load(specs)
+    record = engine.run()
+    c = record.counters
+    return c.busy_time_s / c.iterations, c.iterations
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", default="minilm-l6")
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-sizes", default="1,4,16,64")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--target-model", default="Meta-Llama-3-8B-Instruct")
+    p.add_argument("--rate", type=float, default=16.0, help="arrival rate of the simulated run, req/s")
+    p.add_argument("--num-requests", type=int, default=805)
+    p.add_argument("--profile", default="h100-llama-8b")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--markdown", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    from agents.ranker import Ranker
+    from envs.workloads.alpaca import load_alpaca_eval
+
+    ranker = Ranker.load(args.checkpoint) if args.checkpoint else Ranker.from_backbone(args.backbone)
+    ranker.to(args.device)
+    prompts = load_alpaca_eval().prompts
+    rng = np.random.default_rng(0)
+    iter_s, iterations = simulated_iteration_s(args.target_model, args.rate, args.num_requests, args.profile)
+    rows = []
+    for b in [int(x) for x in args.batch_sizes.split(",") if x]:
+        for _ in range(3):  # warm-up (allocator, kernels)
+            ranker.score([prompts[i] for i in rng.choice(len(prompts), b, replace=False)], batch_size=b)
+        times = []
+        for _ in range(args.repeats):
+            batch = [prompts[i] for i in rng.choice(len(prompts), b, replace=False)]
+            t0 = time.perf_counter()
+            ranker.score(batch, batch_size=b)  # returns numpy: a GPU run is synchronised
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        p90 = float(np.percentile(times, 90))
+        rows.append((b, med * 1e3, p90 * 1e3, med / iter_s * 100))
+    device = args.device
+    if device.startswith("cuda"):
+        device += f" ({torch.cuda.get_device_name(0)})"
+    print(f"ranker {ranker.meta.backbone} (max {ranker.meta.max_length} tokens) on {device}, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}")
+    print(f"simulated iteration: {iter_s * 1e3:.2f} ms mean busy time over {iterations:,} iterations "
+          f"({args.profile}, FCFS, {args.num_requests} AlpacaEval prompts at {args.rate:g} req/s)")
+    header = ("new prompts", "ms/batch (median)", "ms/batch (p90)", "% of an iteration")
+    table = [(str(b), f"{m:.2f}", f"{q:.2f}", f"{r:.1f}") for b, m, q, r in rows]
+    if args.markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for t in table:
+            print("| " + " | ".join(t) + " |")
+    else:
+        widths = [max(len(x[i]) for x in [header, *table]) for i in range(len(header))]
+        print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+        for t in table:
+            print("  ".join(c.ljust(w) for c, w in zip(t, widths)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
