@@ -29,7 +29,7 @@ from envs.request import RequestSpec
 class RankerScorer:
     """A trained ranker checkpoint behind the ``Scorer`` protocol (higher = shorter)."""
 
-    def __init__(self, checkpoint: str | Path | Ranker, batch_size: int = 64):
+    def __init__(self, checkpoint: str | Path | Ranker, batch_size: int = 64, cache: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.ranker = checkpoint if isinstance(checkpoint, Ranker) else Ranker.load(checkpoint)
@@ -37,6 +37,7 @@ class RankerScorer:
         self.name = f"ranker[{meta.backbone}/{meta.loss or 'untrained'}" + \
             (f" for {meta.target_model}]" if meta.target_model else "]")
         self.batch_size = batch_size
+        self.cache = cache  # False: score every request's prompt anew (to measure the predictor's full cost)
         self._cache: dict[str, float] = {}
         self.seconds = 0.0
         self.calls = 0  # score() calls that ran the model (had new prompts)
@@ -52,6 +53,8 @@ class RankerScorer:
     def score(self, specs: Sequence[RequestSpec]) -> list[float]:
         """One score per spec; prompts not seen before are scored in batches of ``batch_size``."""
         texts = [self._text(s) for s in specs]
+        if not self.cache:
+            self._cache.clear()
         new = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if new:
             t0 = time.perf_counter()

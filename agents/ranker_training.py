@@ -29,7 +29,7 @@ import numpy as np
 
 from agents.ranker import Ranker, RankerMeta
 from agents.ranker_data import RankerData, load_ranker_data, ranking_lists
-from agents.ranker_losses import (LOSSES, TRAIN_BUCKET, bucket_labels, listmle, log_length_targets,
+from agents.ranker_losses import (LOSSES, MAX_LEN, TRAIN_BUCKET, bucket_labels, listmle, log_length_targets,
                                   pairwise_logistic, pointwise_log_length)
 from agents.ranking_metrics import length_tau
 
@@ -99,7 +99,7 @@ def _loss_fn(config: RankerTrainConfig, data: RankerData):
     import torch
 
     if config.loss == "pointwise":
-        bucketed = (np.minimum(data.train.lengths, 8192) // config.bucket) * config.bucket
+        bucketed = (np.minimum(data.train.lengths, MAX_LEN) // config.bucket) * config.bucket
         logs = np.log1p(bucketed.astype(np.float64))
         mu, sigma = float(logs.mean()), float(logs.std()) or 1.0
         targets = torch.as_tensor(log_length_targets(bucketed, mu, sigma), dtype=torch.float32)

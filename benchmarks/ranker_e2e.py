@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         specs = retime_poisson(workload.generate(args.seed, n), rate, args.seed)
         row = {"paper_rate": paper_rate, "rate": rate, "num_requests": n}
         for name in POLICIES:
-            scorer = RankerScorer(ranker) if name == "ltr" else None
+            # no cache across calls: every arrival batch is scored, as a server meeting new prompts would
+            scorer = RankerScorer(ranker, cache=False) if name == "ltr" else None
             policy = make_policy(name, scorer=scorer) if scorer else make_policy(name)
             engine = ServingEngine(SimExecutor(profile), policy, config)
             engine.load(specs)
@@ -123,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
         for t in table:
             print("  ".join(c.ljust(w) for c, w in zip(t, widths)))
-    print("latencies in seconds (end to end); ranker ms/call: wall time per batch of newly arrived prompts "
-          f"on {args.device}; % of busy: ranker wall time / simulated busy time")
+    print("latencies in seconds (end to end); ranker ms/call: wall time per batch of newly arrived requests "
+          f"on {args.device} (every arrival scored, no cache); % of busy: ranker wall time / simulated busy time")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"kendall_tau": tau, "device": args.device, "rows": results}, indent=2) + "\n")

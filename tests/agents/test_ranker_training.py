@@ -132,6 +132,10 @@ def test_scorer_batches_new_prompts_and_caches_by_text(fresh_minilm):
     again = scorer.score([_spec(9, "beta"), _spec(10, "gamma")])
     assert calls[-1] == ["gamma"] and again[0] == first[2]
     assert scorer.score([_spec(11, "alpha")]) == [first[0]] and len(calls) == 2  # cached: no model call
+    fresh = RankerScorer(ranker, batch_size=8, cache=False)
+    fresh.score([_spec(1, "alpha")])
+    fresh.score([_spec(2, "alpha"), _spec(3, "alpha")])
+    assert calls[-2:] == [["alpha"], ["alpha"]] and (fresh.calls, fresh.prompts_scored) == (2, 2)
     feature = scorer.rank_feature()
     ranks = [feature(_spec(20 + i, t)) for i, t in enumerate(texts)]
     assert all(0.0 <= r <= 1.0 for r in ranks)
