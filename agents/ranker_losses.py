@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 MAX_LEN = 8192          # the paper's generation cap (labels saturate there)
-TRAIN_BUCKET = 10       # tokens per label bucket in training (the paper's g)
-LOSSES = ("listmle", "pairwise", "pointwise")
+from agents.ranker_config import LOSSES, TRAIN_BUCKET  # noqa: F401  (re-exported)
 
 
 def bucket_labels(lengths: np.ndarray | list, bucket: int = TRAIN_BUCKET, max_len: int = MAX_LEN) -> np.ndarray:

@@ -25,12 +25,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agents.ranker_losses import LOSSES
+from agents.ranker_config import LOSSES
 
 
 def add_train_ranker_args(p: argparse.ArgumentParser) -> None:
     from agents.ranker_backbones import BACKBONES
-    from agents.ranker_training import RankerTrainConfig
+    from agents.ranker_config import RankerTrainConfig
 
     d = RankerTrainConfig()
     p.add_argument("--backbone", "-b", choices=sorted(BACKBONES), default=d.backbone)
