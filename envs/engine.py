@@ -22,6 +22,8 @@ the requests (the general path, ``result``, ``check_integrity``).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 import math
 import time
@@ -44,6 +46,24 @@ _RUNNING = RequestState.RUNNING
 _SWAPPED = RequestState.SWAPPED
 _FINISHED = RequestState.FINISHED
 _REJECTED = RequestState.REJECTED
+
+
+# The loop allocates and drops many short-lived objects (plans, chunks, step records) that
+# reference counting frees; Python's default young-generation pass every 700 allocations
+# finds almost nothing and cost ~15% of a simulation loop. During ``run`` it runs every
+# 20,000 (cycles are still collected); the caller's setting is restored afterwards.
+_GC_YOUNG_THRESHOLD = 20_000
+
+
+@contextlib.contextmanager
+def _young_collections_every(allocations: int):
+    before = gc.get_threshold()
+    if before[0] and before[0] < allocations:   # 0 means the collector is off: leave it so
+        gc.set_threshold(allocations, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 class EngineStallError(RuntimeError):
@@ -572,12 +592,13 @@ class ServingEngine:
         """Step until every request finished or was rejected; ``progress(done, total)`` after each step."""
         t_start = time.perf_counter()
         total = self._num_specs
-        while not self.done:
-            self.step(chain=max_iterations is None)
-            if progress is not None:
-                progress(self._num_done, total)
-            if max_iterations is not None and self.iteration >= max_iterations:
-                break
+        with _young_collections_every(_GC_YOUNG_THRESHOLD):
+            while not self.done:
+                self.step(chain=max_iterations is None)
+                if progress is not None:
+                    progress(self._num_done, total)
+                if max_iterations is not None and self.iteration >= max_iterations:
+                    break
         self.wall_time_s += time.perf_counter() - t_start
         return self.result()
 

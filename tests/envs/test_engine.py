@@ -253,3 +253,33 @@ def test_integrity_holds_at_every_step_with_the_decode_group():
         eng.check_integrity()  # syncs the group first
     assert used_group > 0
     assert all(r.finished for r in eng.records)
+
+
+def test_run_collects_young_garbage_less_often_and_restores_the_callers_setting():
+    import gc
+
+    seen = []
+
+    class Watch(Policy):
+        name = "watch"
+
+        def on_arrival(self, req):
+            seen.append(gc.get_threshold()[0])
+
+    before = gc.get_threshold()
+    gc.set_threshold(700, before[1], before[2])
+    try:
+        eng = ServingEngine(SimExecutor("h100-llama-8b"), Watch(), EngineConfig())
+        eng.load(retime_poisson(get_workload("azure-conv").generate(0, 5), 2.0, 0))
+        eng.run()
+        assert seen and set(seen) == {20_000}
+        assert gc.get_threshold() == (700, before[1], before[2])
+        gc.disable()
+        seen.clear()
+        eng.load(retime_poisson(get_workload("azure-conv").generate(0, 5), 2.0, 0))
+        eng.run()
+        assert not gc.isenabled()   # a collector the caller turned off stays off
+        assert gc.get_threshold() == (700, before[1], before[2])
+    finally:
+        gc.enable()
+        gc.set_threshold(*before)
