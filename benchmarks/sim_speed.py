@@ -38,27 +38,33 @@ def simulate(args: list[str], repeats: int) -> dict:
     return best
 
 
-def env_steps(seconds: float = 5.0) -> dict:
+def env_steps(seconds: float = 4.0, repeats: int = 3) -> dict:
+    """Best of ``repeats`` windows of ``seconds`` (the machine is shared): a random masked policy."""
     import numpy as np
 
     from envs.serve_env import ServeEnv
 
-    env = ServeEnv()
-    rng = np.random.default_rng(0)
-    steps = 0
-    episodes = 0
-    t0 = time.perf_counter()
-    env.reset(seed=0)
-    while time.perf_counter() - t0 < seconds:
-        allowed = np.flatnonzero(env.action_masks())
-        a = int(allowed[rng.integers(len(allowed))])   # uniform over the allowed actions
-        _, _, term, trunc, _ = env.step(a)
-        steps += 1
-        if term or trunc:
-            episodes += 1
-            env.reset(seed=episodes)
-    dt = time.perf_counter() - t0
-    return {"steps": steps, "seconds": dt, "episodes": episodes}
+    best = None
+    for rep in range(repeats):
+        env = ServeEnv()
+        rng = np.random.default_rng(rep)
+        steps = 0
+        episodes = 0
+        t0 = time.perf_counter()
+        env.reset(seed=1000 * rep)
+        while time.perf_counter() - t0 < seconds:
+            allowed = np.flatnonzero(env.action_masks())
+            a = int(allowed[rng.integers(len(allowed))])   # uniform over the allowed actions
+            _, _, term, trunc, _ = env.step(a)
+            steps += 1
+            if term or trunc:
+                episodes += 1
+                env.reset(seed=1000 * rep + episodes)
+        dt = time.perf_counter() - t0
+        row = {"steps": steps, "seconds": dt, "episodes": episodes}
+        if best is None or steps / dt > best["steps"] / best["seconds"]:
+            best = row
+    return best
 
 
 def main() -> int:
@@ -78,7 +84,7 @@ def main() -> int:
     if not a.skip_mooncake:
         rows.append(("mooncake-conversation, full (12,031)",
                      simulate(["--workload", "mooncake-conversation", "--policy", "fcfs"], 1)))
-    envr = env_steps()
+    envr = env_steps(repeats=a.repeats)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}")
     hdr = f"{'run':48} {'loop s':>8} {'req/s loop':>11} {'process s':>10} {'req/s proc':>11} {'iter/s loop':>12}"
     print(hdr)
