@@ -74,29 +74,12 @@ class ReplicaView:
         return self._engine.view
 
     @property
-    def num_waiting(self) -> int:
-        return self._engine.view.num_waiting
-
-    @property
-    def num_running(self) -> int:
-        return self._engine.num_running
-
-    @property
-    def num_swapped(self) -> int:
-        return self._engine.num_swapped
-
-    @property
     def block_size(self) -> int:
         return self._engine.kv.block_size
 
     @property
     def num_gpu_blocks(self) -> int:
         return self._engine.kv.gpu.num_blocks
-
-    @property
-    def num_available_blocks(self) -> int:
-        """Free blocks plus cached blocks no running request uses."""
-        return self._engine.kv.num_available_blocks
 
     def cached_prefix_blocks(self, keys: Sequence[int]) -> int:
         """How many leading blocks of ``keys`` this replica's prefix cache holds now (no LRU change)."""
