@@ -14,48 +14,10 @@ from __future__ import annotations
 
 import pytest
 
-import baselines  # noqa: F401  (registers the baselines)
-from envs.engine import ServingEngine
-from envs.engine_config import EngineConfig
 from envs.live_request import RequestState
 from envs.metrics import compute_metrics
 from envs.policy import OracleAccessError, Policy, make_policy
-from envs.request import RequestSpec
-from envs.tokens import UniqueTokens
-from gpu_backend.sim_executor import SimExecutor
-
-PROFILE = "h100-llama-8b"
-EPS = 1e-9  # arrives during the first iteration (every iteration takes far longer)
-
-
-def spec(rid: int, t: float, prompt: int, out: int, client: int = 0) -> RequestSpec:
-    return RequestSpec(rid, client, t, UniqueTokens(1000 + rid, prompt), out)
-
-
-def engine(policy: str, specs, **cfg) -> ServingEngine:
-    eng = ServingEngine(SimExecutor(PROFILE), make_policy(policy), EngineConfig(**cfg))
-    eng.load(specs)
-    return eng
-
-
-def states(eng: ServingEngine) -> dict[int, str]:
-    return {rid: r.state.name for rid, r in eng.live.items()}
-
-
-def step_until_preemption(eng: ServingEngine, max_steps: int = 10_000) -> None:
-    for _ in range(max_steps):
-        assert not eng.done, "the run finished without the preemption the test needs"
-        info = eng.step()
-        eng.check_integrity()
-        if info.preempted:
-            return
-    raise AssertionError("no preemption within the step limit")
-
-
-def run_to_end(eng: ServingEngine) -> None:
-    while not eng.done:
-        eng.step()
-        eng.check_integrity()
+from tests.baselines.builders import EPS, engine, run_to_end, spec, states, step_until_preemption
 
 
 # ============================================================================ FCFS
@@ -305,8 +267,7 @@ class _Peeker(Policy):
 
 
 def test_non_oracle_policy_reading_the_true_length_raises():
-    eng = ServingEngine(SimExecutor(PROFILE), _Peeker(), EngineConfig())
-    eng.load([spec(3, 0.0, 30, 5), spec(4, 0.0, 30, 6)])
+    eng = engine(_Peeker(), [spec(3, 0.0, 30, 5), spec(4, 0.0, 30, 6)])
     assert eng.view.oracle is False
     eng.step()  # admission only: order not asked yet
     with pytest.raises(OracleAccessError, match="request 3"):
