@@ -113,6 +113,9 @@ class RunMetrics:
     jain_index_total: float
     slo_attainment: float
     per_client: dict[int, ClientMetrics] = field(default_factory=dict)
+    # the same over *actual* service: prompt tokens computed (cache hits are free), not all of them
+    max_actual_service_diff: float = math.nan
+    jain_index_actual: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (NaN becomes None): our names, then ``vllm bench serve``'s (its units)."""
@@ -137,6 +140,8 @@ class RunMetrics:
             "avg_service_diff": self.avg_service_diff,
             "jain_index": self.jain_index,
             "jain_index_total": self.jain_index_total,
+            "max_actual_service_diff": self.max_actual_service_diff,
+            "jain_index_actual": self.jain_index_actual,
             "slo_attainment": self.slo_attainment,
         }
         out.update(_stats_items("ttft", self.ttft))
@@ -214,6 +219,11 @@ def compute_metrics(
       skipped; ``jain_index`` is the mean over counted ticks, and 1.0 when no tick counts
       (no contention ever, so nothing to be unfair about). ``jain_index_total`` is Jain
       over every client's total service of the run (1.0 if all are 0, NaN with no client).
+    * ``max_actual_service_diff`` / ``jain_index_actual``: the same two over *actual* service,
+      the prompt tokens a request really computed (``prefill_tokens_computed``: cache hits are
+      free, recomputation counts) instead of its prompt length, in service and in demand. This
+      is the service DLPM and D²LPM equalise (Cao et al. 2025 separate it from the
+      client-visible service above).
 
     SLO attainment: over requests with any SLO that finished or were rejected, the
     fraction that finished meeting all of theirs (TTFT ≤ slo_ttft_s; TPOT ≤ slo_tpot_s, which
@@ -252,6 +262,7 @@ def compute_metrics(
     counters = run.counters
     admitted = counters.prompt_tokens_admitted
     fairness = _fairness(cols, service_window_s, num_ticks, w_prompt, w_output)
+    actual = _fairness(cols, service_window_s, num_ticks, w_prompt, w_output, prompt=cols.prefill_computed)
     slo_met, slo_counted = _slo(cols)
 
     return RunMetrics(
@@ -287,6 +298,8 @@ def compute_metrics(
         avg_service_diff=fairness.avg_diff,
         jain_index=fairness.jain,
         jain_index_total=fairness.jain_total,
+        max_actual_service_diff=actual.max_diff,
+        jain_index_actual=actual.jain,
         slo_attainment=_ratio(slo_met.sum(), slo_counted.sum()),
         per_client=_per_client(cols, ttft, e2e, fairness, slo_met, slo_counted),
     )
@@ -303,6 +316,7 @@ class _Columns:
     first_token: np.ndarray
     finish: np.ndarray
     prompt: np.ndarray
+    prefill_computed: np.ndarray  # prompt (and recomputed) tokens actually computed: the actual service
     output_len: np.ndarray
     num_output: np.ndarray
     max_itl: np.ndarray
@@ -343,6 +357,7 @@ class _Columns:
             first_token=first,
             finish=finish,
             prompt=ints(lambda r: r.prompt_len),
+            prefill_computed=ints(lambda r: r.prefill_tokens_computed),
             output_len=ints(lambda r: r.output_len),
             num_output=ints(lambda r: r.num_output_tokens),
             max_itl=floats(lambda r: r.max_itl_s),
@@ -386,8 +401,10 @@ class _Fairness:
 
 
 def _fairness(cols: _Columns, window: float, num_ticks: int, w_prompt: float,
-              w_output: float) -> _Fairness:
-    """VTC's windowed service difference and Jain's index; see ``compute_metrics``."""
+              w_output: float, prompt: np.ndarray | None = None) -> _Fairness:
+    """VTC's windowed service difference and Jain's index; see ``compute_metrics``. ``prompt``
+    replaces the prompt lengths (in service and demand) for the actual-service variant."""
+    prompt = cols.prompt if prompt is None else prompt
     num_c = cols.num_clients
     if cols.n == 0:
         empty = np.zeros(0)
@@ -399,14 +416,14 @@ def _fairness(cols: _Columns, window: float, num_ticks: int, w_prompt: float,
     lo, hi = ticks - window / 2, ticks + window / 2
 
     fin = cols.finished
-    amount = w_prompt * cols.prompt[fin] + w_output * cols.num_output[fin]
+    amount = w_prompt * prompt[fin] + w_output * cols.num_output[fin]
     c_fin = cols.client[fin]
     start, end = cols.first_token[fin] - t0, cols.finish[fin] - t0
     # Window [lo, hi]: point masses count at hi inclusive (side="left") and are excluded at
     # lo only when strictly before it (side="right"); spread service is continuous anyway.
     service = (_delivered_by(hi, c_fin, start, end, amount, num_c, "left")
                - _delivered_by(lo, c_fin, start, end, amount, num_c, "right")) / window
-    demand_amount = w_prompt * cols.prompt + w_output * cols.output_len
+    demand_amount = w_prompt * prompt + w_output * cols.output_len
     demand = (_delivered_by(hi, cols.client, arrival, arrival, demand_amount, num_c, "left")
               - _delivered_by(lo, cols.client, arrival, arrival, demand_amount, num_c, "right")
               ) / window

@@ -183,6 +183,21 @@ def test_equal_service_is_fair():
     assert m.jain_index_total == pytest.approx(1.0)
 
 
+def test_actual_service_counts_only_computed_prompt_tokens():
+    """Two clients with equal client-visible service; client 0's prompts come from the prefix
+    cache (it computed 4 tokens of each 100), so its actual service is far smaller."""
+    reqs = [req(0, 0, 0.0, 100, 10, 0.0, 20.0), req(1, 1, 0.0, 100, 10, 0.0, 20.0)]
+    reqs[0].prefill_tokens_computed, reqs[1].prefill_tokens_computed = 4, 100
+    m = compute_metrics(run_of(reqs), service_window_s=100.0, num_ticks=1)
+    # one tick at 0, window [-50, 50]: visible s = (120, 120) / 100; actual s = (24, 120) / 100
+    assert m.max_service_diff == pytest.approx(0.0, abs=1e-12)
+    assert m.jain_index == pytest.approx(1.0)
+    assert m.max_actual_service_diff == pytest.approx(0.0, abs=1e-12)   # client 0 asked for no more
+    assert m.jain_index_actual == pytest.approx((0.24 + 1.2) ** 2 / (2 * (0.24 ** 2 + 1.2 ** 2)))
+    d = m.to_dict()
+    assert d["jain_index_actual"] == m.jain_index_actual and "max_actual_service_diff" in d
+
+
 def test_client_asking_for_less_is_not_unfair():
     reqs = [
         req(0, 0, 0.0, 20, 40, 0.0, 20.0),     # client 0 asks for 100 and gets it
