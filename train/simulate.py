@@ -50,6 +50,9 @@ def add_simulate_args(p: argparse.ArgumentParser) -> None:
                    help="with --backend torch: where the model runs (default: cuda when available)")
     p.add_argument("--num-gpu-blocks", type=int, default=None,
                    help="KV blocks of the executor (default: the profile's, or what the device's memory leaves)")
+    p.add_argument("--ranker", type=Path, default=None, metavar="CHECKPOINT",
+                   help="LTR ranks by this trained ranker (`servegym train ranker`) instead of the noisy "
+                        "oracle; the workload must carry prompt text (e.g. alpaca-eval-<model>)")
 
 
 def _policy_names(spec: str) -> list[str]:
@@ -64,18 +67,19 @@ def _policy_names(spec: str) -> list[str]:
 
 
 def simulate_once(specs, policy_name: str, profile: str, config: EngineConfig,
-                  progress: bool = False, desc: str = "", executor=None) -> tuple[Any, float, Any]:
+                  progress: bool = False, desc: str = "", executor=None,
+                  policy_kwargs: dict[str, Any] | None = None) -> tuple[Any, float, Any]:
     """Run one policy over ``specs``; returns (RunRecord, loop wall seconds, engine).
 
     ``executor``: a ready executor (the real model, loaded once for every policy); by
-    default a ``SimExecutor`` of ``profile``."""
+    default a ``SimExecutor`` of ``profile``. ``policy_kwargs`` go to the policy's factory."""
     from envs.engine import ServingEngine
     from envs.policy import make_policy
     from gpu_backend.sim_executor import SimExecutor
 
     if executor is None:
         executor = SimExecutor(profile)
-    engine = ServingEngine(executor, make_policy(policy_name), config)
+    engine = ServingEngine(executor, make_policy(policy_name, **(policy_kwargs or {})), config)
     engine.load(specs)
     bar = None
     callback = None
@@ -112,6 +116,13 @@ def run_simulate(args: argparse.Namespace) -> int:
     names = _policy_names(args.policy)
     for name in names:
         make_policy(name)  # fail on a bad name before any simulation runs
+    kwargs_of: dict[str, dict[str, Any]] = {}
+    if args.ranker is not None:
+        if "ltr" not in names:
+            raise ValueError(f"--ranker {args.ranker} is given but no ltr policy runs (--policy {args.policy})")
+        from agents.ranker_scorer import RankerScorer
+
+        kwargs_of["ltr"] = {"scorer": RankerScorer(args.ranker)}
     profile = load_profile(args.profile)
     if args.num_gpu_blocks is not None and args.num_gpu_blocks < 1:
         raise ValueError(f"--num-gpu-blocks must be >= 1, got {args.num_gpu_blocks}")
@@ -142,7 +153,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     table_rows = []
     for name in names:
-        record, wall, engine = simulate_once(specs, name, profile, config, progress=show, executor=executor)
+        record, wall, engine = simulate_once(specs, name, profile, config, progress=show, executor=executor,
+                                             policy_kwargs=kwargs_of.get(name))
         metrics = compute_metrics(record, kv_bytes_per_token=kv_bytes_per_token)
         out = metrics.to_dict()
         out["sim_wall_s"] = wall
@@ -161,6 +173,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     print(f"simulation loop wall time: {walls}")
     if args.json is not None:
         run_info = {"workload": args.workload, "num_requests": len(specs), "rate": args.rate,
+                    "ranker": None if args.ranker is None else str(args.ranker),
                     "profile": profile.name, "seed": args.seed, "config": _config_dict(config),
                     "backend": args.backend}
         if args.backend == "torch":
