@@ -30,6 +30,7 @@ Which policies apply where, and how single-engine policies run on a cluster:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -57,8 +58,22 @@ def add_benchmark_args(p: argparse.ArgumentParser) -> None:
                    help="DLPM quanta for the throughput-fairness plot: 'auto' (a default sweep when dlpm or d2lpm "
                         "is benchmarked), 'none', or comma-separated values")
     p.add_argument("--no-plots", action="store_true", help="write the JSON and Markdown only")
+    p.add_argument("--ranker", type=Path, default=None, metavar="CHECKPOINT",
+                   help="LTR ranks by this trained ranker (`servegym train ranker`) instead of the noisy oracle; "
+                        "the scenario's requests must carry prompt text (the ltr-* scenarios do)")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar (auto: only on a terminal)")
+
+
+def _with_ranker(plans: list[PolicyPlan], checkpoint: Path) -> list[PolicyPlan]:
+    """LTR plans get one shared ``RankerScorer`` of ``checkpoint`` (scores cached across seeds)."""
+    if not any(p.policy == "ltr" for p in plans):
+        raise ValueError(f"--ranker {checkpoint} is given but no ltr policy runs")
+    from agents.ranker_scorer import RankerScorer
+
+    scorer = RankerScorer(checkpoint)
+    return [dataclasses.replace(p, policy_kwargs={**p.policy_kwargs, "scorer": scorer}) if p.policy == "ltr" else p
+            for p in plans]
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
@@ -68,6 +83,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if isinstance(args.seeds, bool) or args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     plans = resolve_policies(args.policies, scenario)
+    if args.ranker is not None:
+        plans = _with_ranker(plans, args.ranker)
     quanta = _parse_quanta(args.quantum_sweep, plans)
     out_dir = args.out if args.out is not None else Path("runs") / f"benchmark-{scenario.id}"
     seeds = list(range(args.seeds))
@@ -253,7 +270,15 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--quantum-sweep", args.quantum_sweep]
     if args.no_plots:
         parts.append("--no-plots")
+    if args.ranker is not None:
+        parts += ["--ranker", str(args.ranker)]
     return " ".join(parts)
+
+
+def _jsonable(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Policy arguments for run.json: objects (a scorer) by their name."""
+    return {k: v if isinstance(v, (int, float, str, bool, type(None), list, tuple, dict))
+            else getattr(v, "name", repr(v)) for k, v in kwargs.items()}
 
 
 def _run_info(scenario, plans: list[PolicyPlan], seeds: list[int], quanta, command: str) -> dict[str, Any]:
@@ -263,7 +288,7 @@ def _run_info(scenario, plans: list[PolicyPlan], seeds: list[int], quanta, comma
         "stop_after_finished": scenario.stop_after_finished, "service_window_s": scenario.service_window_s,
         "engine": {f: getattr(scenario.engine, f) for f in scenario.engine.__dataclass_fields__},
         "seeds": seeds,
-        "policies": [{"label": p.label, "policy": p.policy, "policy_kwargs": p.policy_kwargs,
+        "policies": [{"label": p.label, "policy": p.policy, "policy_kwargs": _jsonable(p.policy_kwargs),
                       "router": p.router, "router_kwargs": p.router_kwargs} for p in plans],
         "quantum_sweep": list(quanta),
         "command": command,

@@ -54,3 +54,18 @@ def test_ranker_without_ltr_and_a_missing_checkpoint_are_refused(tmp_path):
         _run([*ARGS[1:], "--policy", "fcfs", "--ranker", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="not a ranker checkpoint"):
         _run([*ARGS[1:], "--policy", "ltr", "--ranker", str(tmp_path / "none")])
+
+
+def test_benchmark_runs_ltr_on_the_checkpoint(fresh_minilm, tmp_path, capsys):
+    """The plans that run carry the ranker (run.json lists each plan's arguments as run)."""
+    ck = fresh_minilm(seed=3).save(tmp_path / "ck")
+    base = ["benchmark", "--scenario", "ltr-chatbot-r2", "--seeds", "1", "--no-plots", "--progress", "off"]
+    assert main([*base, "--policies", "ltr,fcfs", "--out", str(tmp_path / "ranked"), "--ranker", str(ck)]) == 0
+    run = json.loads((tmp_path / "ranked" / "run.json").read_text())
+    kwargs = {p["policy"]: p["policy_kwargs"] for p in run["policies"]}
+    assert kwargs["ltr"]["scorer"].startswith("ranker[minilm-l6") and "scorer" not in kwargs["fcfs"]
+    assert run["command"].endswith(f"--ranker {ck}")
+    assert json.loads((tmp_path / "ranked" / "results.json").read_text())["ltr"]["num_finished"] > 0
+    capsys.readouterr()
+    assert main([*base, "--policies", "fcfs", "--out", str(tmp_path / "x"), "--ranker", str(ck)]) == 2
+    assert "no ltr policy runs" in capsys.readouterr().err
