@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from envs.closed_form import steps_to_reach
 from envs.decode_group import DecodeGroup
 from envs.live_request import Request, RequestState
 
@@ -130,7 +131,7 @@ def _one_decode_run(eng: "ServingEngine", group: DecodeGroup, formed: bool, max_
         if until_time is not None and until_time < deadline:
             deadline = until_time
         if deadline != math.inf:
-            k = min(k, eng._steps_to_reach(first, inc, deadline - eng.clock))
+            k = min(k, steps_to_reach(first, inc, deadline - eng.clock))
     avail = kv.num_available_blocks
     need = group.blocks_needed(k)
     if need > avail:
