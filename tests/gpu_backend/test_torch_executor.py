@@ -11,7 +11,8 @@ import torch
 
 from gpu_backend.decode_graphs import DecodeGraphs
 from gpu_backend.mixed_graphs import MixedGraphs
-from gpu_backend.models import LlamaWeights, build_hf_model
+from gpu_backend.models import LlamaWeights
+from tests.gpu_backend.tiny_model import perturbed_tiny_model
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
 from gpu_backend.torch_executor import TorchExecutor
 
@@ -21,13 +22,7 @@ RTOL = 1e-4
 
 @pytest.fixture(scope="module")
 def hf():
-    model = build_hf_model("tiny", torch.float32, "cpu", seed=0)
-    gen = torch.Generator().manual_seed(123)
-    with torch.no_grad():  # norms at 1.0 would hide a norm applied to the wrong tensor
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(0.2 * torch.randn(p.shape, generator=gen))
-    return model
+    return perturbed_tiny_model(seed=0, norm_seed=123)
 
 
 @pytest.fixture(scope="module")

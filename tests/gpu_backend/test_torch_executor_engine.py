@@ -15,19 +15,14 @@ from envs.engine_config import EngineConfig
 from envs.policy import make_policy
 from envs.request import RequestSpec
 from envs.tokens import ConcatTokens, UniqueTokens
-from gpu_backend.models import LlamaWeights, build_hf_model
+from gpu_backend.models import LlamaWeights
+from tests.gpu_backend.tiny_model import perturbed_tiny_model
 from gpu_backend.torch_executor import TorchExecutor
 
 
 @pytest.fixture(scope="module")
 def hf():
-    model = build_hf_model("tiny", torch.float32, "cpu", seed=1)
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(0.2 * torch.randn(p.shape, generator=gen))
-    return model
+    return perturbed_tiny_model(seed=1, norm_seed=7)
 
 
 @pytest.fixture(scope="module")
