@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from print_table import print_table  # noqa: E402  (beside this script)
+
 POLICIES = ("fcfs", "ltr", "sjf", "srtf")
 
 
@@ -114,16 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{ltr['e2e_mean_s'] / r['sjf']['e2e_mean_s']:.2f}x",
             f"{ltr['ranker_s'] / max(ltr['ranker_calls'], 1) * 1e3:.1f}",
             f"{ltr['ranker_s'] / ltr['busy_s'] * 100:.2f}"))
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for t in table:
-            print("| " + " | ".join(t) + " |")
-    else:
-        widths = [max(len(x[i]) for x in [header, *table]) for i in range(len(header))]
-        print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-        for t in table:
-            print("  ".join(c.ljust(w) for c, w in zip(t, widths)))
+    print_table(header, table, args.markdown)
     print("latencies in seconds (end to end); ranker ms/call: wall time per batch of newly arrived requests "
           f"on {args.device} (every arrival scored, no cache); % of busy: ranker wall time / simulated busy time")
     if args.json is not None:

@@ -27,6 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from print_table import print_table  # noqa: E402  (beside this script)
+
 
 def simulated_iteration_s(model: str, rate: float, num_requests: int, profile: str) -> tuple[float, int]:
     """Mean busy seconds per engine iteration (and the iteration count) serving AlpacaEval at ``rate``."""
@@ -99,16 +101,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({args.profile}, FCFS, {args.num_requests} AlpacaEval prompts at {args.rate:g} req/s)")
     header = ("new prompts", "ms/batch (median)", "ms/batch (p90)", "% of an iteration")
     table = [(str(b), f"{m:.2f}", f"{q:.2f}", f"{r:.1f}") for b, m, q, r in rows]
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for t in table:
-            print("| " + " | ".join(t) + " |")
-    else:
-        widths = [max(len(x[i]) for x in [header, *table]) for i in range(len(header))]
-        print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-        for t in table:
-            print("  ".join(c.ljust(w) for c, w in zip(t, widths)))
+    print_table(header, table, args.markdown)
     return 0
 
 

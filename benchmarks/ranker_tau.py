@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from print_table import print_table  # noqa: E402  (beside this script)
+
 DEFAULT_MODELS = "Meta-Llama-3-8B-Instruct,gpt-3.5-turbo-0613,alpaca-7b"
 
 
@@ -107,16 +109,7 @@ def main(argv: list[str] | None = None) -> int:
           f"split seed {args.split_seed} (564 train / 80 val / 161 test prompts), seed {args.seed}; "
           f"lists of {base_config.list_size}, lr {base_config.lr:g} (head {base_config.head_lr:g}), "
           f"{base_config.epochs} epochs, best validation epoch kept")
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for t in table:
-            print("| " + " | ".join(t) + " |")
-    else:
-        widths = [max(len(str(x[i])) for x in [header, *table]) for i in range(len(header))]
-        print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-        for t in table:
-            print("  ".join(c.ljust(w) for c, w in zip(t, widths)))
+    print_table(header, table, args.markdown)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"device": device, "rows": rows}, indent=2) + "\n")
