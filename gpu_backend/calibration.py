@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu_backend.cost_model import LINEAR_FEATURES, BatchShape
+from gpu_backend.cost_model import LINEAR_FEATURES, BatchShape, linear_features
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
 
 
@@ -58,6 +58,10 @@ class Sweep:
     prefill_starts: tuple = (0, 1024, 4096)
     prefill_batches: tuple = (4, 16)            # n sequences of 512 fresh tokens in one iteration
     mixed: tuple = ((8, 256), (32, 1024), (128, 2048), (256, 512))   # (decodes at 1024 context, chunk tokens)
+    # (chunks, tokens each, cached tokens before each, decodes at 1024 context): many chunks over
+    # cached prefixes, as shared-document workloads batch them; each chunk is its own attention call
+    prefix_chunks: tuple = ((2, 256, 1024, 0), (8, 64, 1024, 0), (32, 32, 512, 0), (16, 128, 2048, 0),
+                            (4, 128, 1024, 64), (16, 32, 512, 128), (2, 512, 256, 200))
     swap_groups: tuple = (1, 4, 16, 64, 256)
     swap_copies: tuple = (1, 8)
     repeats: int = 5
@@ -65,9 +69,7 @@ class Sweep:
 
 
 def shape_features(plan: BatchPlan) -> tuple:
-    s = BatchShape.from_plan(plan)
-    return (1.0, float(s.prefill_tokens), float(s.prefill_attention_pairs), float(s.prefill_kv_read_tokens),
-            float(s.num_decode), float(s.decode_context_tokens), float(s.num_sampled))
+    return linear_features(BatchShape.from_plan(plan))
 
 
 class _Blocks:
@@ -150,6 +152,19 @@ def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
                                decode_seq_ids=list(range(nd)), decode_positions=[ctx] * nd,
                                decode_block_tables=tables, decode_input_ids=_tokens(nd, vocab, rng),
                                decode_context_sum=nd * (ctx + 1)))
+    for k, n, start, nd in sweep.prefix_chunks:
+        blocks.reset()
+        ctx = min(1024, limit - 1)
+        if start + n > limit:
+            continue
+        tables = [blocks.take(-(-(ctx + 1) // bs)) for _ in range(nd)]
+        chunk_tables = [blocks.take(-(-(start + n) // bs)) for _ in range(k)]
+        if any(t is None for t in tables + chunk_tables):
+            continue
+        chunks = [PrefillChunk(nd + i, start, n, t, True, _tokens(n, vocab, rng)) for i, t in enumerate(chunk_tables)]
+        run("prefix_chunks", BatchPlan(prefills=chunks, decode_seq_ids=list(range(nd)), decode_positions=[ctx] * nd,
+                                       decode_block_tables=tables, decode_input_ids=_tokens(nd, vocab, rng),
+                                       decode_context_sum=nd * (ctx + 1)))
     host = cap.num_host_blocks
     for g in sweep.swap_groups:
         for c in sweep.swap_copies:
@@ -307,7 +322,8 @@ def run_profile(args: argparse.Namespace) -> int:
     sweep = Sweep()
     if args.quick:
         sweep = Sweep(decode_batches=(1, 16, 256), decode_contexts=(128, 2048), prefill_tokens=(64, 1024, 4096),
-                      prefill_starts=(0, 2048), prefill_batches=(8,), mixed=((32, 1024),), swap_groups=(1, 64),
+                      prefill_starts=(0, 2048), prefill_batches=(8,), mixed=((32, 1024),),
+                      prefix_chunks=((8, 64, 1024, 0), (4, 128, 1024, 64)), swap_groups=(1, 64),
                       swap_copies=(1, 8), repeats=3, warmup=1)
     samples = measure(ex, sweep)
     f = fit(samples)

@@ -118,6 +118,7 @@ class BatchShape:
     num_decode: int = 0
     decode_context_tokens: int = 0          # KV tokens read by decode attention (new token included)
     num_sampled: int = 0                    # sequences producing a token (each needs the LM head)
+    num_prefill_chunks: int = 0             # prefill chunks (each costs the executor its own attention call)
 
     @property
     def num_tokens(self) -> int:
@@ -136,7 +137,7 @@ class BatchShape:
             kv_read += c.start + n
             sampled += c.samples
         nd = plan.num_decode
-        return cls(p_tokens, pairs, kv_read, nd, plan.decode_context_sum, sampled + nd)
+        return cls(p_tokens, pairs, kv_read, nd, plan.decode_context_sum, sampled + nd, len(plan.prefills))
 
 
 def copy_time(moves: Sequence[GroupMove], latency_s: float, bytes_per_block: int, bandwidth: float) -> float:
@@ -220,7 +221,22 @@ class RooflineCostModel(_AffineDecode):
 
 
 LINEAR_FEATURES = ("intercept", "prefill_tokens", "prefill_attention_pairs", "prefill_kv_read_tokens",
-                   "num_decode", "decode_context_tokens", "num_sampled")
+                   "num_decode", "decode_context_tokens", "num_sampled", "has_prefill", "num_prefill_chunks")
+# Features added after the first fitted profiles: a profile that lacks them was fitted without
+# them, which is the same model as a coefficient of 0.
+_LATER_FEATURES = ("has_prefill", "num_prefill_chunks")
+
+
+def linear_features(s: BatchShape) -> tuple[float, ...]:
+    """``s`` as the ``LINEAR_FEATURES`` vector (the intercept's feature is 1).
+
+    ``has_prefill`` separates the two ways an iteration runs: a pure decode batch replays one
+    CUDA graph, a batch with prefill chunks runs piecewise graphs with eager attention between
+    them, a fixed cost of its own; ``num_prefill_chunks`` prices each chunk's attention launches.
+    """
+    return (1.0, float(s.prefill_tokens), float(s.prefill_attention_pairs), float(s.prefill_kv_read_tokens),
+            float(s.num_decode), float(s.decode_context_tokens), float(s.num_sampled),
+            1.0 if s.prefill_tokens else 0.0, float(s.num_prefill_chunks))
 
 
 class LinearCostModel(_AffineDecode):
@@ -232,6 +248,7 @@ class LinearCostModel(_AffineDecode):
 
     def __init__(self, coefficients: dict[str, float], copy_latency_s: float, host_bandwidth: float,
                  bytes_per_block: int):
+        coefficients = {**{f: 0.0 for f in _LATER_FEATURES}, **coefficients}
         missing = [f for f in LINEAR_FEATURES if f not in coefficients]
         if missing:
             raise ValueError(f"linear cost model: missing coefficients {missing}")
@@ -239,6 +256,7 @@ class LinearCostModel(_AffineDecode):
         if unknown:
             raise ValueError(f"linear cost model: unknown coefficients {unknown}; known: {list(LINEAR_FEATURES)}")
         self.c = {k: float(coefficients[k]) for k in LINEAR_FEATURES}
+        self._vector = tuple(self.c[k] for k in LINEAR_FEATURES)
         self.copy_latency_s = copy_latency_s
         self.host_bandwidth = host_bandwidth
         self.bytes_per_block = bytes_per_block
@@ -249,12 +267,7 @@ class LinearCostModel(_AffineDecode):
         return a, c["decode_context_tokens"]
 
     def _mixed_time(self, s: BatchShape) -> float:
-        c = self.c
-        return (c["intercept"] + c["prefill_tokens"] * s.prefill_tokens
-                + c["prefill_attention_pairs"] * s.prefill_attention_pairs
-                + c["prefill_kv_read_tokens"] * s.prefill_kv_read_tokens
-                + c["num_decode"] * s.num_decode + c["decode_context_tokens"] * s.decode_context_tokens
-                + c["num_sampled"] * s.num_sampled)
+        return sum(c * x for c, x in zip(self._vector, linear_features(s)))
 
     def swap_time(self, moves: Sequence[GroupMove]) -> float:
         return copy_time(moves, self.copy_latency_s, self.bytes_per_block, self.host_bandwidth)

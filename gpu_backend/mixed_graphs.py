@@ -21,7 +21,7 @@ import torch
 
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward
 
-MIXED_BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024)
+MIXED_BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
 
 
 class MixedGraphs:

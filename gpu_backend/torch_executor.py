@@ -12,7 +12,7 @@ the compute waiting for them; (2) one forward over the packed tokens of every pr
 chunk and decode (``LlamaForward``) — a pure-decode batch replays a captured CUDA graph
 (``DecodeGraphs``) instead; (3) greedy sampling for every decode and every chunk that
 completes its prompt. Batches with prefill chunks replay piecewise CUDA graphs around an
-eager attention (``MixedGraphs``) up to 1,024 tokens. Host-side inputs travel in one pinned
+eager attention (``MixedGraphs``) up to 2,048 tokens (the engine's default token budget). Host-side inputs travel in one pinned
 buffer and one copy.
 """
 

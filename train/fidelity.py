@@ -13,7 +13,11 @@ fitted profile. Two comparisons:
   scheduling.
 
 The simulator run uses eager block ids, so its block groups and swap copies are the real
-run's. The real run needs a GPU (or the CPU with the tiny model, for tests).
+run's. The real run needs a GPU (or the CPU with the tiny model, for tests); it follows
+``--warmup-runs`` unrecorded runs of the same workload, so the first use of a kernel shape
+(Triton compilation, cuBLAS heuristics, allocator growth) is not timed. ``--json`` keeps the
+real run (settings, metrics, every iteration's plan and measured time), and ``--replay`` judges
+another profile against it on any machine — a cost model can be improved without the GPU.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class IterationRecord:
 
     plan_copy: Any          # a BatchPlan with the counts and moves of the real one (tables not kept)
     measured_s: float
+    decode_context_max: int = 0   # the longest decode's context (the plan copy keeps only the sum)
 
 
 class RecordingExecutor:
@@ -62,7 +67,8 @@ class RecordingExecutor:
             prefills=[PrefillChunk(c.seq_id, c.start, c.num_tokens, [], c.samples) for c in plan.prefills],
             num_decode=plan.num_decode, decode_context_sum=plan.decode_context_sum,
             swap_in=list(plan.swap_in), swap_out=list(plan.swap_out))
-        self.records.append(IterationRecord(copy, res.duration_s))
+        longest = max(plan.decode_positions) + 1 if plan.decode_positions else 0
+        self.records.append(IterationRecord(copy, res.duration_s, int(longest)))
         return res
 
 
@@ -83,21 +89,54 @@ def _rel(sim: float, real: float) -> float | None:
     return abs(sim - real) / abs(real)
 
 
-def run_fidelity(args: argparse.Namespace) -> int:
-    import baselines  # noqa: F401  (registers the policies)
+def _plan_record(r: IterationRecord) -> dict:
+    """One real iteration as JSON: what the simulator needs to time it again, and the measured time."""
+    plan = r.plan_copy
+    return {"s": r.measured_s, "prefills": [[c.start, c.num_tokens, int(c.samples)] for c in plan.prefills],
+            "num_decode": plan.num_decode, "decode_context_sum": plan.decode_context_sum,
+            "decode_context_max": r.decode_context_max,
+            "swap_in": [[m.src_start, m.dst_start, m.num_blocks] for m in plan.swap_in],
+            "swap_out": [[m.src_start, m.dst_start, m.num_blocks] for m in plan.swap_out]}
+
+
+def _record_plan(rec: dict):
+    from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
+
+    return BatchPlan(prefills=[PrefillChunk(i, st, n, [], bool(smp)) for i, (st, n, smp) in enumerate(rec["prefills"])],
+                     num_decode=rec["num_decode"], decode_context_sum=rec["decode_context_sum"],
+                     swap_in=[GroupMove(*m) for m in rec["swap_in"]], swap_out=[GroupMove(*m) for m in rec["swap_out"]])
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in ("workload", "policy", "model", "num_requests", "rate", "seed", "batching",
+                                          "preemption", "max_num_batched_tokens", "max_num_seqs")}
+
+
+def _workload(settings: dict):
+    from envs.workloads import get_workload, retime_poisson
+
+    specs = get_workload(settings["workload"]).generate(settings["seed"], settings["num_requests"])
+    if settings["rate"] is not None:
+        specs = retime_poisson(specs, settings["rate"], settings["seed"])
+    return specs
+
+
+def _config(settings: dict, gpu_blocks: int, host_blocks: int) -> EngineConfig:
+    return EngineConfig(max_num_batched_tokens=settings["max_num_batched_tokens"],
+                        max_num_seqs=settings["max_num_seqs"], batching=settings["batching"],
+                        preemption_mode=settings["preemption"], num_gpu_blocks=gpu_blocks,
+                        num_host_blocks=host_blocks, lazy_block_ids=False, multi_step=False)
+
+
+def _real_run(args: argparse.Namespace, profile) -> dict:
+    """Serve the workload on the real executor (after ``args.warmup_runs`` unrecorded runs of it)."""
     from envs.engine import ServingEngine
     from envs.metrics import compute_metrics
     from envs.policy import make_policy
-    from envs.workloads import get_workload, retime_poisson
     from gpu_backend.executors import make_executor
-    from gpu_backend.profiles import load_profile
-    from gpu_backend.sim_executor import SimExecutor
 
-    profile = load_profile(args.profile)
-    make_policy(args.policy)
-    specs = get_workload(args.workload).generate(args.seed, args.num_requests)
-    if args.rate is not None:
-        specs = retime_poisson(specs, args.rate, args.seed)
+    settings = _settings(args)
+    specs = _workload(settings)
     options: dict[str, Any] = {"random_weights": True} if args.random_weights else {}
     if args.num_gpu_blocks is not None:
         options["num_gpu_blocks"] = args.num_gpu_blocks
@@ -109,57 +148,101 @@ def run_fidelity(args: argparse.Namespace) -> int:
     # the same KV memory in both runs
     gpu_blocks = min(cap.num_gpu_blocks, profile.num_gpu_blocks)
     host_blocks = min(cap.num_host_blocks, profile.num_host_blocks)
-    config = EngineConfig(max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-                          batching=args.batching, preemption_mode=args.preemption, num_gpu_blocks=gpu_blocks,
-                          num_host_blocks=host_blocks, lazy_block_ids=False, multi_step=False)
+    config = _config(settings, gpu_blocks, host_blocks)
+    for _ in range(args.warmup_runs):   # compiles kernels and warms the allocator for the shapes the run meets
+        warm = ServingEngine(real_ex, make_policy(args.policy), config)
+        warm.load(specs)
+        warm.run()
     rec = RecordingExecutor(real_ex)
-    real_engine = ServingEngine(rec, make_policy(args.policy), config)
-    real_engine.load(specs)
-    real_record = real_engine.run()
+    engine = ServingEngine(rec, make_policy(args.policy), config)
+    engine.load(specs)
+    record = engine.run()
+    kvb = cap.bytes_per_block // cap.block_size
+    return {"settings": settings, "num_gpu_blocks": gpu_blocks, "num_host_blocks": host_blocks,
+            "kv_bytes_per_token": kvb, "warmup_runs": args.warmup_runs,
+            "metrics": compute_metrics(record, kv_bytes_per_token=kvb).to_dict(), "iterations": engine.iteration,
+            "records": [_plan_record(r) for r in rec.records]}
+
+
+def judge(real: dict, profile) -> dict:
+    """The simulator with ``profile`` against a real run (``_real_run``'s dict, or one read back from JSON)."""
+    from envs.engine import ServingEngine
+    from envs.metrics import compute_metrics
+    from envs.policy import make_policy
+    from gpu_backend.sim_executor import SimExecutor
+
+    settings = real["settings"]
+    gpu_blocks, host_blocks = real["num_gpu_blocks"], real["num_host_blocks"]
     sim_ex = SimExecutor(profile, num_gpu_blocks=gpu_blocks, num_host_blocks=host_blocks)
-    pred = np.array([sim_ex.execute(r.plan_copy).duration_s for r in rec.records])
-    real = np.array([r.measured_s for r in rec.records])
-    per_iteration = _ape_stats(pred, real)
-    kinds = {"decode": [not r.plan_copy.prefills for r in rec.records],
-             "with_prefill": [bool(r.plan_copy.prefills) for r in rec.records]}
-    by_kind = {k: _ape_stats(pred[np.array(m)], real[np.array(m)]) for k, m in kinds.items() if any(m)}
+    plans = [_record_plan(r) for r in real["records"]]
+    pred = np.array([sim_ex.execute(p).duration_s for p in plans])
+    measured = np.array([r["s"] for r in real["records"]])
+    per_iteration = _ape_stats(pred, measured)
+    kinds = {"decode": [not p.prefills for p in plans], "with_prefill": [bool(p.prefills) for p in plans]}
+    by_kind = {k: _ape_stats(pred[np.array(m)], measured[np.array(m)]) for k, m in kinds.items() if any(m)}
+    specs = _workload(settings)
     sim_engine = ServingEngine(SimExecutor(profile, num_gpu_blocks=gpu_blocks, num_host_blocks=host_blocks),
-                               make_policy(args.policy), config)
+                               make_policy(settings["policy"]), _config(settings, gpu_blocks, host_blocks))
     sim_engine.load(specs)
     sim_record = sim_engine.run()
-    kvb = cap.bytes_per_block // cap.block_size
-    m_real = compute_metrics(real_record, kv_bytes_per_token=kvb).to_dict()
-    m_sim = compute_metrics(sim_record, kv_bytes_per_token=kvb).to_dict()
+    m_real = real["metrics"]
+    m_sim = compute_metrics(sim_record, kv_bytes_per_token=real["kv_bytes_per_token"]).to_dict()
     keys = ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s", "e2e_p99_s", "throughput_tok_s")
     end_to_end = {k: {"real": m_real.get(k), "sim": m_sim.get(k), "error": _rel(m_sim.get(k), m_real.get(k))}
                   for k in keys}
-    out = {"workload": args.workload, "policy": args.policy, "model": args.model, "profile": profile.name,
-           "num_requests": len(specs), "num_gpu_blocks": gpu_blocks, "num_host_blocks": host_blocks,
-           "preemption": args.preemption, "per_iteration": per_iteration, "per_iteration_by_kind": by_kind,
-           "end_to_end": end_to_end,
-           "preemptions": {"real": m_real.get("preemptions"), "sim": m_sim.get("preemptions")},
-           "iterations": {"real": real_engine.iteration, "sim": sim_engine.iteration}}
-    print(f"fidelity: {args.workload} ({len(specs)} requests), policy {args.policy}, model {args.model} vs "
-          f"profile {profile.name}, {gpu_blocks:,} GPU / {host_blocks:,} host KV blocks")
+    return {**{k: settings[k] for k in ("workload", "policy", "model", "preemption")}, "profile": profile.name,
+            "num_requests": len(specs), "num_gpu_blocks": gpu_blocks, "num_host_blocks": host_blocks,
+            "per_iteration": per_iteration, "per_iteration_by_kind": by_kind, "end_to_end": end_to_end,
+            "preemptions": {"real": m_real.get("preemptions"), "sim": m_sim.get("preemptions")},
+            "iterations": {"real": real["iterations"], "sim": sim_engine.iteration}}
+
+
+def _print_report(out: dict) -> None:
+    per_iteration = out["per_iteration"]
+    print(f"fidelity: {out['workload']} ({out['num_requests']} requests), policy {out['policy']}, model "
+          f"{out['model']} vs profile {out['profile']}, {out['num_gpu_blocks']:,} GPU / {out['num_host_blocks']:,} "
+          f"host KV blocks")
     print(f"per iteration ({per_iteration['iterations']} plans): MAPE {per_iteration['mape']:.1%}, "
           f"p50 {per_iteration['p50']:.1%}, p99 {per_iteration['p99']:.1%}, total time {per_iteration['total_error']:.1%}"
-          + "".join(f"; {k} MAPE {v['mape']:.1%} ({v['iterations']})" for k, v in by_kind.items()))
+          + "".join(f"; {k} MAPE {v['mape']:.1%} ({v['iterations']})" for k, v in out["per_iteration_by_kind"].items()))
     print(f"{'metric':<18} {'real':>10} {'sim':>10} {'error':>7}")
-    for k, v in end_to_end.items():
+    for k, v in out["end_to_end"].items():
         err = "-" if v["error"] is None else f"{v['error']:.1%}"
         print(f"{k:<18} {_num(v['real']):>10} {_num(v['sim']):>10} {err:>7}")
     print(f"preemptions real {out['preemptions']['real']}, sim {out['preemptions']['sim']}; iterations real "
           f"{out['iterations']['real']}, sim {out['iterations']['sim']}")
+
+
+def run_fidelity(args: argparse.Namespace) -> int:
+    import baselines  # noqa: F401  (registers the policies)
+    from envs.policy import make_policy
+    from gpu_backend.profiles import load_profile
+
+    profile = load_profile(args.profile)
+    if args.replay is not None:
+        try:
+            real = json.loads(args.replay.read_text())["real_run"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"--replay {args.replay}: not a fidelity JSON with a real_run ({e})") from e
+    else:
+        if args.model is None or args.workload is None:
+            raise ValueError("servegym fidelity needs --workload and --model (or --replay FILE)")
+        if args.warmup_runs < 0:
+            raise ValueError(f"--warmup-runs must be >= 0, got {args.warmup_runs}")
+        make_policy(args.policy)
+        real = _real_run(args, profile)
+    out = judge(real, profile)
+    _print_report(out)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        args.json.write_text(json.dumps({**out, "real_run": real}) + "\n")
     return 0
 
 
 def add_fidelity_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workload", "-w", required=True, help="a name from `servegym workloads`")
+    p.add_argument("--workload", "-w", default=None, help="a name from `servegym workloads`")
     p.add_argument("--policy", "-p", default="fcfs", help="a name from `servegym policies`")
-    p.add_argument("--model", required=True, help="tiny, smollm2-135m, llama-1b or llama-8b")
+    p.add_argument("--model", default=None, help="tiny, smollm2-135m, llama-1b or llama-8b")
     p.add_argument("--profile", required=True, help="the fitted profile (name or JSON path) to judge")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None)
     p.add_argument("--num-requests", "-n", type=int, default=200)
@@ -173,4 +256,9 @@ def add_fidelity_args(p: argparse.ArgumentParser) -> None:
                    help="KV blocks of both runs (default: the smaller of the executor's and the profile's)")
     p.add_argument("--random-weights", action="store_true",
                    help="the model's shape with random weights (timing does not depend on the values)")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--warmup-runs", type=int, default=1,
+                   help="unrecorded runs of the workload first, so kernel compilation is not timed (default 1)")
+    p.add_argument("--replay", type=Path, default=None,
+                   help="judge --profile against the real run kept in this fidelity JSON (no GPU needed)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="write the report and the real run (every iteration's plan and time) here")

@@ -25,11 +25,11 @@ def test_nnls_drops_a_coefficient_that_would_be_negative():
 
 
 def test_fit_recovers_exact_linear_costs():
-    truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6)))
+    truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5)))
     rng = np.random.default_rng(1)
     samples = []
     for _ in range(30):
-        f = (1.0, *rng.integers(0, 5000, 6).astype(float))
+        f = (1.0, *rng.integers(0, 5000, 6).astype(float), float(rng.integers(0, 2)), float(rng.integers(0, 9)))
         samples.append(Sample("mixed", f, float(np.dot(f, list(truth.values())))))
     for copies, blocks in ((1, 4), (8, 64), (2, 512)):
         nbytes = blocks * 65536
@@ -44,11 +44,16 @@ def test_fit_recovers_exact_linear_costs():
 def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):
     ex = TorchExecutor("tiny", device="cpu", num_gpu_blocks=512, num_host_blocks=64, max_model_len=1024)
     sweep = Sweep(decode_batches=(1, 4, 16), decode_contexts=(64, 256), prefill_tokens=(16, 128),
-                  prefill_starts=(0, 256), prefill_batches=(2,), mixed=((4, 64),), swap_groups=(1, 8),
-                  swap_copies=(1, 4), repeats=1, warmup=0)
+                  prefill_starts=(0, 256), prefill_batches=(2,), mixed=((4, 64),),
+                  prefix_chunks=((3, 32, 64, 0), (2, 16, 128, 4)), swap_groups=(1, 8), swap_copies=(1, 4),
+                  repeats=1, warmup=0)
     samples = measure(ex, sweep, log=lambda *a: None)
     kinds = [s.kind for s in samples]
     assert kinds.count("decode") == 6 and kinds.count("prefill") == 5 and kinds.count("mixed") == 1
+    chunked = [s.features for s in samples if s.kind == "prefix_chunks"]
+    # (intercept, tokens, pairs, KV read, decodes, decode context, sampled, has_prefill, chunks)
+    assert chunked == [(1.0, 96.0, 3 * 32 * (64 + 16.5), 3 * 96.0, 0.0, 0.0, 3.0, 1.0, 3.0),
+                       (1.0, 32.0, 2 * 16 * (128 + 8.5), 2 * 144.0, 4.0, 4 * 1024.0, 6.0, 1.0, 2.0)]
     assert kinds.count("swap") == 4
     assert all(s.duration_s > 0 for s in samples if s.kind != "swap")
     assert all(s.swap_s > 0 and s.swap_bytes == s.swap_copies * (s.swap_bytes // s.swap_copies)

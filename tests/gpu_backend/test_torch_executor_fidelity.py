@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gpu_backend.calibration import Sweep, fit, measure, profile_json
 from gpu_backend.torch_executor import TorchExecutor
 from train.cli import build_parser
@@ -36,3 +38,30 @@ def test_fidelity_compares_identical_plans_and_whole_runs(tmp_path, capsys):
     for v in data["end_to_end"].values():
         assert v["real"] > 0 and v["sim"] > 0 and v["error"] == abs(v["sim"] - v["real"]) / v["real"]
     assert "per iteration" in capsys.readouterr().out
+    real = data["real_run"]
+    assert real["warmup_runs"] == 1 and len(real["records"]) == data["iterations"]["real"]
+    assert all(r["s"] > 0 for r in real["records"])
+
+    # the kept real run judges a profile again without the executor: the same report
+    replayed = tmp_path / "replayed.json"
+    args = build_parser().parse_args(["fidelity", "--replay", str(out), "--profile", str(prof), "--json", str(replayed)])
+    assert args.func(args) == 0
+    again = json.loads(replayed.read_text())
+    for key in ("per_iteration", "per_iteration_by_kind", "end_to_end", "preemptions", "iterations", "real_run"):
+        assert again[key] == data[key]
+
+
+def test_fidelity_rejects_bad_arguments(tmp_path):
+    parse = build_parser().parse_args
+    prof = "h100-llama-1b"
+    args = parse(["fidelity", "-w", "vtc-overload-2", "--model", "tiny", "--profile", prof, "--warmup-runs", "-1"])
+    with pytest.raises(ValueError, match="--warmup-runs must be >= 0, got -1"):
+        args.func(args)
+    args = parse(["fidelity", "--profile", prof])
+    with pytest.raises(ValueError, match="needs --workload and --model"):
+        args.func(args)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    args = parse(["fidelity", "--replay", str(bad), "--profile", prof])
+    with pytest.raises(ValueError, match=f"--replay {bad}: not a fidelity JSON"):
+        args.func(args)

@@ -1,0 +1,84 @@
+"""Calibration and fidelity on one GPU, in one call: for each model, fit a profile
+(``servegym profile``) and judge it on two workloads (``servegym fidelity``).
+
+Why one script: GPU time comes in short leases. Everything the fitted profiles and the
+fidelity table in BENCHMARKS.md need is produced here, each model's files written as soon
+as they exist (a run cut short keeps what it finished), and the summary table is printed
+last. The fidelity JSONs keep the real runs, so a later cost model can be judged against
+them on any machine with ``servegym fidelity --replay FILE --profile P``.
+
+Usage (on the GPU machine, from the repository root)::
+
+    python benchmarks/calibrate_gpu.py --out DIR [--models llama-1b,smollm2-135m,llama-8b]
+
+Models are built with random weights of their shape (timing does not depend on the values,
+and the SmolLM2 checkpoint is larger than what travels to the device). Needs torch,
+transformers and triton; not gymnasium or stable-baselines3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.cli import build_parser  # noqa: E402
+
+# (label, extra fidelity arguments): one prefix-heavy workload, one with preemption by swap
+WORKLOADS = (
+    ("prefix-heavy", ["-w", "shared-doc-qa", "--rate", "10", "-n", "100"]),
+    ("swap", ["-w", "vtc-overload-2", "--rate", "200", "-n", "200", "--preemption", "swap",
+              "--num-gpu-blocks", "2000"]),
+)
+
+
+def _cli(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    rc = args.func(args)
+    if rc:
+        raise RuntimeError(f"servegym {' '.join(argv)} exited {rc}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--models", default="llama-1b,smollm2-135m,llama-8b")
+    p.add_argument("--skip-profile", action="store_true",
+                   help="judge the profiles already in --out (or the shipped ones) instead of fitting new ones")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for model in args.models.split(","):
+        prof = args.out / f"h200-{model}-fitted.json"
+        if not args.skip_profile:
+            t0 = time.perf_counter()
+            _cli(["profile", "--model", model, "--random-weights", "--out", str(prof),
+                  "--samples", str(args.out / f"samples-{model}.json")])
+            print(f"   profile {model}: {time.perf_counter() - t0:.0f} s", flush=True)
+        elif not prof.exists():
+            prof = Path(__file__).resolve().parents[1] / "gpu_backend" / "profiles" / "fitted" / prof.name
+        for label, extra in WORKLOADS:
+            t0 = time.perf_counter()
+            fid = args.out / f"fid-{model}-{label}.json"
+            _cli(["fidelity", "--device", "cuda", "--model", model, "--random-weights", "--profile", str(prof),
+                  "--json", str(fid), *extra])
+            d = json.loads(fid.read_text())
+            e2e = d["end_to_end"]
+            rows.append((model, label, d["per_iteration"]["mape"], d["per_iteration"]["p50"],
+                         d["per_iteration"]["p99"], e2e["ttft_p50_s"]["error"], e2e["ttft_p99_s"]["error"],
+                         e2e["e2e_p50_s"]["error"], e2e["e2e_p99_s"]["error"], e2e["throughput_tok_s"]["error"],
+                         d["preemptions"]["real"], d["preemptions"]["sim"]))
+            print(f"   fidelity {model} {label}: {time.perf_counter() - t0:.0f} s", flush=True)
+    print("\nmodel         workload      MAPE   p50    p99    TTFT50 TTFT99 E2E50  E2E99  thru   preempt real/sim")
+    for r in rows:
+        cells = " ".join("   -  " if v is None else f"{v:6.1%}" for v in r[2:10])
+        print(f"{r[0]:<13} {r[1]:<13} {cells} {r[10]}/{r[11]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
