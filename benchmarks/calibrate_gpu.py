@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from train.cli import build_parser  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # (label, extra fidelity arguments): one prefix-heavy workload, one with preemption by swap
 WORKLOADS = (
@@ -37,8 +36,8 @@ WORKLOADS = (
 
 
 def _cli(argv: list[str]) -> None:
-    args = build_parser().parse_args(argv)
-    rc = args.func(args)
+    """One servegym command in its own process, so each executor's GPU memory is returned after it."""
+    rc = subprocess.run([sys.executable, "-m", "train.cli", *argv], cwd=ROOT).returncode
     if rc:
         raise RuntimeError(f"servegym {' '.join(argv)} exited {rc}")
 
@@ -60,7 +59,7 @@ def main(argv=None) -> int:
                   "--samples", str(args.out / f"samples-{model}.json")])
             print(f"   profile {model}: {time.perf_counter() - t0:.0f} s", flush=True)
         elif not prof.exists():
-            prof = Path(__file__).resolve().parents[1] / "gpu_backend" / "profiles" / "fitted" / prof.name
+            prof = ROOT / "gpu_backend" / "profiles" / "fitted" / prof.name
         for label, extra in WORKLOADS:
             t0 = time.perf_counter()
             fid = args.out / f"fid-{model}-{label}.json"
