@@ -155,6 +155,20 @@ def test_misbehaving_clients_and_client_scaling():
         assert 0.85 < len(specs) / sum(base.values()) < 1.15     # the same total rate
 
 
+def test_the_fairness_setting_has_one_flooding_client_and_nine_light_ones():
+    """S1 in overload (papers.md §3.4): client 0 at 12 req/s, the 9 others at 0.3 req/s each, same documents."""
+    s = get_scenario("dlpm-longdoc-qa-s1-overload")
+    clients = s.build.clients
+    assert [c.client_id for c in clients] == list(range(10))
+    assert [c.arrivals.cv for c in clients] == [1.5] * 10
+    assert [c.arrivals.rate for c in clients] == pytest.approx([12.0] + [0.3] * 9)
+    assert {c.program for c in clients} == {get_scenario("dlpm-longdoc-qa").build.clients[0].program}
+    assert s.engine.num_gpu_blocks == 3000 and s.num_replicas == 1
+    assert s.policy_args["dlpm"] == {"quantum": 32000.0}
+    counts = collections.Counter(x.client_id for x in s.generate(0))
+    assert counts[0] > 20 * max(counts[c] for c in range(1, 10))
+
+
 def test_multi_replica_scenarios():
     s = get_scenario("d2lpm-longdoc-qa-4x")
     assert s.num_replicas == 4 and s.multi_replica and s.policies[0] == "d2lpm"
