@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu_backend.cost_model import LINEAR_FEATURES, BatchShape, linear_features
+from gpu_backend.cost_model import LINEAR_FEATURES, BatchShape, DecodeTable, LinearCostModel, linear_features
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
 
 
@@ -42,7 +42,7 @@ class Sample:
 
     kind: str                  # decode, prefill, mixed or swap
     features: tuple            # BatchShape features in LINEAR_FEATURES order (intercept first); swaps: ()
-    duration_s: float          # median wall time of the iteration
+    duration_s: float          # median wall time of the iteration (swaps: of a plan that only swaps)
     swap_copies: int = 0
     swap_bytes: int = 0
     swap_s: float = 0.0        # median device time of the copies
@@ -116,17 +116,30 @@ def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
         samples.append(Sample(kind, shape_features(plan), t))
 
     limit = executor.max_model_len
+    steps = sweep.warmup + sweep.repeats
+    next_seq = 0
     for ctx in sweep.decode_contexts:
-        if ctx >= limit:
+        if ctx + bs + steps >= limit:
             continue
         for b in sweep.decode_batches:
+            # b new sequences decoding `steps` tokens, their positions staggered over a block so
+            # that, as in serving, a sixteenth of them takes a new block each step
             blocks.reset()
-            tables = [blocks.take(-(-(ctx + 1) // bs)) for _ in range(b)]
-            if tables[-1] is None:
+            starts = [ctx + i % bs for i in range(b)]
+            full = [blocks.take(-(-(p + steps) // bs)) for p in starts]
+            if full[-1] is None:
                 continue
-            run("decode", BatchPlan(decode_seq_ids=list(range(b)), decode_positions=[ctx] * b,
-                                    decode_block_tables=tables, decode_input_ids=_tokens(b, vocab, rng),
-                                    decode_context_sum=b * (ctx + 1)))
+            sids = list(range(next_seq, next_seq + b))
+            next_seq += b
+            plans = []
+            for k in range(steps):
+                pos = [p + k for p in starts]
+                plans.append(BatchPlan(decode_seq_ids=sids, decode_positions=pos,
+                                       decode_block_tables=[t[:p // bs + 1] for t, p in zip(full, pos)],
+                                       decode_input_ids=_tokens(b, vocab, rng), decode_context_sum=sum(pos) + b))
+            times = [executor.execute(plan).duration_s for plan in plans][sweep.warmup:]
+            samples.append(Sample("decode", shape_features(plans[sweep.warmup + len(times) // 2]),
+                                  statistics.median(times)))
     for start in sweep.prefill_starts:
         for n in sweep.prefill_tokens:
             if start + n > limit:
@@ -175,8 +188,8 @@ def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
             if len(moves) < c:
                 continue
             plan = BatchPlan(swap_out=moves)
-            _, s = timed(plan)
-            samples.append(Sample("swap", (), 0.0, c, g * c * cap.bytes_per_block, s))
+            wall, s = timed(plan)
+            samples.append(Sample("swap", (), wall, c, g * c * cap.bytes_per_block, s))
     log(f"calibration: {len(samples)} shapes timed")
     return samples
 
@@ -202,22 +215,57 @@ class Fit:
     host_bandwidth: float
     mape: dict[str, float] = field(default_factory=dict)     # in-sample, per kind and overall
     max_ape: float = 0.0
+    decode_table: DecodeTable | None = None
+
+
+def _weighted_nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares of relative error (rows weighted by 1/y), columns rescaled."""
+    w = 1.0 / y
+    scale = X.max(axis=0)
+    scale[scale == 0] = 1.0
+    return nnls(X / scale * w[:, None], y * w) / scale
+
+
+def fit_decode_table(samples: list[Sample]) -> DecodeTable | None:
+    """Per decode batch size, a line in context tokens (weighted by 1/time); None when fewer than two
+    batch sizes were timed at two or more contexts."""
+    by_size: dict[int, list[tuple[float, float]]] = {}
+    nd_col = LINEAR_FEATURES.index("num_decode")
+    ctx_col = LINEAR_FEATURES.index("decode_context_tokens")
+    for s in samples:
+        if s.kind == "decode":
+            by_size.setdefault(int(s.features[nd_col]), []).append((s.features[ctx_col], s.duration_s))
+    rows = []
+    for n in sorted(by_size):
+        pts = np.array(by_size[n])
+        if len(np.unique(pts[:, 0])) < 2:
+            continue
+        a, b = _weighted_nnls(np.column_stack([np.ones(len(pts)), pts[:, 0]]), pts[:, 1])
+        rows.append((n, float(a), float(b)))
+    if len(rows) < 2:
+        return None
+    return DecodeTable(tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(r[2] for r in rows))
 
 
 def fit(samples: list[Sample]) -> Fit:
-    """Weighted (1/time) non-negative least squares of the iteration samples; swaps separately."""
+    """Decode iterations: a table per batch size (``DecodeTable``), when the sweep timed enough of
+    them. The other iterations: weighted (1/time) non-negative least squares of ``LINEAR_FEATURES``
+    (of every iteration sample when there is no table). Swaps: per-copy latency plus bandwidth."""
     it = [s for s in samples if s.kind != "swap"]
     sw = [s for s in samples if s.kind == "swap"]
     if len(it) < len(LINEAR_FEATURES):
         raise ValueError(f"calibration needs >= {len(LINEAR_FEATURES)} iteration samples, got {len(it)}")
-    X = np.array([s.features for s in it], dtype=np.float64)
-    y = np.array([s.duration_s for s in it], dtype=np.float64)
-    w = 1.0 / y
-    scale = X.max(axis=0)
-    scale[scale == 0] = 1.0
-    c = nnls(X / scale * w[:, None], y * w) / scale
-    pred = X @ c
-    ape = np.abs(pred - y) / y
+    table = fit_decode_table(it)
+    rest = [s for s in it if s.kind != "decode"] if table is not None else it
+    if len(rest) < len(LINEAR_FEATURES):
+        table, rest = None, it
+    X = np.array([s.features for s in rest], dtype=np.float64)
+    y = np.array([s.duration_s for s in rest], dtype=np.float64)
+    c = _weighted_nnls(X, y)
+    model = LinearCostModel(dict(zip(LINEAR_FEATURES, c)), 1.0, 1.0, 1, table)
+    y_all = np.array([s.duration_s for s in it])
+    pred = np.array([model.compute_time(BatchShape(*_shape_args(s.features))) for s in it])
+    ape = np.abs(pred - y_all) / y_all
     mape = {"all": float(ape.mean())}
     for kind in sorted({s.kind for s in it}):
         m = np.array([s.kind == kind for s in it])
@@ -226,14 +274,20 @@ def fit(samples: list[Sample]) -> Fit:
     if len(sw) >= 2:
         A = np.array([[s.swap_copies, s.swap_bytes] for s in sw], dtype=np.float64)
         t = np.array([s.swap_s for s in sw])
-        ws = 1.0 / t
-        sc = A.max(axis=0)
-        lat_b = nnls(A / sc * ws[:, None], t * ws) / sc
+        lat_b = _weighted_nnls(A, t)
         lat = float(lat_b[0])
         bw = float(1.0 / lat_b[1]) if lat_b[1] > 0 else 0.0
         pt = A @ lat_b
         mape["swap"] = float((np.abs(pt - t) / t).mean())
-    return Fit({k: float(v) for k, v in zip(LINEAR_FEATURES, c)}, lat, bw, mape, float(ape.max()))
+    return Fit({k: float(v) for k, v in zip(LINEAR_FEATURES, c)}, lat, bw, mape, float(ape.max()), table)
+
+
+def _shape_args(features) -> tuple:
+    """``BatchShape`` fields back from a ``LINEAR_FEATURES`` vector."""
+    f = dict(zip(LINEAR_FEATURES, features))
+    return (int(f["prefill_tokens"]), f["prefill_attention_pairs"], int(f["prefill_kv_read_tokens"]),
+            int(f["num_decode"]), int(f["decode_context_tokens"]), int(f["num_sampled"]),
+            int(f["num_prefill_chunks"]))
 
 
 def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[Sample]) -> dict:
@@ -259,7 +313,9 @@ def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[S
                    "iteration_overhead_s": max(f.coefficients["intercept"], 1e-6)},
         "kv": {"block_size": cap.block_size, "num_gpu_blocks": cap.num_gpu_blocks,
                "num_host_blocks": cap.num_host_blocks, "max_model_len": cap.max_model_len},
-        "cost_model": {"kind": "linear", "coefficients": f.coefficients},
+        "cost_model": {"kind": "linear", "coefficients": f.coefficients, **({} if f.decode_table is None else {
+            "decode_table": {"num_seqs": list(f.decode_table.num_seqs), "intercept_s": list(f.decode_table.intercept_s),
+                             "per_context_token_s": list(f.decode_table.per_context_token_s)}})},
         "fit": {"mape": f.mape, "max_ape": f.max_ape, "num_samples": len(samples)},
     }
 

@@ -239,15 +239,56 @@ def linear_features(s: BatchShape) -> tuple[float, ...]:
             1.0 if s.prefill_tokens else 0.0, float(s.num_prefill_chunks))
 
 
+@dataclass(frozen=True, slots=True)
+class DecodeTable:
+    """Measured decode iterations: for each batch size, time = intercept + per-token * context tokens.
+
+    Why a table: a decode step replays a CUDA graph captured for its batch size, and how
+    well attention spreads over the GPU depends on the batch (one sequence of 8,000 tokens
+    reads its KV at half the rate 64 sequences do), so neither the fixed cost nor the cost
+    per context token is one constant. Between measured sizes both are interpolated
+    linearly; past the largest, extrapolated from the last two.
+    """
+
+    num_seqs: tuple[int, ...]
+    intercept_s: tuple[float, ...]
+    per_context_token_s: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.num_seqs)
+        if n < 2 or len(self.intercept_s) != n or len(self.per_context_token_s) != n:
+            raise ValueError(f"decode table: num_seqs, intercept_s and per_context_token_s need the same length "
+                             f">= 2, got {n}, {len(self.intercept_s)}, {len(self.per_context_token_s)}")
+        if any(b <= a for a, b in zip(self.num_seqs, self.num_seqs[1:])) or self.num_seqs[0] < 1:
+            raise ValueError(f"decode table: num_seqs must rise from >= 1, got {list(self.num_seqs)}")
+        bad = [v for v in (*self.intercept_s, *self.per_context_token_s) if not (v >= 0 and math.isfinite(v))]
+        if bad:
+            raise ValueError(f"decode table: times must be finite and >= 0, got {bad[0]}")
+
+    def affine(self, num_seqs: int) -> tuple[float, float]:
+        xs = self.num_seqs
+        if num_seqs <= xs[0]:
+            return self.intercept_s[0], self.per_context_token_s[0]
+        i = 1
+        while i < len(xs) - 1 and xs[i] < num_seqs:
+            i += 1
+        f = (num_seqs - xs[i - 1]) / (xs[i] - xs[i - 1])
+        a0, a1 = self.intercept_s[i - 1], self.intercept_s[i]
+        b0, b1 = self.per_context_token_s[i - 1], self.per_context_token_s[i]
+        return max(a0 + f * (a1 - a0), 0.0), max(b0 + f * (b1 - b0), 0.0)
+
+
 class LinearCostModel(_AffineDecode):
     """Fitted: time = c · features, one coefficient per ``LINEAR_FEATURES`` entry (seconds per unit).
 
     ``servegym profile`` fits the coefficients on the real executor; swap time keeps the
-    latency-plus-bandwidth form with fitted constants.
+    latency-plus-bandwidth form with fitted constants. With a ``DecodeTable`` (profiles fitted
+    since it exists), decode-only iterations are timed from the table and the coefficients
+    describe iterations with prefill chunks.
     """
 
     def __init__(self, coefficients: dict[str, float], copy_latency_s: float, host_bandwidth: float,
-                 bytes_per_block: int):
+                 bytes_per_block: int, decode_table: DecodeTable | None = None):
         coefficients = {**{f: 0.0 for f in _LATER_FEATURES}, **coefficients}
         missing = [f for f in LINEAR_FEATURES if f not in coefficients]
         if missing:
@@ -260,8 +301,15 @@ class LinearCostModel(_AffineDecode):
         self.copy_latency_s = copy_latency_s
         self.host_bandwidth = host_bandwidth
         self.bytes_per_block = bytes_per_block
+        self.decode_table = decode_table
+        self._table_cache: dict[int, tuple[float, float]] = {}
 
     def decode_affine(self, num_seqs: int) -> tuple[float, float]:
+        if self.decode_table is not None:
+            hit = self._table_cache.get(num_seqs)
+            if hit is None:
+                hit = self._table_cache[num_seqs] = self.decode_table.affine(num_seqs)
+            return hit
         c = self.c
         a = c["intercept"] + (c["num_decode"] + c["num_sampled"]) * num_seqs
         return a, c["decode_context_tokens"]

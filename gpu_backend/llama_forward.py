@@ -25,6 +25,7 @@ from gpu_backend.fused_ops import add_rms_norm, rope_and_cache, silu_mul
 from gpu_backend.kv_store import PagedKVStore
 from gpu_backend.models import LlamaWeights, rope_inv_freq
 from gpu_backend.paged_attention import causal_attention, decode_attention, gather_kv, prefill_attention
+from gpu_backend.paged_prefill import DevicePrefillTiles, paged_prefill_attention
 
 
 @dataclass(slots=True)
@@ -50,6 +51,7 @@ class ForwardBatch:
     decode_block_tables: torch.Tensor | None = None   # [D, W]
     decode_context_lens: torch.Tensor | None = None   # [D] (position + 1)
     logit_rows: torch.Tensor | None = None    # rows whose logits are computed; None: all
+    paged_prefill: DevicePrefillTiles | None = None   # chunks over cached tokens, for the Triton kernel
 
 
 class LlamaForward:
@@ -112,7 +114,11 @@ class LlamaForward:
         d = self.dims
         nh, nkv, hd = d.num_heads, d.num_kv_heads, d.head_dim
         k_cache, v_cache = self.store.layers[layer]
+        if b.paged_prefill is not None:     # every chunk over cached tokens in one launch
+            paged_prefill_attention(q, k_cache, v_cache, b.paged_prefill, self.scale, attn)
         for r0, g, n, seg in self._groups(b.prefills):
+            if seg is not None and b.paged_prefill is not None:
+                continue
             if seg is None:     # g fresh chunks of n tokens each, adjacent rows: one batched call
                 e = r0 + g * n
                 attn[r0:e] = causal_attention(q[r0:e].view(g, n, nh, hd), k[r0:e].view(g, n, nkv, hd),

@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpu_backend.cost_model import CostModel, DeviceSpec, LinearCostModel, ModelShape, RooflineCostModel
+from gpu_backend.cost_model import (CostModel, DecodeTable, DeviceSpec, LinearCostModel, ModelShape,
+                                    RooflineCostModel)
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_PROFILE = "h100-llama-8b"
@@ -147,9 +148,18 @@ def load_profile(name_or_path: str) -> CostProfile:
         coeffs = cm.get("coefficients")
         if not isinstance(coeffs, dict):
             raise ProfileError(f"{src}: cost_model.coefficients must be an object")
+        table = cm.get("decode_table")
+        if table is not None and not isinstance(table, dict):
+            raise ProfileError(f"{src}: cost_model.decode_table must be an object")
         try:
-            cost = LinearCostModel(coeffs, device.copy_latency_s, device.host_bandwidth, bytes_per_block)
-        except ValueError as e:
+            decode_table = None if table is None else DecodeTable(
+                tuple(int(v) for v in table["num_seqs"]), tuple(float(v) for v in table["intercept_s"]),
+                tuple(float(v) for v in table["per_context_token_s"]))
+            cost = LinearCostModel(coeffs, device.copy_latency_s, device.host_bandwidth, bytes_per_block,
+                                   decode_table)
+        except KeyError as e:
+            raise ProfileError(f"{src}: cost_model.decode_table lacks {e}") from e
+        except (TypeError, ValueError) as e:
             raise ProfileError(f"{src}: {e}") from e
     else:
         raise ProfileError(f"{src}: cost_model.kind must be 'roofline' or 'linear', got {kind!r}")

@@ -28,6 +28,7 @@ from gpu_backend.decode_graphs import DecodeGraphs
 from gpu_backend.kv_store import PagedKVStore
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward, PrefillSegment
 from gpu_backend.mixed_graphs import MixedGraphs
+from gpu_backend.paged_prefill import DevicePrefillTiles, PrefillTiles, triton
 from gpu_backend.models import LlamaWeights, load_weights
 from gpu_backend.plan import BatchPlan, KVCapacity, StepResult
 
@@ -116,6 +117,8 @@ class TorchExecutor:
         # decode block tables live on the device, one row per sequence (fixed size: graphs read it)
         self.tables = DeviceBlockTables(4 * max_num_seqs, -(-max_model_len // block_size),
                                         self.store.scratch_block, self.device)
+        # chunks over cached tokens: the Triton kernel on CUDA, the gather + SDPA path elsewhere
+        self.paged_prefill_kernel = self.is_cuda and triton is not None
         self.graphs: DecodeGraphs | None = None
         self.mixed: MixedGraphs | None = None
         if self.is_cuda and cuda_graphs and not keep_logits:
@@ -328,6 +331,9 @@ class TorchExecutor:
             lr = np.asarray(sample_rows, dtype=np.int64)
             pick = np.arange(lr.size, dtype=np.int64)
         parts = [ids_a, pos_a, wb_a, lr, pick, *upd_parts] + [s[3] for s in segs]
+        over_cache = [s for s in segs if s[2]] if self.paged_prefill_kernel else []
+        if over_cache:
+            parts += PrefillTiles.build(over_cache).arrays()
         staged = self._stage(parts)
         views = []
         o = 0
@@ -337,6 +343,7 @@ class TorchExecutor:
         d_ids, d_pos, d_wb, d_lr, d_pick, d_slots, u_slots, u_cols, u_vals = views[:9]
         pt = iter(views[9:])
         segments = [PrefillSegment(r, n, start, next(pt)) for r, n, start, _ in segs]
+        tiles = DevicePrefillTiles.from_views(views[-6:], len(over_cache)) if over_cache else None
         tables = lens = None
         if nd:
             self.tables.apply(u_slots, u_cols, u_vals)
@@ -344,7 +351,7 @@ class TorchExecutor:
             dpos = d_pos[num_prefill:]
             d_wb = torch.cat([d_wb, tables.gather(1, (dpos // bs).unsqueeze(1)).squeeze(1)])
             lens = dpos + 1
-        batch = ForwardBatch(d_ids, d_pos, d_wb, d_pos % bs, segments, num_prefill, tables, lens, d_lr)
+        batch = ForwardBatch(d_ids, d_pos, d_wb, d_pos % bs, segments, num_prefill, tables, lens, d_lr, tiles)
         self._start_compute()
         bucket = self.mixed.bucket(d_ids.shape[0]) if self.mixed is not None else None
         logits = self.mixed.forward(batch, bucket) if bucket is not None else self.model(batch)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gpu_backend.cost_model import (LINEAR_FEATURES, BatchShape, DeviceSpec, LinearCostModel, ModelShape,
+from gpu_backend.cost_model import (LINEAR_FEATURES, BatchShape, DecodeTable, DeviceSpec, LinearCostModel, ModelShape,
                                     RooflineCostModel)
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
 from gpu_backend.profiles import PROFILE_DIR, ProfileError, list_profiles, load_profile
@@ -336,3 +336,19 @@ def test_invalid_json_and_wrong_top_level(tmp_path):
     with pytest.raises(ProfileError, match="the top level must be an object") as e:
         load_profile(src)
     assert str(e.value).startswith(src)
+
+
+def test_decode_table_interpolates_and_refuses_bad_tables():
+    t = DecodeTable((1, 8, 64), (1.0, 2.0, 4.0), (0.5, 0.25, 0.125))
+    assert t.affine(1) == (1.0, 0.5) and t.affine(8) == (2.0, 0.25)
+    assert t.affine(36) == (3.0, 0.1875)                 # half way from 8 to 64
+    assert t.affine(120) == (6.0, 0.0)                   # extrapolated from the last two, never negative
+    cm = LinearCostModel(COEFFS, 1.0, 1.0, 1, t)
+    assert cm.decode_affine(36) == (3.0, 0.1875)
+    assert cm.compute_time(decode_shape(36, 100)) == 3.0 + 0.1875 * 100
+    with pytest.raises(ValueError, match=r"num_seqs must rise from >= 1, got \[8, 8\]"):
+        DecodeTable((8, 8), (1.0, 1.0), (1.0, 1.0))
+    with pytest.raises(ValueError, match="the same length >= 2, got 2, 1, 2"):
+        DecodeTable((1, 8), (1.0,), (1.0, 1.0))
+    with pytest.raises(ValueError, match="finite and >= 0, got -1.0"):
+        DecodeTable((1, 8), (1.0, -1.0), (1.0, 1.0))

@@ -24,21 +24,61 @@ def test_nnls_drops_a_coefficient_that_would_be_negative():
     np.testing.assert_allclose(nnls(A, A @ np.array([1.0, 2.0, 3.0])), [1.0, 2.0, 3.0], rtol=1e-9)
 
 
+def _features(rng, prefill: bool) -> tuple:
+    """A consistent LINEAR_FEATURES vector: with prefill chunks, or decode-only."""
+    nd = float(rng.integers(1, 256))
+    ctx = float(rng.integers(1, 5000)) * nd
+    if not prefill:
+        return (1.0, 0.0, 0.0, 0.0, nd, ctx, nd, 0.0, 0.0)
+    chunks = float(rng.integers(1, 9))
+    tokens = float(rng.integers(16, 4000))
+    return (1.0, tokens, float(rng.integers(1, 10**6)), float(rng.integers(16, 9000)), nd, ctx,
+            nd + float(rng.integers(0, chunks + 1)), 1.0, chunks)
+
+
 def test_fit_recovers_exact_linear_costs():
     truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5)))
     rng = np.random.default_rng(1)
     samples = []
-    for _ in range(30):
-        f = (1.0, *rng.integers(0, 5000, 6).astype(float), float(rng.integers(0, 2)), float(rng.integers(0, 9)))
+    for i in range(40):     # labelled "mixed" so no decode table is fitted: one linear model for all
+        f = _features(rng, prefill=i % 3 != 0)
         samples.append(Sample("mixed", f, float(np.dot(f, list(truth.values())))))
     for copies, blocks in ((1, 4), (8, 64), (2, 512)):
         nbytes = blocks * 65536
         samples.append(Sample("swap", (), 0.0, copies, nbytes, copies * 5e-6 + nbytes / 50e9))
     f = fit(samples)
+    assert f.decode_table is None
     for k, v in truth.items():
         assert f.coefficients[k] == pytest.approx(v, rel=1e-6)
     assert f.copy_latency_s == pytest.approx(5e-6, rel=1e-6) and f.host_bandwidth == pytest.approx(50e9, rel=1e-6)
     assert f.mape["all"] < 1e-9 and f.mape["swap"] < 1e-9
+
+
+def test_fit_tables_decode_per_batch_size_and_fits_the_rest_linearly():
+    truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5)))
+    lines = {1: (1.0e-3, 3e-8), 8: (1.1e-3, 1e-8), 64: (1.4e-3, 8e-9)}    # batch size: (intercept, per token)
+    rng = np.random.default_rng(2)
+    samples = [Sample("decode", (1.0, 0.0, 0.0, 0.0, n, n * ctx, n, 0.0, 0.0), a + b * n * ctx)
+               for n, (a, b) in lines.items() for ctx in (128, 2048, 8192)]
+    for _ in range(20):
+        f = _features(rng, prefill=True)
+        samples.append(Sample("mixed", f, float(np.dot(f, list(truth.values())))))
+    f = fit(samples)
+    t = f.decode_table
+    assert t.num_seqs == (1, 8, 64)
+    for i, (a, b) in enumerate(lines.values()):
+        assert t.intercept_s[i] == pytest.approx(a, rel=1e-6) and t.per_context_token_s[i] == pytest.approx(b, rel=1e-6)
+    # fitted on iterations with prefill only, where the intercept and has_prefill always come together
+    c = f.coefficients
+    assert c["intercept"] + c["has_prefill"] == pytest.approx(3e-3, rel=1e-6)
+    for k, v in truth.items():
+        if k not in ("intercept", "has_prefill"):
+            assert c[k] == pytest.approx(v, rel=1e-6)
+    assert f.mape["decode"] < 1e-9 and f.mape["mixed"] < 1e-9
+    # between measured sizes the line is interpolated: 36 sequences are half way from 8 to 64
+    model = LinearCostModel(f.coefficients, 1.0, 1.0, 1, t)
+    a, b = model.decode_affine(36)
+    assert a == pytest.approx(1.25e-3, rel=1e-6) and b == pytest.approx(9e-9, rel=1e-6)
 
 
 def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):

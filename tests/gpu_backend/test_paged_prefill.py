@@ -1,0 +1,103 @@
+"""The paged prefill kernel's layout (``PrefillTiles``) and its result against the torch path.
+
+The kernel runs on a CUDA device, or on the CPU under Triton's interpreter
+(``TRITON_INTERPRET=1 python -m pytest tests/gpu_backend/test_paged_prefill.py`` with triton
+installed); elsewhere that test is skipped."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from gpu_backend.paged_prefill import DevicePrefillTiles, PrefillTiles, paged_prefill_reference
+
+
+def test_tiles_lay_out_chunks_for_the_kernel():
+    tiles = PrefillTiles.build([(0, 40, 16, np.array([3, 4, 5, 6])), (40, 5, 100, np.arange(7, 14)),
+                                (45, 32, 32, np.array([1, 2, 9]))], block_m=32)
+    np.testing.assert_array_equal(tiles.tables, [[3, 4, 5, 6, 0, 0, 0], [7, 8, 9, 10, 11, 12, 13],
+                                                 [1, 2, 9, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(tiles.seg_row, [0, 40, 45])
+    np.testing.assert_array_equal(tiles.seg_start, [16, 100, 32])
+    np.testing.assert_array_equal(tiles.seg_len, [40, 5, 32])
+    np.testing.assert_array_equal(tiles.tile_seg, [0, 0, 1, 2])     # 40 rows take two tiles of 32
+    np.testing.assert_array_equal(tiles.tile_row, [0, 32, 0, 0])
+    assert [a.dtype for a in tiles.arrays()] == [np.int64] * 6 and tiles.arrays()[0].shape == (21,)
+
+
+def _kernel_device() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return None
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("heads, kv_heads, head_dim", [(4, 2, 16), (6, 2, 64)])
+def test_kernel_matches_the_torch_path(heads, kv_heads, head_dim):
+    from gpu_backend.paged_prefill import paged_prefill_attention
+
+    dev = _kernel_device()
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    bs, num_blocks = 16, 64
+    k_cache = torch.randn(num_blocks, kv_heads, bs, head_dim, generator=g).to(dev, dtype)
+    v_cache = torch.randn(num_blocks, kv_heads, bs, head_dim, generator=g).to(dev, dtype)
+    perm = torch.randperm(num_blocks, generator=g).numpy()
+    # (tokens, cached before): a short question over a long document, a chunk crossing a block edge,
+    # one spanning several query tiles, a one-token chunk
+    shapes = [(7, 200), (20, 13), (70, 64), (1, 31)]
+    chunks, row, used = [], 0, 0
+    for n, start in shapes:
+        nb = -(-(start + n) // bs)
+        chunks.append((row, n, start, perm[used:used + nb]))
+        row += n
+        used += nb
+    q = torch.randn(row, heads, head_dim, generator=g).to(dev, dtype)
+    tiles = PrefillTiles.build(chunks)
+    dev_tiles = DevicePrefillTiles.from_views([torch.as_tensor(a, device=dev) for a in tiles.arrays()], len(chunks))
+    got = paged_prefill_attention(q, k_cache, v_cache, dev_tiles, head_dim ** -0.5, torch.zeros_like(q))
+    want = paged_prefill_reference(q.float(), k_cache.float(), v_cache.float(), tiles, head_dim ** -0.5,
+                                   torch.zeros(q.shape, dtype=torch.float32, device=dev))
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_kernel_device() != "cpu", reason="the executor on the CPU with the kernel: TRITON_INTERPRET=1")
+def test_executor_with_the_kernel_matches_transformers():
+    """Chunked prefill and a prefix-cache hit through the executor with the kernel on (the GPU
+    benchmark's part (a) checks the same on CUDA in bf16)."""
+    from gpu_backend.models import LlamaWeights
+    from gpu_backend.plan import BatchPlan, PrefillChunk
+    from gpu_backend.torch_executor import TorchExecutor
+    from tests.gpu_backend.tiny_model import perturbed_tiny_model
+
+    hf = perturbed_tiny_model(seed=0, norm_seed=123)
+    ex = TorchExecutor(LlamaWeights.from_hf(hf, "tiny"), device="cpu", keep_logits=True, num_gpu_blocks=64,
+                       num_host_blocks=8)
+    ex.paged_prefill_kernel = True
+    ids = torch.randint(0, 32000, (90,), generator=torch.Generator().manual_seed(3)).tolist()
+    other = ids[:48] + torch.randint(0, 32000, (25,), generator=torch.Generator().manual_seed(4)).tolist()
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0]
+        ref_other = hf(torch.tensor([other])).logits[0]
+    table = [20, 3, 4, 40, 41, 7]
+    start = 0
+    for n in (13, 35, 32):
+        ex.execute(BatchPlan(prefills=[PrefillChunk(9, start, n, table, start + n == 80, ids[start:start + n])]))
+        torch.testing.assert_close(ex.last_logits[9], ref[start:start + n], atol=2e-5, rtol=1e-4)
+        start += n
+    # two chunks over cached tokens in one iteration: sequence 9's next chunk and a prefix hit on its blocks
+    res = ex.execute(BatchPlan(prefills=[PrefillChunk(9, 80, 10, table, True, ids[80:90]),
+                                         PrefillChunk(5, 48, 25, [20, 3, 4, 50, 51], True, other[48:])]))
+    torch.testing.assert_close(ex.last_logits[9], ref[80:90], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(ex.last_logits[5], ref_other[48:], atol=2e-5, rtol=1e-4)
+    assert res.sampled_tokens == {9: int(ref[89].argmax()), 5: int(ref_other[-1].argmax())}
