@@ -8,12 +8,18 @@ so no prompt is in two splits and the simulator's test workload holds exactly th
 predictor's test prompts. ``ranking_lists`` cuts a seeded shuffle of the training
 prompts into the lists ListMLE is trained on (the LTR paper, ``../shared/papers.md``
 §4.2: random lists of 32, 64 in the final setting).
+
+``aux_models`` adds other models' lengths for the same prompts (consensus or
+multi-model labels, ``agents.ranker_losses``). They are loaded for the training and
+validation prompts only: the test split carries the target's lengths alone, so no
+auxiliary label of a test prompt can reach training or model selection.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -30,6 +36,8 @@ class RankerSplit:
     prompts: tuple[str, ...]
     prompt_tokens: np.ndarray  # cl100k tokens of each prompt
     lengths: np.ndarray        # the target model's response length, cl100k tokens
+    # auxiliary model -> its response lengths for these prompts (train and val splits only)
+    aux_lengths: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -44,14 +52,22 @@ class RankerData:
     train: RankerSplit
     val: RankerSplit
     test: RankerSplit
+    aux_models: tuple[str, ...] = ()
 
 
 def load_ranker_data(target_model: str, split_seed: int = 0, max_train: int | None = None,
                      fractions: tuple[float, float, float] = DEFAULT_SPLIT_FRACTIONS,
-                     path: str | Path = ALPACA_LENGTHS_PATH) -> RankerData:
-    """The splits for ``target_model``; ``max_train`` keeps a seeded subset of the training prompts."""
+                     path: str | Path = ALPACA_LENGTHS_PATH, aux_models: Sequence[str] = ()) -> RankerData:
+    """The splits for ``target_model``; ``max_train`` keeps a seeded subset of the training prompts.
+
+    ``aux_models``: other models whose lengths the train and val splits also carry.
+    """
     data = load_alpaca_eval(path)
     lengths = data.lengths(target_model)
+    aux_models = tuple(aux_models)
+    if target_model in aux_models:
+        raise ValueError(f"auxiliary model {target_model!r} is the target model; list only other models")
+    aux = {m: data.lengths(m) for m in aux_models}
     ids = split_prompt_ids(data.instruction_ids, split_seed, fractions)
     if max_train is not None:
         if max_train < 2:
@@ -62,10 +78,11 @@ def load_ranker_data(target_model: str, split_seed: int = 0, max_train: int | No
 
     def split(name: str) -> RankerSplit:
         rows = [row_of[int(i)] for i in ids[name]]
+        extra = {} if name == "test" else {m: v[rows] for m, v in aux.items()}
         return RankerSplit(name, data.instruction_ids[rows], tuple(data.prompts[r] for r in rows),
-                           data.prompt_tokens[rows], lengths[rows])
+                           data.prompt_tokens[rows], lengths[rows], extra)
 
-    return RankerData(target_model, split_seed, split("train"), split("val"), split("test"))
+    return RankerData(target_model, split_seed, split("train"), split("val"), split("test"), aux_models)
 
 
 def ranking_lists(num_items: int, list_size: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -12,6 +12,14 @@ so the default trains more epochs, and the freshly initialised head gets its own
 larger learning rate. The epoch with the best validation tau is kept (the paper trains
 a fixed 5 epochs).
 
+Labels (``config.label_source``): the target model's own lengths, a consensus of
+standardised log lengths over the target and auxiliary models, or one loss per model
+(``agents.ranker_losses``). Auxiliary lengths are read from the training prompts only;
+the validation tau that picks the epoch is against the target model's lengths, or with
+``select_on="consensus"`` against the consensus of the validation prompts' lengths; the
+reported ``val_tau`` is always against the target's.
+``config.freeze_layers`` keeps the embeddings and the lowest encoder layers fixed.
+
 Progress (tqdm) and TensorBoard logging (``train/loss`` per step, ``val/kendall_tau`` per
 epoch) are optional: pass ``progress=True`` and a ``SummaryWriter``-like ``writer``.
 """
@@ -30,9 +38,10 @@ import numpy as np
 from agents.ranker import Ranker, RankerMeta
 from agents.ranker_data import RankerData, load_ranker_data, ranking_lists
 from agents.ranker_config import RankerTrainConfig
-from agents.ranker_losses import (MAX_LEN, bucket_labels, listmle, log_length_targets,
-                                  pairwise_logistic, pointwise_log_length)
-from agents.ranking_metrics import length_tau
+from agents.ranker_losses import (MAX_LEN, bucket_labels, consensus_labels, listmle, log_length_targets,
+                                  multi_listmle, multi_model_weights, pairwise_logistic, pointwise_log_length,
+                                  standardized_log_lengths)
+from agents.ranking_metrics import kendall_tau_b, length_tau
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,7 @@ class EpochLog:
     mean_loss: float
     val_tau: float
     seconds: float
+    select_tau: float  # what picks the epoch: val_tau, or the tau against the validation consensus
 
 
 @dataclass(frozen=True)
@@ -59,19 +69,85 @@ class RankerTrainResult:
     train_seconds: float
 
 
+def aux_models_for(config: RankerTrainConfig, path=None) -> tuple[str, ...]:
+    """The auxiliary models ``config`` asks for, checked against the data file (none for ``target`` labels)."""
+    if not config.uses_aux():
+        return ()
+    from agents.ranker_config import resolve_aux_models
+    from envs.workloads.alpaca import ALPACA_LENGTHS_PATH, load_alpaca_eval
+
+    available = load_alpaca_eval(path or ALPACA_LENGTHS_PATH).models
+    return resolve_aux_models(config.aux_model_names_requested(), available, config.target_model)
+
+
+def training_labels(config: RankerTrainConfig, data: RankerData) -> tuple[np.ndarray, np.ndarray]:
+    """(labels ``(models, train prompts)``, weights ``(models,)``) of the training prompts; higher = shorter.
+
+    One row for ``target`` and ``consensus``, the target then each auxiliary model for
+    ``multi``. Only ``data.train`` is read.
+    """
+    train = data.train
+    aux = [train.aux_lengths[m] for m in data.aux_models] if config.uses_aux() else []
+    if config.uses_aux() and not aux:
+        raise ValueError(f"label source {config.label_source!r} needs auxiliary models' lengths; the data "
+                         "were loaded without any (load_ranker_data(..., aux_models=...))")
+    bucketed = (np.minimum(train.lengths, MAX_LEN) // config.bucket) * config.bucket
+    if config.label_source == "consensus":
+        return consensus_labels(train.lengths, aux, config.target_weight)[None, :], np.ones(1)
+    if config.label_source == "multi":
+        series = [train.lengths, *aux]
+        weights = multi_model_weights(len(aux), config.target_weight)
+    else:
+        series, weights = [train.lengths], np.ones(1)
+    if config.loss == "pointwise":
+        rows = [-standardized_log_lengths((np.minimum(x, MAX_LEN) // config.bucket) * config.bucket)
+                for x in series]
+    else:
+        rows = [bucket_labels(x, config.bucket) for x in series]
+    return np.stack(rows).astype(np.float64), weights
+
+
 def _loss_fn(config: RankerTrainConfig, data: RankerData):
     import torch
 
-    if config.loss == "pointwise":
-        bucketed = (np.minimum(data.train.lengths, MAX_LEN) // config.bucket) * config.bucket
-        logs = np.log1p(bucketed.astype(np.float64))
-        mu, sigma = float(logs.mean()), float(logs.std()) or 1.0
-        targets = torch.as_tensor(log_length_targets(bucketed, mu, sigma), dtype=torch.float32)
-        return lambda scores, rows, gen: pointwise_log_length(scores, targets[rows].to(scores.device))
-    labels = torch.as_tensor(bucket_labels(data.train.lengths, config.bucket), dtype=torch.float32)
+    label_rows, weights = training_labels(config, data)
+    labels = torch.as_tensor(label_rows, dtype=torch.float32)
+    w = torch.as_tensor(weights, dtype=torch.float32)
     if config.loss == "listmle":
-        return lambda scores, rows, gen: listmle(scores, labels[rows].to(scores.device), gen)
-    return lambda scores, rows, gen: pairwise_logistic(scores, labels[rows].to(scores.device))
+        return lambda scores, rows, gen: multi_listmle(scores, labels[:, rows].to(scores.device), w, gen)
+    base = pairwise_logistic if config.loss == "pairwise" else pointwise_log_length
+    return lambda scores, rows, gen: sum(float(wm) * base(scores, row[rows].to(scores.device))
+                                         for wm, row in zip(weights, labels) if wm != 0.0)
+
+
+def selection_reference(config: RankerTrainConfig, data: RankerData) -> np.ndarray | None:
+    """Consensus labels of the validation prompts for ``select_on="consensus"``; None: select on the target."""
+    if config.select_on == "target":
+        return None
+    aux = [data.val.aux_lengths[m] for m in data.aux_models]
+    if not aux:
+        raise ValueError("select_on='consensus' needs the validation prompts' auxiliary lengths; the data "
+                         "were loaded without any")
+    return consensus_labels(data.val.lengths, aux, config.target_weight)
+
+
+def freeze_lower_layers(module, num_layers: int) -> int:
+    """Stop gradients to the embeddings and the lowest ``num_layers`` encoder layers; returns how many froze."""
+    if num_layers == 0:
+        return 0
+    encoder = module.encoder
+    if hasattr(encoder, "embeddings") and hasattr(encoder, "encoder"):       # BERT (MiniLM)
+        embeddings, layers = encoder.embeddings, encoder.encoder.layer
+    elif hasattr(encoder, "embed_tokens") and hasattr(encoder, "layers"):    # Llama (SmolLM2)
+        embeddings, layers = encoder.embed_tokens, encoder.layers
+    else:
+        raise ValueError(f"freeze_layers: do not know the layers of a {type(encoder).__name__} backbone")
+    if num_layers > len(layers):
+        raise ValueError(f"freeze_layers {num_layers} exceeds the backbone's {len(layers)} layers")
+    for part in [embeddings, *layers[:num_layers]]:
+        for p in part.parameters():
+            p.requires_grad_(False)
+    return num_layers
 
 
 def train_ranker(config: RankerTrainConfig, data: RankerData | None = None, ranker: Ranker | None = None,
@@ -80,7 +156,8 @@ def train_ranker(config: RankerTrainConfig, data: RankerData | None = None, rank
     import torch
 
     if data is None:
-        data = load_ranker_data(config.target_model, config.split_seed, config.max_train)
+        data = load_ranker_data(config.target_model, config.split_seed, config.max_train,
+                                aux_models=aux_models_for(config))
     if ranker is None:
         ranker = Ranker.from_backbone(config.backbone, seed=config.seed, max_length=config.max_length)
     for split in (data.train, data.val, data.test):
@@ -91,14 +168,16 @@ def train_ranker(config: RankerTrainConfig, data: RankerData | None = None, rank
     test_ids = ranker.encode(data.test.prompts)
     bs = config.eval_batch_size
     untrained_val = length_tau(ranker.score_ids(val_ids, bs), data.val.lengths)
+    select_ref = selection_reference(config, data)
     untrained_test = length_tau(ranker.score_ids(test_ids, bs), data.test.lengths)
     if writer is not None:
         writer.add_scalar("val/kendall_tau", untrained_val, 0)
 
     module = ranker.module
+    freeze_lower_layers(module, config.freeze_layers)
     head = list(module.head.parameters())
     head_ids = {id(p) for p in head}
-    body = [p for p in module.parameters() if id(p) not in head_ids]
+    body = [p for p in module.parameters() if id(p) not in head_ids and p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": body, "lr": config.lr}, {"params": head, "lr": config.head_lr}],
                                   weight_decay=config.weight_decay)
     loss_fn = _loss_fn(config, data)
@@ -127,7 +206,7 @@ def train_ranker(config: RankerTrainConfig, data: RankerData | None = None, rank
                     loss = loss_fn(scores, torch.as_tensor(rows), gen)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_(module.parameters(), config.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(body + head, config.max_grad_norm)
                     optimizer.step()
                     value = float(loss.detach())
                     if not math.isfinite(value):
@@ -139,24 +218,28 @@ def train_ranker(config: RankerTrainConfig, data: RankerData | None = None, rank
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(epoch=epoch, loss=f"{value:.3f}", refresh=False)
-                val_tau = length_tau(ranker.score_ids(val_ids, bs), data.val.lengths)
-                history.append(EpochLog(epoch, float(np.mean(losses)), val_tau, time.perf_counter() - t0))
+                val_scores = ranker.score_ids(val_ids, bs)
+                val_tau = length_tau(val_scores, data.val.lengths)
+                select_tau = val_tau if select_ref is None else kendall_tau_b(val_scores, select_ref)
+                history.append(EpochLog(epoch, float(np.mean(losses)), val_tau, time.perf_counter() - t0,
+                                        select_tau))
                 if writer is not None:
                     writer.add_scalar("train/epoch_loss", history[-1].mean_loss, epoch)
                     writer.add_scalar("val/kendall_tau", val_tau, epoch)
                 if bar is not None:
                     bar.set_postfix(epoch=epoch, val_tau=f"{val_tau:.3f}")
-                if val_tau > best[0]:
-                    best = (val_tau, epoch, copy.deepcopy(module.state_dict()))
+                if select_tau > best[0]:
+                    best = (select_tau, epoch, copy.deepcopy(module.state_dict()))
         finally:
             if bar is not None:
                 bar.close()
     train_seconds = time.perf_counter() - start
-    best_tau, best_epoch, state = best
+    _, best_epoch, state = best
     if state is None:  # every validation tau was NaN (constant scores): keep the last epoch
-        best_epoch, best_tau = config.epochs, history[-1].val_tau
+        best_epoch = config.epochs
     else:
         module.load_state_dict(state)
+    best_tau = history[best_epoch - 1].val_tau
     module.eval()
     val_scores = ranker.score_ids(val_ids, bs)
     test_scores = ranker.score_ids(test_ids, bs)

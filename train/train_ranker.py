@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agents.ranker_config import LOSSES
+from agents.ranker_config import LABEL_SOURCES, LOSSES, SELECT_ON
 
 
 def add_train_ranker_args(p: argparse.ArgumentParser) -> None:
@@ -45,6 +45,20 @@ def add_train_ranker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bucket", type=int, default=d.bucket, help="tokens per training-label bucket (paper: 10)")
     p.add_argument("--max-length", type=int, default=None, help="prompt truncation in backbone tokens")
     p.add_argument("--max-train", type=int, default=None, help="train on a seeded subset of N prompts")
+    p.add_argument("--label-source", choices=LABEL_SOURCES, default=d.label_source,
+                   help="training labels: the target model's lengths (target), a consensus of per-model "
+                        "standardised log lengths over the target and --aux-models (consensus), or one "
+                        "loss per model, summed (multi); validation and test always use the target's lengths")
+    p.add_argument("--aux-models", default=d.aux_models,
+                   help="auxiliary models for consensus/multi labels: all (every other model in the "
+                        "shipped file), none, or a comma-separated list; read for training prompts only")
+    p.add_argument("--target-weight", type=float, default=d.target_weight,
+                   help="weight of the target model's own label against the auxiliary models' mean, in [0, 1]")
+    p.add_argument("--select-on", choices=SELECT_ON, default=d.select_on,
+                   help="what the validation tau that keeps the best epoch is measured against: the target "
+                        "model's lengths, or the consensus of the validation prompts' lengths")
+    p.add_argument("--freeze-layers", type=int, default=d.freeze_layers,
+                   help="keep the embeddings and the lowest N encoder layers at their pretrained weights")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--split-seed", type=int, default=d.split_seed,
                    help="seed of the train/val/test split by prompt (the -test workloads use 0)")
@@ -93,17 +107,19 @@ def _run_train_ranker(args: argparse.Namespace) -> int:
     from agents.ranker_backbones import check_backbone
     from agents.ranker_baselines import BagOfWordsRidge, PromptLengthPredictor
     from agents.ranker_data import load_ranker_data
-    from agents.ranker_training import RankerTrainConfig, train_ranker
+    from agents.ranker_training import RankerTrainConfig, aux_models_for, train_ranker
     from agents.ranking_metrics import length_tau
 
     config = RankerTrainConfig(
         backbone=args.backbone, target_model=args.target_model, loss=args.loss, epochs=args.epochs,
         list_size=args.list_size, lr=args.lr, head_lr=args.head_lr, weight_decay=args.weight_decay,
         bucket=args.bucket, seed=args.seed, split_seed=args.split_seed, max_length=args.max_length,
-        max_train=args.max_train)
+        max_train=args.max_train, label_source=args.label_source, aux_models=args.aux_models,
+        target_weight=args.target_weight, freeze_layers=args.freeze_layers, select_on=args.select_on)
     check_backbone(config.backbone)  # a missing package fails before any work
     out = args.out or Path("runs") / "ranker" / f"{args.target_model}-{args.backbone}-{args.loss}-s{args.seed}"
-    data = load_ranker_data(config.target_model, config.split_seed, config.max_train)
+    data = load_ranker_data(config.target_model, config.split_seed, config.max_train,
+                            aux_models=aux_models_for(config))
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(
         {"config": dataclasses.asdict(config), "device": args.device,
@@ -130,7 +146,9 @@ def _run_train_ranker(args: argparse.Namespace) -> int:
         writer.close()
     checkpoint = result.ranker.save(out / "checkpoint")
 
-    name = f"{config.backbone} {config.loss}"
+    name = f"{config.backbone} {config.loss}" + (
+        f" {config.label_source} ({len(data.aux_models)} aux, w {config.target_weight:g})"
+        if config.uses_aux() else "")
     rows = [(name, f"{result.test_tau:.3f}", f"{result.val_tau:.3f}",
              f"best epoch {result.best_epoch}/{config.epochs}"),
             (f"{config.backbone} untrained", f"{result.untrained_test_tau:.3f}", f"{result.untrained_val_tau:.3f}",
@@ -148,6 +166,9 @@ def _run_train_ranker(args: argparse.Namespace) -> int:
         "baseline_kendall_tau": {k: t for k, (_, t, _) in baselines.items()},
         "untrained_test_kendall_tau": result.untrained_test_tau,
         "target_model": config.target_model, "backbone": config.backbone, "loss": config.loss,
+        "label_source": config.label_source, "aux_models": list(data.aux_models),
+        "target_weight": config.target_weight, "freeze_layers": config.freeze_layers,
+        "select_on": config.select_on,
         "epochs": config.epochs, "best_epoch": result.best_epoch,
         "history": [dataclasses.asdict(h) for h in result.history],
         "num_train": len(data.train), "num_val": len(data.val), "num_test": len(data.test),

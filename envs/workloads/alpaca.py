@@ -1,11 +1,13 @@
-"""Real prompts with real response lengths: AlpacaEval's 805 instructions and what six models answered.
+"""Real prompts with real response lengths: AlpacaEval's 805 instructions and what twenty models answered.
 
 Why: an output-length predictor (the learning-to-rank scheduler of Fu et al., NeurIPS'24,
 ``../shared/papers.md`` §4) reads the prompt *text*, so a workload that is to be served
 with it must carry prompt text and the true length of one target model's response to
 that very prompt. The shipped file ``envs/data/alpaca_eval/alpaca_eval_lengths.jsonl.gz``
 (CC BY-NC 4.0; see the README beside it) holds the 805 AlpacaEval instructions and the
-cl100k token counts of the responses of six models of different verbosity.
+cl100k token counts of the responses of six target models of different verbosity
+(``SHIPPED_MODELS``, each served as a workload) and of fourteen auxiliary models
+(``AUX_MODELS``, extra ranking labels for the ranker only).
 
 The same module splits the prompts into train / validation / test sets by prompt
 (``split_prompt_ids``), so the ranker trained in ``agents`` and the workload that
@@ -42,6 +44,12 @@ DEFAULT_SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # train / val / test, by prompt
 # response 432, 416, 412, 271, 230 and 85 cl100k tokens).
 SHIPPED_MODELS = ("gpt4_1106_preview", "Meta-Llama-3-70B-Instruct", "Meta-Llama-3-8B-Instruct",
                   "gpt-3.5-turbo-0613", "vicuna-13b-v1.5", "alpaca-7b")
+# Fourteen more models whose lengths the file also holds, after the six: auxiliary ranking
+# labels for the ranker (``agents.ranker_data``, ``--aux-models``). No workload serves them.
+AUX_MODELS = ("gpt4", "gpt-4o-2024-05-13", "claude-2", "claude-3-opus-20240229",
+              "claude-instant-1.2", "llama-2-7b-chat-hf", "Mixtral-8x7B-Instruct-v0.1",
+              "Mistral-7B-Instruct-v0.2", "Qwen1.5-72B-Chat", "Yi-34B-Chat", "zephyr-7b-beta",
+              "tulu-2-dpo-70b", "guanaco-33b", "oasst-sft-pythia-12b")
 
 
 class AlpacaFormatError(ValueError):

@@ -11,15 +11,16 @@ from agents.ranker_baselines import BagOfWordsRidge, PromptLengthPredictor, hash
 from agents.ranker_data import load_ranker_data, ranking_lists
 from agents.ranking_metrics import length_tau
 from envs.workloads import get_workload
-from envs.workloads.alpaca import (ALPACA_LENGTHS_PATH, SHIPPED_MODELS, AlpacaEvalWorkload, AlpacaFormatError,
-                                   UnknownTargetModelError, load_alpaca_eval, split_prompt_ids, workload_name)
+from envs.workloads.alpaca import (ALPACA_LENGTHS_PATH, AUX_MODELS, SHIPPED_MODELS, AlpacaEvalWorkload,
+                                   AlpacaFormatError, UnknownTargetModelError, load_alpaca_eval, split_prompt_ids,
+                                   workload_name)
 
 LLAMA = "Meta-Llama-3-8B-Instruct"
 
 
 def test_shipped_file_holds_805_prompts_and_the_listed_models():
     data = load_alpaca_eval()
-    assert len(data) == 805 and data.models == SHIPPED_MODELS
+    assert len(data) == 805 and data.models == SHIPPED_MODELS + AUX_MODELS
     assert sorted(data.instruction_ids.tolist()) == list(range(805))
     assert len(set(data.prompts)) == 805
     assert data.prompts[1] == "How did US states get their names?"

@@ -21,12 +21,14 @@ LLAMA = "Meta-Llama-3-8B-Instruct"
 
 def _head(split: RankerSplit, n: int) -> RankerSplit:
     return RankerSplit(split.name, split.instruction_ids[:n], split.prompts[:n], split.prompt_tokens[:n],
-                       split.lengths[:n])
+                       split.lengths[:n], {m: v[:n] for m, v in split.aux_lengths.items()})
 
 
 @pytest.fixture(scope="module")
 def tiny_data():
-    d = load_ranker_data(LLAMA, split_seed=0, max_train=48)
+    from agents.ranker_training import RankerTrainConfig, aux_models_for
+
+    d = load_ranker_data(LLAMA, split_seed=0, max_train=48, aux_models=aux_models_for(RankerTrainConfig()))
     return dataclasses.replace(d, val=_head(d.val, 40), test=_head(d.test, 40))
 
 
@@ -35,7 +37,8 @@ def test_training_on_a_tiny_slice_improves_tau_over_the_untrained_model(fresh_mi
 
     ranker = fresh_minilm(seed=0, max_length=16)
     before = length_tau(ranker.score(tiny_data.train.prompts), tiny_data.train.lengths)
-    config = RankerTrainConfig(epochs=3, list_size=16, head_lr=1e-2, max_length=16, seed=0)
+    config = RankerTrainConfig(epochs=3, list_size=16, head_lr=1e-2, max_length=16, seed=0, lr=2e-5,
+                               label_source="target")
     result = train_ranker(config, tiny_data, ranker)
     after = length_tau(ranker.score(tiny_data.train.prompts), tiny_data.train.lengths)
     assert result.ranker is ranker and len(result.history) == 3
@@ -50,14 +53,44 @@ def test_training_on_a_tiny_slice_improves_tau_over_the_untrained_model(fresh_mi
     assert all(np.isfinite(h.mean_loss) for h in result.history)
 
 
-@pytest.mark.parametrize("loss", ["pairwise", "pointwise"])
-def test_other_losses_train_without_error(fresh_minilm, tiny_data, loss):
+def test_consensus_labels_train_and_select_on_the_validation_consensus(fresh_minilm, tiny_data):
+    from agents.ranker_losses import consensus_labels
+    from agents.ranker_training import RankerTrainConfig, train_ranker
+
+    ranker = fresh_minilm(seed=0, max_length=16)
+    config = RankerTrainConfig(epochs=3, list_size=16, head_lr=1e-2, max_length=16, seed=0,
+                               label_source="consensus", select_on="consensus", freeze_layers=2)
+    before = {k: v.clone() for k, v in ranker.module.encoder.encoder.layer[0].state_dict().items()}
+    top_before = ranker.module.encoder.encoder.layer[5].output.dense.weight.detach().clone()
+    result = train_ranker(config, tiny_data, ranker)
+    val_ref = consensus_labels(tiny_data.val.lengths, [tiny_data.val.aux_lengths[m] for m in tiny_data.aux_models],
+                               0.8)
+    best = max(result.history, key=lambda h: h.select_tau)
+    assert result.best_epoch == best.epoch and result.val_tau == best.val_tau
+    from agents.ranking_metrics import kendall_tau_b
+    assert best.select_tau == pytest.approx(kendall_tau_b(ranker.score(tiny_data.val.prompts), val_ref))
+    assert result.val_tau > result.untrained_val_tau + 0.05
+    # frozen: layer 0 unchanged; the top layer trained
+    after = ranker.module.encoder.encoder.layer[0].state_dict()
+    assert all(torch_equal(before[k], after[k]) for k in before)
+    assert not torch_equal(top_before, ranker.module.encoder.encoder.layer[5].output.dense.weight)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+@pytest.mark.parametrize("loss,source", [("pairwise", "target"), ("pointwise", "target"), ("listmle", "multi"),
+                                         ("pairwise", "consensus"), ("pointwise", "multi")])
+def test_other_losses_train_without_error(fresh_minilm, tiny_data, loss, source):
     from agents.ranker_training import RankerTrainConfig, train_ranker
 
     data = dataclasses.replace(tiny_data, train=_head(tiny_data.train, 16), val=_head(tiny_data.val, 8),
                                test=_head(tiny_data.test, 8))
-    result = train_ranker(RankerTrainConfig(loss=loss, epochs=1, list_size=8, max_length=8), data,
-                          fresh_minilm(max_length=8))
+    result = train_ranker(RankerTrainConfig(loss=loss, epochs=1, list_size=8, max_length=8, label_source=source),
+                          data, fresh_minilm(max_length=8))
     assert len(result.history) == 1 and np.isfinite(result.history[0].mean_loss)
     assert result.ranker.meta.loss == loss
 

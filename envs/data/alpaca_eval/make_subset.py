@@ -20,13 +20,34 @@ import json
 import sys
 from pathlib import Path
 
-MODELS = (  # from verbose to terse (mean response length)
+MODELS = (  # the six target models first, from verbose to terse (mean response length)
     "gpt4_1106_preview",
     "Meta-Llama-3-70B-Instruct",
     "Meta-Llama-3-8B-Instruct",
     "gpt-3.5-turbo-0613",
     "vicuna-13b-v1.5",
     "alpaca-7b",
+    # Auxiliary models: every other model whose full responses the project's extract keeps
+    # (``alpaca_eval_outputs_24models.jsonl.gz``), chosen by availability, not by how well
+    # they agree with any target. Left out: gpt35_turbo_instruct and llama-2-70b-chat-hf
+    # (upstream lacks some of their responses), text_davinci_003 and gemini-pro (some of
+    # their responses are empty, and every length here is >= 1). Their lengths are extra
+    # ranking labels for the ranker (``servegym train ranker --aux-models``); no workload
+    # serves them.
+    "gpt4",
+    "gpt-4o-2024-05-13",
+    "claude-2",
+    "claude-3-opus-20240229",
+    "claude-instant-1.2",
+    "llama-2-7b-chat-hf",
+    "Mixtral-8x7B-Instruct-v0.1",
+    "Mistral-7B-Instruct-v0.2",
+    "Qwen1.5-72B-Chat",
+    "Yi-34B-Chat",
+    "zephyr-7b-beta",
+    "tulu-2-dpo-70b",
+    "guanaco-33b",
+    "oasst-sft-pythia-12b",
 )
 
 
