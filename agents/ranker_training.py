@@ -8,8 +8,8 @@ and pointwise losses as options, and keeps the epoch with the best validation ta
 
 Differences from the paper, because the data here are 805 prompts rather than 10k:
 a list size of 64 over about 560 training prompts is about 9 optimiser steps per epoch,
-so the default trains more epochs, and the freshly initialised head gets its own,
-larger learning rate. The epoch with the best validation tau is kept (the paper trains
+so the default trains more epochs (32) at a larger backbone learning rate (5e-5), and
+the freshly initialised head gets its own, larger learning rate. The epoch with the best validation tau is kept (the paper trains
 a fixed 5 epochs).
 
 Labels (``config.label_source``): the target model's own lengths, a consensus of

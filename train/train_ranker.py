@@ -4,8 +4,15 @@
 Fu et al., NeurIPS'24) for one target model on the shipped AlpacaEval prompts, with a
 tqdm bar and TensorBoard logs (``train/loss``, ``val/kendall_tau``), saves the best
 checkpoint, and prints test Kendall's tau beside the simple predictors (prompt length,
-bag-of-words ridge) and the untrained model on the same test prompts. The run folder
-``--out`` holds::
+bag-of-words ridge) and the untrained model on the same test prompts.
+
+By default the training labels are a consensus of the target model's and the 19 other
+shipped models' standardised log lengths of the *training* prompts (``--label-source
+consensus --target-weight 0.8``): one sampled response per prompt is a noisy label, and
+other models' lengths carry the same prompt-intrinsic signal. ``--label-source target``
+(with ``--lr 2e-5 --epochs 16``) is the LTR paper's recipe. Validation and test tau are
+always against the target model's lengths; no test prompt's auxiliary length is loaded.
+The run folder ``--out`` holds::
 
     checkpoint/     the ranker (weights stay out of git: *.safetensors is ignored)
     tb/             TensorBoard events
