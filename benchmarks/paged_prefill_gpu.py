@@ -22,7 +22,9 @@ from gpu_backend.models import load_weights  # noqa: E402
 from gpu_backend.plan import BatchPlan, PrefillChunk  # noqa: E402
 from gpu_backend.torch_executor import TorchExecutor  # noqa: E402
 
-SHAPES = ((1, 64, 2048), (8, 64, 1024), (32, 32, 512), (16, 128, 2048))   # (chunks, tokens each, cached before)
+# (chunks, tokens each, cached before): one question over a document, several, many short turns, a
+# short question over a long document (few programs: the key splits), long chunks over long prefixes
+SHAPES = ((1, 64, 2048), (8, 64, 1024), (32, 32, 512), (1, 52, 7888), (16, 128, 2048))
 
 
 def time_plan(ex: TorchExecutor, plan: BatchPlan, repeats: int = 10) -> float:

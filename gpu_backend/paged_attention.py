@@ -25,6 +25,7 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 try:  # Triton ships with CUDA builds of torch; the CPU path never needs it
@@ -70,6 +71,9 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     return out.squeeze(0).transpose(0, 1)
 
 
+_PRECOMPILED_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """Causal self-attention of ``g`` equal-length chunks that start at position 0, in one call.
 
@@ -82,7 +86,12 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     if group > 1:
         kh = kh.repeat_interleave(group, dim=1)
         vh = vh.repeat_interleave(group, dim=1)
-    return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale).transpose(1, 2)
+    if not q.is_cuda:
+        return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale).transpose(1, 2)
+    # not cuDNN's backend: it builds a plan per new shape (tens of ms), and serving meets new chunk
+    # lengths and counts all the time
+    with sdpa_kernel(_PRECOMPILED_SDPA):
+        return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale).transpose(1, 2)
 
 
 def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

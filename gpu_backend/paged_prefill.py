@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gpu_backend.paged_attention import gather_kv, prefill_attention
+from gpu_backend.paged_attention import _num_sms, gather_kv, prefill_attention
 
 try:  # Triton ships with CUDA builds of torch; the CPU path never needs it
     import triton
@@ -51,6 +51,10 @@ class PrefillTiles:
     seg_len: np.ndarray
     tile_seg: np.ndarray
     tile_row: np.ndarray
+
+    @property
+    def max_keys(self) -> int:
+        return int((self.seg_start + self.seg_len).max())
 
     @classmethod
     def build(cls, chunks: list[tuple[int, int, int, np.ndarray]], block_m: int = BLOCK_M) -> "PrefillTiles":
@@ -80,21 +84,24 @@ class DevicePrefillTiles:
     seg_len: torch.Tensor
     tile_seg: torch.Tensor
     tile_row: torch.Tensor
+    max_keys: int = 0        # the longest chunk's cached + new tokens (host-side: picks the key splits)
+    num_splits: int = 0      # 0: chosen by prefill_splits()
 
     @classmethod
-    def from_views(cls, views: list[torch.Tensor], num_chunks: int) -> "DevicePrefillTiles":
+    def from_views(cls, views: list[torch.Tensor], host: PrefillTiles, num_splits: int = 0) -> "DevicePrefillTiles":
         tables, *rest = views
-        return cls(tables.view(num_chunks, -1), *rest)
+        return cls(tables.view(len(host.seg_len), -1), *rest, max_keys=host.max_keys, num_splits=num_splits)
 
 
 if triton is not None:
     @triton.jit(do_not_specialize=["stride_bt"])
-    def _paged_prefill_kernel(Q, K, V, O, BT, TILE_SEG, TILE_ROW, SEG_ROW, SEG_START, SEG_LEN, scale,
+    def _paged_prefill_kernel(Q, K, V, O, PO, PM, PL, BT, TILE_SEG, TILE_ROW, SEG_ROW, SEG_START, SEG_LEN, scale,
                               stride_qt, stride_qh, stride_kb, stride_kh, stride_ks, stride_bt, stride_ot, stride_oh,
                               GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr):
         tile = tl.program_id(0)
         h = tl.program_id(1)
+        sp = tl.program_id(2)
         seg = tl.load(TILE_SEG + tile)
         r0 = tl.load(TILE_ROW + tile)
         row0 = tl.load(SEG_ROW + seg)
@@ -111,9 +118,13 @@ if triton is not None:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-        hi = start + tl.minimum(r0 + BLOCK_M, n)        # keys up to this tile's last query
+        last = start + tl.minimum(r0 + BLOCK_M, n)      # keys up to this tile's last query
+        # this program's share of them: whole key tiles, split evenly (flash-decoding's split-K)
+        per = tl.cdiv(tl.cdiv(last, BLOCK_N), NUM_SPLITS) * BLOCK_N
+        lo = sp * per
+        hi = tl.minimum(last, lo + per)
         qk_scale = scale * 1.4426950408889634            # softmax in base 2
-        for k0 in range(0, hi, BLOCK_N):
+        for k0 in range(lo, hi, BLOCK_N):
             tok = k0 + offs_n
             ok = tok < hi
             blk = tl.load(BT + seg * stride_bt + tok // BLOCK_SIZE, mask=ok, other=0).to(tl.int64)
@@ -123,14 +134,45 @@ if triton is not None:
             s = tl.dot(q, tl.trans(k)) * qk_scale
             s = tl.where((tok[None, :] <= qpos[:, None]) & ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
+            # a split can start past a row's position: its keys are all masked and its max stays -inf
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
-        out = acc / l_i[:, None]
-        tl.store(O + (row0 + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
-                 out.to(O.dtype.element_ty), mask=m_ok[:, None])
+        if NUM_SPLITS == 1:
+            out = acc / l_i[:, None]
+            tl.store(O + (row0 + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+                     out.to(O.dtype.element_ty), mask=m_ok[:, None])
+        else:   # partial results; _prefill_reduce_kernel combines the splits
+            part = ((tile * tl.num_programs(1) + h) * NUM_SPLITS + sp) * BLOCK_M + tl.arange(0, BLOCK_M)
+            tl.store(PM + part, m_i)
+            tl.store(PL + part, l_i)
+            tl.store(PO + part[:, None] * HEAD_DIM + offs_d[None, :], acc)
+
+    @triton.jit
+    def _prefill_reduce_kernel(PO, PM, PL, O, TILE_SEG, TILE_ROW, SEG_ROW, SEG_LEN, stride_ot, stride_oh,
+                               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, NUM_SPLITS: tl.constexpr):
+        tile = tl.program_id(0)
+        h = tl.program_id(1)
+        seg = tl.load(TILE_SEG + tile)
+        offs_m = tl.load(TILE_ROW + tile) + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        first = (tile * tl.num_programs(1) + h) * NUM_SPLITS
+        m_all = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        for s in tl.static_range(NUM_SPLITS):
+            m_all = tl.maximum(m_all, tl.load(PM + (first + s) * BLOCK_M + tl.arange(0, BLOCK_M)))
+        l_all = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        for s in tl.static_range(NUM_SPLITS):
+            part = (first + s) * BLOCK_M + tl.arange(0, BLOCK_M)
+            w = tl.exp2(tl.load(PM + part) - m_all)      # a split with no key for a row: m = -inf, weight 0
+            l_all += tl.load(PL + part) * w
+            acc += tl.load(PO + part[:, None] * HEAD_DIM + offs_d[None, :]) * w[:, None]
+        rows = tl.load(SEG_ROW + seg) + offs_m
+        tl.store(O + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+                 (acc / l_all[:, None]).to(O.dtype.element_ty), mask=(offs_m < tl.load(SEG_LEN + seg))[:, None])
 
 
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -149,12 +191,38 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     num_tiles = tiles.tile_seg.shape[0]
     if num_tiles == 0:
         return out
-    _paged_prefill_kernel[(num_tiles, H)](
-        q, k_cache, v_cache, out, tiles.tables, tiles.tile_seg, tiles.tile_row, tiles.seg_row, tiles.seg_start,
-        tiles.seg_len, scale, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        tiles.tables.stride(0), out.stride(0), out.stride(1),
-        GROUP=H // kvh, HEAD_DIM=D, BLOCK_SIZE=bs, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=4, num_stages=2)
+    splits = tiles.num_splits or prefill_splits(num_tiles * H, tiles.max_keys, q.device)
+    if splits > 1:
+        part_o = torch.empty((num_tiles, H, splits, BLOCK_M, D), dtype=torch.float32, device=q.device)
+        part_m = torch.empty((num_tiles, H, splits, BLOCK_M), dtype=torch.float32, device=q.device)
+        part_l = torch.empty_like(part_m)
+    else:
+        part_o = part_m = part_l = out      # unused
+    _paged_prefill_kernel[(num_tiles, H, splits)](
+        q, k_cache, v_cache, out, part_o, part_m, part_l, tiles.tables, tiles.tile_seg, tiles.tile_row,
+        tiles.seg_row, tiles.seg_start, tiles.seg_len, scale, q.stride(0), q.stride(1), k_cache.stride(0),
+        k_cache.stride(1), k_cache.stride(2), tiles.tables.stride(0), out.stride(0), out.stride(1),
+        GROUP=H // kvh, HEAD_DIM=D, BLOCK_SIZE=bs, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, NUM_SPLITS=splits,
+        num_warps=4, num_stages=2)
+    if splits > 1:
+        _prefill_reduce_kernel[(num_tiles, H)](part_o, part_m, part_l, out, tiles.tile_seg, tiles.tile_row,
+                                               tiles.seg_row, tiles.seg_len, out.stride(0), out.stride(1),
+                                               HEAD_DIM=D, BLOCK_M=BLOCK_M, NUM_SPLITS=splits, num_warps=4)
     return out
+
+
+def prefill_splits(programs: int, max_keys: int, device: torch.device) -> int:
+    """Key splits per (query tile, head): a short chunk over a long prefix makes few programs with long
+    loops (52 new tokens over 7,900 cached: 18 programs of 124 key tiles each for a 9-head model), so
+    split the keys until there are two waves over the chip, as a power of two up to 16, keeping at
+    least two key tiles per split."""
+    if device.type != "cuda":
+        return 1
+    want = -(-2 * _num_sms(device.index or 0) // max(1, programs))
+    s = 1
+    while s < want and s < 16 and max_keys >= 4 * s * BLOCK_N:
+        s *= 2
+    return s
 
 
 def paged_prefill_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tiles: PrefillTiles,

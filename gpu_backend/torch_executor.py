@@ -332,8 +332,9 @@ class TorchExecutor:
             pick = np.arange(lr.size, dtype=np.int64)
         parts = [ids_a, pos_a, wb_a, lr, pick, *upd_parts] + [s[3] for s in segs]
         over_cache = [s for s in segs if s[2]] if self.paged_prefill_kernel else []
-        if over_cache:
-            parts += PrefillTiles.build(over_cache).arrays()
+        host_tiles = PrefillTiles.build(over_cache) if over_cache else None
+        if host_tiles is not None:
+            parts += host_tiles.arrays()
         staged = self._stage(parts)
         views = []
         o = 0
@@ -343,7 +344,7 @@ class TorchExecutor:
         d_ids, d_pos, d_wb, d_lr, d_pick, d_slots, u_slots, u_cols, u_vals = views[:9]
         pt = iter(views[9:])
         segments = [PrefillSegment(r, n, start, next(pt)) for r, n, start, _ in segs]
-        tiles = DevicePrefillTiles.from_views(views[-6:], len(over_cache)) if over_cache else None
+        tiles = DevicePrefillTiles.from_views(views[-6:], host_tiles) if host_tiles is not None else None
         tables = lens = None
         if nd:
             self.tables.apply(u_slots, u_cols, u_vals)

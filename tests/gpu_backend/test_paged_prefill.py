@@ -25,6 +25,7 @@ def test_tiles_lay_out_chunks_for_the_kernel():
     np.testing.assert_array_equal(tiles.seg_len, [40, 5, 32])
     np.testing.assert_array_equal(tiles.tile_seg, [0, 0, 1, 2])     # 40 rows take two tiles of 32
     np.testing.assert_array_equal(tiles.tile_row, [0, 32, 0, 0])
+    assert tiles.max_keys == 105
     assert [a.dtype for a in tiles.arrays()] == [np.int64] * 6 and tiles.arrays()[0].shape == (21,)
 
 
@@ -40,8 +41,9 @@ def _kernel_device() -> str | None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(_kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
-@pytest.mark.parametrize("heads, kv_heads, head_dim", [(4, 2, 16), (6, 2, 64)])
-def test_kernel_matches_the_torch_path(heads, kv_heads, head_dim):
+@pytest.mark.parametrize("heads, kv_heads, head_dim, splits", [(4, 2, 16, 1), (6, 2, 64, 1), (4, 2, 16, 4),
+                                                                (6, 2, 64, 0)])
+def test_kernel_matches_the_torch_path(heads, kv_heads, head_dim, splits):
     from gpu_backend.paged_prefill import paged_prefill_attention
 
     dev = _kernel_device()
@@ -62,7 +64,8 @@ def test_kernel_matches_the_torch_path(heads, kv_heads, head_dim):
         used += nb
     q = torch.randn(row, heads, head_dim, generator=g).to(dev, dtype)
     tiles = PrefillTiles.build(chunks)
-    dev_tiles = DevicePrefillTiles.from_views([torch.as_tensor(a, device=dev) for a in tiles.arrays()], len(chunks))
+    # splits: 1 and 4 forced (4 leaves splits past some rows' positions, with no key for them); 0 chosen
+    dev_tiles = DevicePrefillTiles.from_views([torch.as_tensor(a, device=dev) for a in tiles.arrays()], tiles, splits)
     got = paged_prefill_attention(q, k_cache, v_cache, dev_tiles, head_dim ** -0.5, torch.zeros_like(q))
     want = paged_prefill_reference(q.float(), k_cache.float(), v_cache.float(), tiles, head_dim ** -0.5,
                                    torch.zeros(q.shape, dtype=torch.float32, device=dev))
