@@ -235,3 +235,19 @@ def paged_prefill_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         vs = gather_kv(v_cache, t, start + n)
         out[row:row + n] = prefill_attention(q[row:row + n], ks, vs, scale)
     return out
+
+
+def compile_kernel_variants(k_cache: torch.Tensor, v_cache: torch.Tensor, num_heads: int, block: int) -> None:
+    """Compile every key-split variant now (one tiny launch each): a variant first met while serving
+    would stall that iteration for the compile, hundreds of milliseconds. ``block``: a block id the
+    launches may read (its contents do not matter; nothing is written to the cache)."""
+    dev = k_cache.device
+    D = k_cache.shape[3]
+    host = PrefillTiles.build([(0, 1, 0, np.array([block], dtype=np.int64))])
+    views = [torch.as_tensor(a, device=dev) for a in host.arrays()]
+    q = torch.zeros(1, num_heads, D, dtype=k_cache.dtype, device=dev)
+    out = torch.empty_like(q)
+    s = 1
+    while s <= 16:
+        paged_prefill_attention(q, k_cache, v_cache, DevicePrefillTiles.from_views(views, host, s), 1.0, out)
+        s *= 2

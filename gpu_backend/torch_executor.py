@@ -28,7 +28,7 @@ from gpu_backend.decode_graphs import DecodeGraphs
 from gpu_backend.kv_store import PagedKVStore
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward, PrefillSegment
 from gpu_backend.mixed_graphs import MixedGraphs
-from gpu_backend.paged_prefill import DevicePrefillTiles, PrefillTiles, triton
+from gpu_backend.paged_prefill import DevicePrefillTiles, PrefillTiles, compile_kernel_variants, triton
 from gpu_backend.models import LlamaWeights, load_weights
 from gpu_backend.plan import BatchPlan, KVCapacity, StepResult
 
@@ -119,6 +119,8 @@ class TorchExecutor:
                                         self.store.scratch_block, self.device)
         # chunks over cached tokens: the Triton kernel on CUDA, the gather + SDPA path elsewhere
         self.paged_prefill_kernel = self.is_cuda and triton is not None
+        if self.paged_prefill_kernel:
+            compile_kernel_variants(*self.store.layers[0], self.dims.num_heads, self.store.scratch_block)
         self.graphs: DecodeGraphs | None = None
         self.mixed: MixedGraphs | None = None
         if self.is_cuda and cuda_graphs and not keep_logits:

@@ -104,3 +104,13 @@ def test_executor_with_the_kernel_matches_transformers():
     torch.testing.assert_close(ex.last_logits[9], ref[80:90], atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(ex.last_logits[5], ref_other[48:], atol=2e-5, rtol=1e-4)
     assert res.sampled_tokens == {9: int(ref[89].argmax()), 5: int(ref_other[-1].argmax())}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
+def test_every_split_variant_compiles_up_front():
+    from gpu_backend.paged_prefill import compile_kernel_variants
+
+    dev = _kernel_device()
+    cache = torch.zeros(4, 2, 16, 16, device=dev)
+    compile_kernel_variants(cache, cache, num_heads=4, block=3)   # raises if a variant fails to build
