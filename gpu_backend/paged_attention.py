@@ -117,6 +117,32 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 
 
 if triton is not None:
+    # pieces shared with the paged prefill kernel (gpu_backend.paged_prefill); Triton inlines them
+    @triton.jit
+    def split_range(last, sp, TILE: tl.constexpr, NUM_SPLITS: tl.constexpr):
+        """Program ``sp``'s share of keys [0, last): whole tiles, split evenly (flash-decoding's split-K)."""
+        per = tl.cdiv(tl.cdiv(last, TILE), NUM_SPLITS) * TILE
+        lo = sp * per
+        return lo, tl.minimum(last, lo + per)
+
+    @triton.jit
+    def load_kv_tile(K, V, table_row, tok, ok, kv_head_off, stride_kb, stride_ks, offs_d,
+                     BLOCK_SIZE: tl.constexpr):
+        """K and V of cache positions ``tok`` (where ``ok``) of one sequence, through its block table."""
+        blk = tl.load(table_row + tok // BLOCK_SIZE, mask=ok, other=0).to(tl.int64)
+        off = blk[:, None] * stride_kb + kv_head_off + (tok % BLOCK_SIZE)[:, None] * stride_ks + offs_d[None, :]
+        return tl.load(K + off, mask=ok[:, None], other=0.0), tl.load(V + off, mask=ok[:, None], other=0.0)
+
+    @triton.jit
+    def online_softmax_step(s, v, m_i, l_i, acc):
+        """Fold one tile of base-2 scores ``s`` (masked entries -inf) and its values into the running
+        max, sum and output. A row with every score so far masked keeps max -inf and adds nothing."""
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        return m_new, l_i * alpha + tl.sum(p, 1), acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+
     # eager mixed batches pass block tables of any width: no recompilation per width
     @triton.jit(do_not_specialize=["stride_btb"])
     def _paged_decode_kernel(Q, K, V, BT, CL, O, PO, PM, PL, scale,
@@ -139,25 +165,14 @@ if triton is not None:
         l_i = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
         kv_base = kvh * stride_kh
-        # this program's share of the context: whole tiles, split evenly (flash-decoding)
-        per = tl.cdiv(tl.cdiv(ctx, TILE), NUM_SPLITS) * TILE
-        lo = sp * per
-        hi = tl.minimum(ctx, lo + per)
+        lo, hi = split_range(ctx, sp, TILE, NUM_SPLITS)
         for start in range(lo, hi, TILE):
             tok = start + offs_t
             ok = tok < hi
-            blk = tl.load(BT + b * stride_btb + tok // BLOCK_SIZE, mask=ok, other=0).to(tl.int64)
-            off = blk[:, None] * stride_kb + kv_base + (tok % BLOCK_SIZE)[:, None] * stride_ks + offs_d[None, :]
-            k = tl.load(K + off, mask=ok[:, None], other=0.0)
-            v = tl.load(V + off, mask=ok[:, None], other=0.0)
+            k, v = load_kv_tile(K, V, BT + b * stride_btb, tok, ok, kv_base, stride_kb, stride_ks, offs_d, BLOCK_SIZE)
             s = tl.dot(q, tl.trans(k)) * (scale * 1.4426950408889634)          # [GROUP_PAD, TILE], base 2
             s = tl.where(ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc)
         if NUM_SPLITS == 1:
             out = acc / l_i[:, None]
             tl.store(O + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gpu_backend.paged_attention import _num_sms, gather_kv, prefill_attention
+from gpu_backend.paged_attention import _num_sms, gather_kv, prefill_attention, triton
 
-try:  # Triton ships with CUDA builds of torch; the CPU path never needs it
-    import triton
+if triton is not None:
     import triton.language as tl
-except ImportError:  # pragma: no cover - exercised on CPU-only installs
-    triton = None
+
+    from gpu_backend.paged_attention import load_kv_tile, online_softmax_step, split_range
 
 BLOCK_M = 32    # query rows per program: chunks over a cached prefix are often short (questions, turns)
 BLOCK_N = 64    # keys per loop iteration
@@ -119,28 +118,16 @@ if triton is not None:
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         last = start + tl.minimum(r0 + BLOCK_M, n)      # keys up to this tile's last query
-        # this program's share of them: whole key tiles, split evenly (flash-decoding's split-K)
-        per = tl.cdiv(tl.cdiv(last, BLOCK_N), NUM_SPLITS) * BLOCK_N
-        lo = sp * per
-        hi = tl.minimum(last, lo + per)
+        # a split can start past some rows' positions: all their keys there are masked
+        lo, hi = split_range(last, sp, BLOCK_N, NUM_SPLITS)
         qk_scale = scale * 1.4426950408889634            # softmax in base 2
         for k0 in range(lo, hi, BLOCK_N):
             tok = k0 + offs_n
             ok = tok < hi
-            blk = tl.load(BT + seg * stride_bt + tok // BLOCK_SIZE, mask=ok, other=0).to(tl.int64)
-            off = blk[:, None] * stride_kb + kv_head + (tok % BLOCK_SIZE)[:, None] * stride_ks + offs_d[None, :]
-            k = tl.load(K + off, mask=ok[:, None], other=0.0)
-            v = tl.load(V + off, mask=ok[:, None], other=0.0)
+            k, v = load_kv_tile(K, V, BT + seg * stride_bt, tok, ok, kv_head, stride_kb, stride_ks, offs_d, BLOCK_SIZE)
             s = tl.dot(q, tl.trans(k)) * qk_scale
             s = tl.where((tok[None, :] <= qpos[:, None]) & ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            # a split can start past a row's position: its keys are all masked and its max stays -inf
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+            m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc)
         if NUM_SPLITS == 1:
             out = acc / l_i[:, None]
             tl.store(O + (row0 + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],

@@ -1,4 +1,5 @@
-"""The paged prefill kernel's layout (``PrefillTiles``) and its result against the torch path.
+"""The paged prefill kernel's layout (``PrefillTiles``) and its result against the torch path, and the
+decode kernel that shares its pieces.
 
 The kernel runs on a CUDA device, or on the CPU under Triton's interpreter
 (``TRITON_INTERPRET=1 python -m pytest tests/gpu_backend/test_paged_prefill.py`` with triton
@@ -114,3 +115,25 @@ def test_every_split_variant_compiles_up_front():
     dev = _kernel_device()
     cache = torch.zeros(4, 2, 16, 16, device=dev)
     compile_kernel_variants(cache, cache, num_heads=4, block=3)   # raises if a variant fails to build
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("batch, heads, kv_heads, head_dim, splits", [(3, 8, 2, 16, 1), (2, 6, 2, 64, 4)])
+def test_decode_kernel_sharing_the_pieces_matches_the_torch_path(batch, heads, kv_heads, head_dim, splits):
+    """The decode kernel uses the same tile loader and softmax step as the prefill kernel."""
+    from gpu_backend.paged_attention import decode_attention_torch, decode_attention_triton
+
+    dev = _kernel_device()
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    g = torch.Generator().manual_seed(1)
+    kc = torch.randn(64, kv_heads, 16, head_dim, generator=g).to(dev, dtype)
+    vc = torch.randn(64, kv_heads, 16, head_dim, generator=g).to(dev, dtype)
+    q = torch.randn(batch, heads, head_dim, generator=g).to(dev, dtype)
+    ctx = torch.tensor([1, 300, 17][:batch], device=dev)
+    width = int((ctx.max() + 15) // 16)
+    tables = torch.stack([torch.randperm(64, generator=g)[:width] for _ in range(batch)]).to(dev)
+    want = decode_attention_torch(q.float(), kc.float(), vc.float(), tables, ctx, head_dim ** -0.5)
+    got = decode_attention_triton(q, kc, vc, tables, ctx, head_dim ** -0.5, config={"num_splits": splits})
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
