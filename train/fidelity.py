@@ -224,6 +224,10 @@ def run_fidelity(args: argparse.Namespace) -> int:
             real = json.loads(args.replay.read_text())["real_run"]
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"--replay {args.replay}: not a fidelity JSON with a real_run ({e})") from e
+        kvb = profile.bytes_per_block // profile.block_size
+        if real.get("kv_bytes_per_token") != kvb:
+            raise ValueError(f"--replay {args.replay}: its run's model holds {real.get('kv_bytes_per_token')} KV bytes "
+                             f"per token, profile {profile.name}'s {kvb}: not the same model")
     else:
         if args.model is None or args.workload is None:
             raise ValueError("servegym fidelity needs --workload and --model (or --replay FILE)")

@@ -65,3 +65,8 @@ def test_fidelity_rejects_bad_arguments(tmp_path):
     args = parse(["fidelity", "--replay", str(bad), "--profile", prof])
     with pytest.raises(ValueError, match=f"--replay {bad}: not a fidelity JSON"):
         args.func(args)
+    other = tmp_path / "other-model.json"
+    other.write_text(json.dumps({"real_run": {"kv_bytes_per_token": 4096}}))
+    args = parse(["fidelity", "--replay", str(other), "--profile", prof])
+    with pytest.raises(ValueError, match="holds 4096 KV bytes per token, profile h100-llama-1b's 32768"):
+        args.func(args)
