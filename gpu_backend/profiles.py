@@ -43,8 +43,18 @@ class CostProfile:
         return self.model.kv_bytes_per_token * self.block_size
 
 
+def _profile_paths() -> dict[str, Path]:
+    """Every shipped profile by name: the analytic ones and those fitted by ``servegym profile``."""
+    paths = {p.stem: p for p in PROFILE_DIR.glob("*.json")}
+    for p in (PROFILE_DIR / "fitted").glob("*.json"):
+        if p.stem in paths:
+            raise ProfileError(f"profile name {p.stem!r} is shipped twice: {paths[p.stem]} and {p}")
+        paths[p.stem] = p
+    return paths
+
+
 def list_profiles() -> list[str]:
-    return sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
+    return sorted(_profile_paths())
 
 
 def _field(obj: dict, key: str, where: str, kind=(int, float)):
@@ -65,9 +75,10 @@ def load_profile(name_or_path: str) -> CostProfile:
     """Load a shipped profile by name (see ``list_profiles``) or any profile JSON by path."""
     path = Path(name_or_path)
     if not (path.suffix == ".json" and path.exists()):
-        path = PROFILE_DIR / f"{name_or_path}.json"
-        if not path.exists():
-            raise ProfileError(f"unknown profile {name_or_path!r}; available: {', '.join(list_profiles())}")
+        shipped = _profile_paths()
+        if name_or_path not in shipped:
+            raise ProfileError(f"unknown profile {name_or_path!r}; available: {', '.join(sorted(shipped))}")
+        path = shipped[name_or_path]
     src = str(path)
     try:
         data = json.loads(path.read_text())

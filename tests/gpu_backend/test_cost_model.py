@@ -212,7 +212,9 @@ SHIPPED = {
 
 
 def test_list_profiles():
-    assert list_profiles() == sorted(SHIPPED)
+    fitted = ["h200-llama-1b-fitted", "h200-llama-8b-fitted", "h200-smollm2-135m-fitted"]
+    assert list_profiles() == sorted([*SHIPPED, *fitted])
+    assert load_profile("h200-llama-8b-fitted").source == str(PROFILE_DIR / "fitted" / "h200-llama-8b-fitted.json")
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -232,7 +234,8 @@ def test_load_shipped_profile(name):
 
 def test_unknown_profile_lists_the_available_ones():
     with pytest.raises(ProfileError, match=r"unknown profile 'a100-gpt'; available: "
-                                           r"h100-llama-1b, h100-llama-8b, h200-llama-1b, h200-llama-8b"):
+                                           r"h100-llama-1b, h100-llama-8b, h200-llama-1b, h200-llama-1b-fitted, "
+                                           r"h200-llama-8b, h200-llama-8b-fitted, h200-smollm2-135m-fitted"):
         load_profile("a100-gpt")
 
 

@@ -25,7 +25,8 @@ from train.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 TRACES = ("mooncake-conversation", "azure-conv", "arena-27")
-PROFILES = ("h100-llama-1b", "h100-llama-8b", "h200-llama-1b", "h200-llama-8b")
+PROFILES = ("h100-llama-1b", "h100-llama-8b", "h200-llama-1b", "h200-llama-1b-fitted", "h200-llama-8b",
+            "h200-llama-8b-fitted", "h200-smollm2-135m-fitted")
 WALL_KEYS = ("sim_wall_s", "sim_requests_per_s")
 REQUIRED_KEYS = ("num_requests", "num_finished", "num_rejected", "throughput_tok_s", "ttft_p50_s", "ttft_p99_s",
                  "tpot_p99_s", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s", "cache_hit_rate", "preemptions",
@@ -94,12 +95,13 @@ def test_policies_lists_the_registered_policies(capsys):
     assert proc.returncode == 0 and proc.stdout == out
 
 
-def test_profiles_lists_the_four_shipped_profiles(capsys):
+def test_profiles_lists_the_shipped_profiles_analytic_and_fitted(capsys):
     assert main(["profiles"]) == 0
     out = capsys.readouterr().out
     assert first_column(out) == list(PROFILES) == list_profiles()
     table = rows(out)
     assert table["h200-llama-8b"][1] == "H200-141GB" and table["h100-llama-1b"][2] == "llama-1b"
+    assert table["h200-llama-8b-fitted"][-4:-2] == ["llama-8b", "linear"]     # the device name holds a space
     proc = cli("profiles")
     assert proc.returncode == 0 and proc.stdout == out
 
