@@ -212,16 +212,47 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def decode_splits(batch: int, kv_heads: int, device: torch.device) -> int:
-    """Context splits per (sequence, KV head): enough programs for two waves over the chip, as a power of
-    two up to 16. A function of the batch shape only (not the context), so a captured graph keeps it."""
+def wave_splits(programs: int, device: torch.device, max_splits: int = 16) -> int:
+    """Splits of the key range per program: enough programs for two waves over the chip, as a power of two
+    up to ``max_splits`` (1 off CUDA). Shared by the decode and the paged prefill kernels."""
     if device.type != "cuda":
         return 1
-    want = -(-2 * _num_sms(device.index or 0) // max(1, batch * kv_heads))
+    want = -(-2 * _num_sms(device.index or 0) // max(1, programs))
     s = 1
-    while s < want and s < 16:
+    while s < want and s < max_splits:
         s *= 2
     return s
+
+
+def decode_splits(batch: int, kv_heads: int, device: torch.device) -> int:
+    """Context splits per (sequence, KV head). A function of the batch shape only (not the context), so a
+    captured graph keeps it."""
+    return wave_splits(batch * kv_heads, device)
+
+
+def check_kernel_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor | None,
+                        caller: str) -> None:
+    """What the paged Triton kernels assume of their tensors; a clear error instead of wrong reads."""
+    if triton is None:
+        raise RuntimeError(f"{caller} needs triton (it ships with CUDA builds of torch)")
+    if k_cache.stride() != v_cache.stride():
+        raise ValueError(f"K and V caches have different strides: {k_cache.stride()} vs {v_cache.stride()}")
+    if q.stride(2) != 1 or k_cache.stride(3) != 1 or (out is not None and out.stride(2) != 1):
+        raise ValueError("q, out and the caches need a contiguous head dimension")
+    D = q.shape[2]
+    if D & (D - 1) or D < 16:
+        raise ValueError(f"head_dim {D} must be a power of two >= 16 for the Triton kernel")
+
+
+def split_buffers(lead: tuple[int, ...], rows: int, head_dim: int, splits: int, out: torch.Tensor):
+    """Partial (output, max, sum) buffers of ``lead + (splits, rows)`` for a split launch; ``out`` stands in
+    (unused) when there is one split."""
+    if splits == 1:
+        return out, out, out
+    shape = (*lead, splits, rows)
+    part_m = torch.empty(shape, dtype=torch.float32, device=out.device)
+    return (torch.empty((*shape, head_dim), dtype=torch.float32, device=out.device), part_m,
+            torch.empty_like(part_m))
 
 
 # Launch configuration: context tokens per loop iteration, warps, pipeline stages (best of a sweep on an
@@ -237,16 +268,9 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     Every sequence must have ``context_lens >= 1``. K and V caches must share strides
     (views of one ``PagedKVStore`` tensor do).
     """
-    if triton is None:
-        raise RuntimeError("decode_attention_triton needs triton (it ships with CUDA builds of torch)")
+    check_kernel_inputs(q, k_cache, v_cache, out, "decode_attention_triton")
     B, H, D = q.shape
     kvh, bs = k_cache.shape[1], k_cache.shape[2]
-    if k_cache.stride() != v_cache.stride():
-        raise ValueError(f"K and V caches have different strides: {k_cache.stride()} vs {v_cache.stride()}")
-    if q.stride(2) != 1 or k_cache.stride(3) != 1:
-        raise ValueError("q and the caches need a contiguous head dimension")
-    if D & (D - 1) or D < 16:
-        raise ValueError(f"head_dim {D} must be a power of two >= 16 for the Triton kernel")
     group = H // kvh
     group_pad = max(16, triton.next_power_of_2(group))
     cfg = {**DECODE_CONFIG, **(config or {})}
@@ -256,12 +280,7 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     if B == 0:
         return out
     splits = cfg.get("num_splits") or decode_splits(B, kvh, q.device)
-    if splits > 1:
-        part_o = torch.empty((B, kvh, splits, group_pad, D), dtype=torch.float32, device=q.device)
-        part_m = torch.empty((B, kvh, splits, group_pad), dtype=torch.float32, device=q.device)
-        part_l = torch.empty_like(part_m)
-    else:
-        part_o = part_m = part_l = out      # unused
+    part_o, part_m, part_l = split_buffers((B, kvh), group_pad, D, splits, out)
     _paged_decode_kernel[(B, kvh, splits)](
         q, k_cache, v_cache, block_tables, context_lens, out, part_o, part_m, part_l, scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),

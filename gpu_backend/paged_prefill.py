@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gpu_backend.paged_attention import _num_sms, gather_kv, prefill_attention, triton
+from gpu_backend.paged_attention import (check_kernel_inputs, gather_kv, prefill_attention, split_buffers, triton,
+                                         wave_splits)
 
 if triton is not None:
     import triton.language as tl
@@ -165,26 +166,14 @@ if triton is not None:
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             tiles: DevicePrefillTiles, scale: float, out: torch.Tensor) -> torch.Tensor:
     """Attention of the chunks in ``tiles`` (rows of ``q`` [T, heads, hd]) into the same rows of ``out``."""
-    if triton is None:
-        raise RuntimeError("paged_prefill_attention needs triton (it ships with CUDA builds of torch)")
+    check_kernel_inputs(q, k_cache, v_cache, out, "paged_prefill_attention")
     H, D = q.shape[1], q.shape[2]
     kvh, bs = k_cache.shape[1], k_cache.shape[2]
-    if k_cache.stride() != v_cache.stride():
-        raise ValueError(f"K and V caches have different strides: {k_cache.stride()} vs {v_cache.stride()}")
-    if q.stride(2) != 1 or k_cache.stride(3) != 1 or out.stride(2) != 1:
-        raise ValueError("q, out and the caches need a contiguous head dimension")
-    if D & (D - 1) or D < 16:
-        raise ValueError(f"head_dim {D} must be a power of two >= 16 for the Triton kernel")
     num_tiles = tiles.tile_seg.shape[0]
     if num_tiles == 0:
         return out
     splits = tiles.num_splits or prefill_splits(num_tiles * H, tiles.max_keys, q.device)
-    if splits > 1:
-        part_o = torch.empty((num_tiles, H, splits, BLOCK_M, D), dtype=torch.float32, device=q.device)
-        part_m = torch.empty((num_tiles, H, splits, BLOCK_M), dtype=torch.float32, device=q.device)
-        part_l = torch.empty_like(part_m)
-    else:
-        part_o = part_m = part_l = out      # unused
+    part_o, part_m, part_l = split_buffers((num_tiles, H), BLOCK_M, D, splits, out)
     _paged_prefill_kernel[(num_tiles, H, splits)](
         q, k_cache, v_cache, out, part_o, part_m, part_l, tiles.tables, tiles.tile_seg, tiles.tile_row,
         tiles.seg_row, tiles.seg_start, tiles.seg_len, scale, q.stride(0), q.stride(1), k_cache.stride(0),
@@ -203,13 +192,10 @@ def prefill_splits(programs: int, max_keys: int, device: torch.device) -> int:
     loops (52 new tokens over 7,900 cached: 18 programs of 124 key tiles each for a 9-head model), so
     split the keys until there are two waves over the chip, as a power of two up to 16, keeping at
     least two key tiles per split."""
-    if device.type != "cuda":
-        return 1
-    want = -(-2 * _num_sms(device.index or 0) // max(1, programs))
-    s = 1
-    while s < want and s < 16 and max_keys >= 4 * s * BLOCK_N:
-        s *= 2
-    return s
+    cap = 1
+    while cap < 16 and max_keys >= 4 * cap * BLOCK_N:
+        cap *= 2
+    return wave_splits(programs, device, cap)
 
 
 def paged_prefill_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tiles: PrefillTiles,

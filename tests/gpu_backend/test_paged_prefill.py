@@ -137,3 +137,18 @@ def test_decode_kernel_sharing_the_pieces_matches_the_torch_path(batch, heads, k
     got = decode_attention_triton(q, kc, vc, tables, ctx, head_dim ** -0.5, config={"num_splits": splits})
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
     torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
+
+
+def test_split_counts_fill_two_waves_and_keep_two_key_tiles_per_split(monkeypatch):
+    import gpu_backend.paged_attention as pa
+    from gpu_backend.paged_prefill import prefill_splits
+
+    monkeypatch.setattr(pa, "_num_sms", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    assert pa.decode_splits(1, 8, cuda) == 16          # 33 wanted, capped at 16
+    assert pa.decode_splits(16, 8, cuda) == 4          # ceil(264 / 128) = 3 -> the next power of two
+    assert pa.decode_splits(256, 8, cuda) == 1
+    assert prefill_splits(18, 7940, cuda) == 16        # a short chunk over a long prefix
+    assert prefill_splits(18, 300, cuda) == 2          # 300 keys hold two splits of two 64-key tiles
+    assert prefill_splits(18, 255, cuda) == 1
+    assert prefill_splits(18, 7940, torch.device("cpu")) == 1
