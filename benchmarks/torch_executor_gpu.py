@@ -203,27 +203,43 @@ def workload_floor(weights, ceil, args) -> dict:
 def roofline(weights, ceil, args) -> dict:
     B, ctx = 256, args.prompt
     per_seq = -(-(ctx + 1) // 16)
-    ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=B * per_seq + 16 * 80, num_host_blocks=0,
-                       max_model_len=4096, max_num_seqs=B)
-    ex.store.gpu.normal_()                       # never time on zeros
     tables = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(B)]
     ids = toks(B, 77)
     plan = BatchPlan(decode_seq_ids=list(range(B)), decode_positions=[ctx] * B, decode_block_tables=tables,
                      decode_input_ids=ids)
-    for _ in range(5):
-        ex.execute(plan)
-    walls, dev = [], []
-    for _ in range(40):
-        r = ex.execute(plan)
-        walls.append(r.duration_s)
-        dev.append(r.compute_s)
+    # the same step with cuBLAS for every GEMM (tune_gemms off) and with the tuned split-K choices
+    timings = {}
+    for tuned in (False, True):
+        ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=B * per_seq + 16 * 80, num_host_blocks=0,
+                           max_model_len=4096, max_num_seqs=B, tune_gemms=tuned)
+        ex.store.gpu.normal_()                       # never time on zeros
+        for _ in range(5):
+            ex.execute(plan)
+        walls, dev = [], []
+        for _ in range(40):
+            r = ex.execute(plan)
+            walls.append(r.duration_s)
+            dev.append(r.compute_s)
+        timings[tuned] = (statistics.median(walls), statistics.median(dev))
+        if not tuned:
+            del ex
+            torch.cuda.empty_cache()
+    choices = {f"{c.rows}x{c.n}x{c.k}": {"cublas_us": c.cublas_s * 1e6, "best_us": c.best_s * 1e6,
+                                         "config": c.config.label() if c.config else "cublas"}
+               for c in ex.model.linear.choices.values()}
+    log("   GEMM tuning (rows x n x k: cuBLAS -> best): " + "; ".join(
+        f"{k} {v['cublas_us']:.1f}->{v['best_us']:.1f} {v['config']}" for k, v in choices.items() if k.startswith("256x")))
+    walls, dev = None, None
     d = weights.dims
     kv_bytes = B * (ctx + 1) * d.kv_bytes_per_token(2)
     w_bytes = weights.num_bytes_read_per_step
     bw = ceil["d2d_bytes_per_s"]
     floor = (w_bytes + kv_bytes) / bw
     res = {"batch": B, "context": ctx + 1, "weight_bytes": w_bytes, "kv_bytes": kv_bytes, "roofline_s": floor,
-           "decode_wall_s": statistics.median(walls), "decode_device_s": statistics.median(dev)}
+           "decode_wall_s": timings[True][0], "decode_device_s": timings[True][1],
+           "cublas_only_decode_wall_s": timings[False][0], "cublas_only_decode_device_s": timings[False][1],
+           "gemm_choices": choices}
+    log(f"   decode with cuBLAS only: wall {timings[False][0] * 1e3:.2f} ms, device {timings[False][1] * 1e3:.2f} ms")
     res["wall_over_roofline"] = res["decode_wall_s"] / floor
     res["device_over_roofline"] = res["decode_device_s"] / floor
     log(f"   decode B={B} ctx={ctx + 1}: wall {res['decode_wall_s'] * 1e3:.2f} ms, device "
@@ -268,6 +284,7 @@ def roofline(weights, ceil, args) -> dict:
             row["mm_transposed_cublaslt"] = graph_time(lambda: torch.mm(inp, wt_t))
         finally:
             torch.backends.cuda.preferred_blas_library(prev)
+        row["tuned"] = graph_time(lambda: ex.model.linear(inp, wt))
         row["floor"] = wt.numel() * 2 / bw
         gemms[name] = row
         del wt_t
@@ -440,6 +457,10 @@ def table(r: dict, args) -> None:
                      f"{rf['decode_device_s'] * 1e3:.2f} ms", f"roofline {rf['roofline_s'] * 1e3:.2f} ms"))
         rows.append(("decode over roofline: wall / device", f"{rf['wall_over_roofline']:.2f}x / "
                      f"{rf['device_over_roofline']:.2f}x", "target <= 1.5x"))
+        if "cublas_only_decode_device_s" in rf:
+            rows.append(("decode with cuBLAS only (no split-K): wall / device",
+                         f"{rf['cublas_only_decode_wall_s'] * 1e3:.2f} / {rf['cublas_only_decode_device_s'] * 1e3:.2f} ms",
+                         f"tuned is {rf['cublas_only_decode_device_s'] / rf['decode_device_s']:.2f}x faster (device)"))
         rows.append(("prefill 16x512 tokens", f"{rf['prefill_flops_per_s'] / 1e12:.0f} TFLOP/s",
                      f"{rf['prefill_over_matmul_rate']:.0%} of matmul rate"))
     sw = r.get("d_swap")

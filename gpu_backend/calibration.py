@@ -52,12 +52,13 @@ class Sample:
 class Sweep:
     """The shapes to time; combinations needing more KV blocks than the executor has are skipped."""
 
-    decode_batches: tuple = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    decode_batches: tuple = (1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256)  # graph sizes
     decode_contexts: tuple = (128, 512, 2048, 8192)
     prefill_tokens: tuple = (16, 64, 256, 1024, 2048, 4096, 8192)
     prefill_starts: tuple = (0, 1024, 4096)
     prefill_batches: tuple = (4, 16)            # n sequences of 512 fresh tokens in one iteration
-    mixed: tuple = ((8, 256), (32, 1024), (128, 2048), (256, 512))   # (decodes at 1024 context, chunk tokens)
+    # (decodes at 1024 context, chunk tokens)
+    mixed: tuple = ((1, 256), (8, 256), (64, 256), (16, 64), (32, 1024), (128, 2048), (256, 512))
     # (chunks, tokens each, cached tokens before each, decodes at 1024 context): many chunks over
     # cached prefixes, as shared-document workloads batch them; each chunk is its own attention call
     prefix_chunks: tuple = ((2, 256, 1024, 0), (8, 64, 1024, 0), (32, 32, 512, 0), (16, 128, 2048, 0),
@@ -226,9 +227,10 @@ def _weighted_nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return nnls(X / scale * w[:, None], y * w) / scale
 
 
-def fit_decode_table(samples: list[Sample]) -> DecodeTable | None:
+def fit_decode_table(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> DecodeTable | None:
     """Per decode batch size, a line in context tokens (weighted by 1/time); None when fewer than two
-    batch sizes were timed at two or more contexts."""
+    batch sizes were timed at two or more contexts. When every size in ``graph_sizes`` (the
+    executor's captured decode batch sizes) has a row, sizes between rows round up to the next."""
     by_size: dict[int, list[tuple[float, float]]] = {}
     nd_col = LINEAR_FEATURES.index("num_decode")
     ctx_col = LINEAR_FEATURES.index("decode_context_tokens")
@@ -244,10 +246,12 @@ def fit_decode_table(samples: list[Sample]) -> DecodeTable | None:
         rows.append((n, float(a), float(b)))
     if len(rows) < 2:
         return None
-    return DecodeTable(tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(r[2] for r in rows))
+    sizes = tuple(r[0] for r in rows)
+    return DecodeTable(sizes, tuple(r[1] for r in rows), tuple(r[2] for r in rows),
+                       round_up=graph_sizes is not None and set(graph_sizes) <= set(sizes))
 
 
-def fit(samples: list[Sample]) -> Fit:
+def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fit:
     """Decode iterations: a table per batch size (``DecodeTable``), when the sweep timed enough of
     them. The other iterations: weighted (1/time) non-negative least squares of ``LINEAR_FEATURES``
     (of every iteration sample when there is no table). Swaps: per-copy latency plus bandwidth."""
@@ -255,7 +259,7 @@ def fit(samples: list[Sample]) -> Fit:
     sw = [s for s in samples if s.kind == "swap"]
     if len(it) < len(LINEAR_FEATURES):
         raise ValueError(f"calibration needs >= {len(LINEAR_FEATURES)} iteration samples, got {len(it)}")
-    table = fit_decode_table(it)
+    table = fit_decode_table(it, graph_sizes)
     rest = [s for s in it if s.kind != "decode"] if table is not None else it
     if len(rest) < len(LINEAR_FEATURES):
         table, rest = None, it
@@ -315,7 +319,8 @@ def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[S
                "num_host_blocks": cap.num_host_blocks, "max_model_len": cap.max_model_len},
         "cost_model": {"kind": "linear", "coefficients": f.coefficients, **({} if f.decode_table is None else {
             "decode_table": {"num_seqs": list(f.decode_table.num_seqs), "intercept_s": list(f.decode_table.intercept_s),
-                             "per_context_token_s": list(f.decode_table.per_context_token_s)}})},
+                             "per_context_token_s": list(f.decode_table.per_context_token_s),
+                             "round_up": f.decode_table.round_up}})},
         "fit": {"mape": f.mape, "max_ape": f.max_ape, "num_samples": len(samples)},
     }
 
@@ -381,8 +386,11 @@ def run_profile(args: argparse.Namespace) -> int:
                       prefill_starts=(0, 2048), prefill_batches=(8,), mixed=((32, 1024),),
                       prefix_chunks=((8, 64, 1024, 0), (4, 128, 1024, 64)), swap_groups=(1, 64),
                       swap_copies=(1, 8), repeats=3, warmup=1)
+    graph_sizes = tuple(ex.graphs.sizes) if ex.graphs is not None else None
+    if graph_sizes and not args.quick:
+        sweep.decode_batches = graph_sizes      # one table row per captured decode graph
     samples = measure(ex, sweep)
-    f = fit(samples)
+    f = fit(samples, graph_sizes)
     name = args.name or args.out.stem
     prof = profile_json(name, ex, f, info, samples)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -221,10 +221,11 @@ class RooflineCostModel(_AffineDecode):
 
 
 LINEAR_FEATURES = ("intercept", "prefill_tokens", "prefill_attention_pairs", "prefill_kv_read_tokens",
-                   "num_decode", "decode_context_tokens", "num_sampled", "has_prefill", "num_prefill_chunks")
+                   "num_decode", "decode_context_tokens", "num_sampled", "has_prefill", "num_prefill_chunks",
+                   "has_prefill_and_decode")
 # Features added after the first fitted profiles: a profile that lacks them was fitted without
 # them, which is the same model as a coefficient of 0.
-_LATER_FEATURES = ("has_prefill", "num_prefill_chunks")
+_LATER_FEATURES = ("has_prefill", "num_prefill_chunks", "has_prefill_and_decode")
 
 
 def linear_features(s: BatchShape) -> tuple[float, ...]:
@@ -232,11 +233,14 @@ def linear_features(s: BatchShape) -> tuple[float, ...]:
 
     ``has_prefill`` separates the two ways an iteration runs: a pure decode batch replays one
     CUDA graph, a batch with prefill chunks runs piecewise graphs with eager attention between
-    them, a fixed cost of its own; ``num_prefill_chunks`` prices each chunk's attention launches.
+    them, a fixed cost of its own; ``num_prefill_chunks`` prices each chunk's attention launches;
+    ``has_prefill_and_decode`` the decode attention launched eagerly in every layer of such a
+    batch when it also holds decodes (on a small model, a fixed cost larger than the GPU work).
     """
+    has_prefill = 1.0 if s.prefill_tokens else 0.0
     return (1.0, float(s.prefill_tokens), float(s.prefill_attention_pairs), float(s.prefill_kv_read_tokens),
             float(s.num_decode), float(s.decode_context_tokens), float(s.num_sampled),
-            1.0 if s.prefill_tokens else 0.0, float(s.num_prefill_chunks))
+            has_prefill, float(s.num_prefill_chunks), has_prefill if s.num_decode else 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,12 +251,15 @@ class DecodeTable:
     well attention spreads over the GPU depends on the batch (one sequence of 8,000 tokens
     reads its KV at half the rate 64 sequences do), so neither the fixed cost nor the cost
     per context token is one constant. Between measured sizes both are interpolated
-    linearly; past the largest, extrapolated from the last two.
+    linearly; past the largest, extrapolated from the last two. With ``round_up`` (a table
+    measured at every captured graph size) a size between two rows costs what the larger row
+    costs, because the executor pads the batch to that graph's size.
     """
 
     num_seqs: tuple[int, ...]
     intercept_s: tuple[float, ...]
     per_context_token_s: tuple[float, ...]
+    round_up: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.num_seqs)
@@ -272,6 +279,8 @@ class DecodeTable:
         i = 1
         while i < len(xs) - 1 and xs[i] < num_seqs:
             i += 1
+        if self.round_up and num_seqs <= xs[i]:
+            return self.intercept_s[i], self.per_context_token_s[i]
         f = (num_seqs - xs[i - 1]) / (xs[i] - xs[i - 1])
         a0, a1 = self.intercept_s[i - 1], self.intercept_s[i]
         b0, b1 = self.per_context_token_s[i - 1], self.per_context_token_s[i]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from gpu_backend.block_tables import DeviceBlockTables
-from gpu_backend.decode_graphs import DecodeGraphs
+from gpu_backend.decode_graphs import DecodeGraphs, bucket_sizes
 from gpu_backend.kv_store import PagedKVStore
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward, PrefillSegment
 from gpu_backend.mixed_graphs import MixedGraphs
@@ -57,6 +57,8 @@ class TorchExecutor:
     to the model's context length. ``keep_logits`` keeps every row's logits of the last
     iteration in ``last_logits`` (seq id -> [rows, vocab]; for tests) and turns graphs off.
     ``random_weights`` gives a checkpoint model (``smollm2-135m``) random weights of its shape.
+    ``tune_gemms`` (CUDA with graphs) times cuBLAS against the split-K kernel for each decode
+    batch size of 32 rows or more before capture, and keeps the faster (``gpu_backend.skinny_gemm``).
     """
 
     supports_multi_step = False
@@ -68,7 +70,8 @@ class TorchExecutor:
                  num_host_blocks: int | None = None, block_size: int = 16, max_model_len: int | None = None,
                  max_num_seqs: int = 256, cuda_graphs: bool = True, gpu_memory_utilization: float = 0.9,
                  activation_reserve_bytes: int = 4 * 2**30, swap_space_bytes: int | None = None,
-                 seed: int = 0, keep_logits: bool = False, random_weights: bool = False):
+                 seed: int = 0, keep_logits: bool = False, random_weights: bool = False,
+                 tune_gemms: bool = True):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -124,6 +127,10 @@ class TorchExecutor:
         self.graphs: DecodeGraphs | None = None
         self.mixed: MixedGraphs | None = None
         if self.is_cuda and cuda_graphs and not keep_logits:
+            if tune_gemms and triton is not None:   # before capture: graphs record the chosen kernels
+                w = self.weights
+                self.model.linear.tune([s for s in bucket_sizes(max_num_seqs) if s >= 32],
+                                       [w.qkv[0], w.o_proj[0], w.gate_up[0], w.down[0], w.lm_head])
             self.graphs = DecodeGraphs(self.model, self.tables, max_num_seqs)
             self.tables.growable = False
             self.mixed = MixedGraphs(self.model)

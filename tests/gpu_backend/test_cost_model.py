@@ -172,14 +172,17 @@ def test_swap_time():
 # --------------------------------------------------------------------------- linear
 COEFFS = {"intercept": 1.0, "prefill_tokens": 2.0, "prefill_attention_pairs": 3.0,
           "prefill_kv_read_tokens": 5.0, "num_decode": 7.0, "decode_context_tokens": 11.0,
-          "num_sampled": 13.0, "has_prefill": 17.0, "num_prefill_chunks": 19.0}
+          "num_sampled": 13.0, "has_prefill": 17.0, "num_prefill_chunks": 19.0, "has_prefill_and_decode": 23.0}
 
 
 def test_linear_cost_model_formula():
     cm = LinearCostModel(COEFFS, copy_latency_s=0.25, host_bandwidth=64.0, bytes_per_block=32)
     s = BatchShape(prefill_tokens=10, prefill_attention_pairs=100.0, prefill_kv_read_tokens=20,
                    num_decode=3, decode_context_tokens=40, num_sampled=4, num_prefill_chunks=2)
-    assert cm.compute_time(s) == 1 + 2 * 10 + 3 * 100 + 5 * 20 + 7 * 3 + 11 * 40 + 13 * 4 + 17 + 19 * 2
+    assert cm.compute_time(s) == 1 + 2 * 10 + 3 * 100 + 5 * 20 + 7 * 3 + 11 * 40 + 13 * 4 + 17 + 19 * 2 + 23
+    prefill_only = BatchShape(prefill_tokens=10, prefill_attention_pairs=100.0, prefill_kv_read_tokens=20,
+                              num_sampled=1, num_prefill_chunks=2)
+    assert cm.compute_time(prefill_only) == 1 + 2 * 10 + 3 * 100 + 5 * 20 + 13 + 17 + 19 * 2
     assert cm.decode_affine(3) == (1 + (7 + 13) * 3, 11.0)
     assert cm.compute_time(decode_shape(3, 40)) == 1 + 7 * 3 + 13 * 3 + 11 * 40
     assert cm.compute_time(BatchShape()) == 0.0
@@ -188,10 +191,11 @@ def test_linear_cost_model_formula():
 
 
 def test_linear_cost_model_missing_and_unknown_coefficients():
-    # has_prefill and num_prefill_chunks came later: a profile without them has them at 0
-    older = {k: v for k, v in COEFFS.items() if k not in ("has_prefill", "num_prefill_chunks")}
-    s = BatchShape(prefill_tokens=10, prefill_attention_pairs=100.0, prefill_kv_read_tokens=20, num_prefill_chunks=2)
-    assert LinearCostModel(older, 1.0, 1.0, 1).compute_time(s) == 1 + 2 * 10 + 3 * 100 + 5 * 20
+    # has_prefill, num_prefill_chunks and has_prefill_and_decode came later: a profile without them has them at 0
+    older = {k: v for k, v in COEFFS.items() if k not in ("has_prefill", "num_prefill_chunks", "has_prefill_and_decode")}
+    s = BatchShape(prefill_tokens=10, prefill_attention_pairs=100.0, prefill_kv_read_tokens=20, num_prefill_chunks=2,
+                   num_decode=1, decode_context_tokens=5)
+    assert LinearCostModel(older, 1.0, 1.0, 1).compute_time(s) == 1 + 2 * 10 + 3 * 100 + 5 * 20 + 7 + 11 * 5
     missing = {k: v for k, v in COEFFS.items() if k not in ("num_decode", "intercept")}
     with pytest.raises(ValueError, match=r"missing coefficients \['intercept', 'num_decode'\]"):
         LinearCostModel(missing, 1.0, 1.0, 1)
@@ -349,6 +353,11 @@ def test_decode_table_interpolates_and_refuses_bad_tables():
     cm = LinearCostModel(COEFFS, 1.0, 1.0, 1, t)
     assert cm.decode_affine(36) == (3.0, 0.1875)
     assert cm.compute_time(decode_shape(36, 100)) == 3.0 + 0.1875 * 100
+    # a table measured at every graph size: sizes between rows cost what the next larger row costs
+    up = DecodeTable((1, 8, 64), (1.0, 2.0, 4.0), (0.5, 0.25, 0.125), round_up=True)
+    assert up.affine(1) == (1.0, 0.5) and up.affine(2) == (2.0, 0.25) and up.affine(8) == (2.0, 0.25)
+    assert up.affine(9) == (4.0, 0.125) and up.affine(64) == (4.0, 0.125)
+    assert up.affine(120) == (6.0, 0.0)                  # past the largest: extrapolated as before
     with pytest.raises(ValueError, match=r"num_seqs must rise from >= 1, got \[8, 8\]"):
         DecodeTable((8, 8), (1.0, 1.0), (1.0, 1.0))
     with pytest.raises(ValueError, match="the same length >= 2, got 2, 1, 2"):

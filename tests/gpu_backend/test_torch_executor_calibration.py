@@ -11,6 +11,7 @@ import pytest
 
 from gpu_backend.calibration import Sample, Sweep, fit, measure, nnls, profile_json
 from gpu_backend.cost_model import LINEAR_FEATURES, BatchShape, LinearCostModel
+from gpu_backend.decode_graphs import bucket_sizes
 from gpu_backend.profiles import load_profile
 from gpu_backend.torch_executor import TorchExecutor
 
@@ -25,19 +26,22 @@ def test_nnls_drops_a_coefficient_that_would_be_negative():
 
 
 def _features(rng, prefill: bool) -> tuple:
-    """A consistent LINEAR_FEATURES vector: with prefill chunks, or decode-only."""
+    """A consistent LINEAR_FEATURES vector: with prefill chunks (a quarter of them without decodes),
+    or decode-only."""
     nd = float(rng.integers(1, 256))
     ctx = float(rng.integers(1, 5000)) * nd
     if not prefill:
-        return (1.0, 0.0, 0.0, 0.0, nd, ctx, nd, 0.0, 0.0)
+        return (1.0, 0.0, 0.0, 0.0, nd, ctx, nd, 0.0, 0.0, 0.0)
+    if rng.random() < 0.25:
+        nd, ctx = 0.0, 0.0
     chunks = float(rng.integers(1, 9))
     tokens = float(rng.integers(16, 4000))
     return (1.0, tokens, float(rng.integers(1, 10**6)), float(rng.integers(16, 9000)), nd, ctx,
-            nd + float(rng.integers(0, chunks + 1)), 1.0, chunks)
+            nd + float(rng.integers(0, chunks + 1)), 1.0, chunks, 1.0 if nd else 0.0)
 
 
 def test_fit_recovers_exact_linear_costs():
-    truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5)))
+    truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5, 6e-4)))
     rng = np.random.default_rng(1)
     samples = []
     for i in range(40):     # labelled "mixed" so no decode table is fitted: one linear model for all
@@ -55,10 +59,10 @@ def test_fit_recovers_exact_linear_costs():
 
 
 def test_fit_tables_decode_per_batch_size_and_fits_the_rest_linearly():
-    truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5)))
+    truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5, 6e-4)))
     lines = {1: (1.0e-3, 3e-8), 8: (1.1e-3, 1e-8), 64: (1.4e-3, 8e-9)}    # batch size: (intercept, per token)
     rng = np.random.default_rng(2)
-    samples = [Sample("decode", (1.0, 0.0, 0.0, 0.0, n, n * ctx, n, 0.0, 0.0), a + b * n * ctx)
+    samples = [Sample("decode", (1.0, 0.0, 0.0, 0.0, n, n * ctx, n, 0.0, 0.0, 0.0), a + b * n * ctx)
                for n, (a, b) in lines.items() for ctx in (128, 2048, 8192)]
     for _ in range(20):
         f = _features(rng, prefill=True)
@@ -75,10 +79,18 @@ def test_fit_tables_decode_per_batch_size_and_fits_the_rest_linearly():
         if k not in ("intercept", "has_prefill"):
             assert c[k] == pytest.approx(v, rel=1e-6)
     assert f.mape["decode"] < 1e-9 and f.mape["mixed"] < 1e-9
+    assert not t.round_up
+    # measured at every captured graph size: sizes in between round up to the next graph's row
+    assert fit(samples, graph_sizes=(1, 8, 64)).decode_table.round_up
+    assert not fit(samples, graph_sizes=(1, 8, 16, 64)).decode_table.round_up
     # between measured sizes the line is interpolated: 36 sequences are half way from 8 to 64
     model = LinearCostModel(f.coefficients, 1.0, 1.0, 1, t)
     a, b = model.decode_affine(36)
     assert a == pytest.approx(1.25e-3, rel=1e-6) and b == pytest.approx(9e-9, rel=1e-6)
+
+
+def test_default_sweep_times_every_decode_graph_size():
+    assert Sweep().decode_batches == tuple(bucket_sizes(256))
 
 
 def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):
@@ -91,9 +103,9 @@ def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):
     kinds = [s.kind for s in samples]
     assert kinds.count("decode") == 6 and kinds.count("prefill") == 5 and kinds.count("mixed") == 1
     chunked = [s.features for s in samples if s.kind == "prefix_chunks"]
-    # (intercept, tokens, pairs, KV read, decodes, decode context, sampled, has_prefill, chunks)
-    assert chunked == [(1.0, 96.0, 3 * 32 * (64 + 16.5), 3 * 96.0, 0.0, 0.0, 3.0, 1.0, 3.0),
-                       (1.0, 32.0, 2 * 16 * (128 + 8.5), 2 * 144.0, 4.0, 4 * 1024.0, 6.0, 1.0, 2.0)]
+    # (intercept, tokens, pairs, KV read, decodes, decode context, sampled, has_prefill, chunks, with decodes)
+    assert chunked == [(1.0, 96.0, 3 * 32 * (64 + 16.5), 3 * 96.0, 0.0, 0.0, 3.0, 1.0, 3.0, 0.0),
+                       (1.0, 32.0, 2 * 16 * (128 + 8.5), 2 * 144.0, 4.0, 4 * 1024.0, 6.0, 1.0, 2.0, 1.0)]
     assert kinds.count("swap") == 4
     assert all(s.duration_s > 0 for s in samples if s.kind != "swap")
     assert all(s.swap_s > 0 and s.swap_bytes == s.swap_copies * (s.swap_bytes // s.swap_copies)
