@@ -132,15 +132,21 @@ def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
                 continue
             sids = list(range(next_seq, next_seq + b))
             next_seq += b
-            plans = []
+            # one live table per sequence, grown in place as in serving (the executor sends only
+            # the entries a table gained; a new list object would be sent whole)
+            live = [t[:p // bs + 1] for t, p in zip(full, starts)]
+            times, shapes = [], []
             for k in range(steps):
                 pos = [p + k for p in starts]
-                plans.append(BatchPlan(decode_seq_ids=sids, decode_positions=pos,
-                                       decode_block_tables=[t[:p // bs + 1] for t, p in zip(full, pos)],
-                                       decode_input_ids=_tokens(b, vocab, rng), decode_context_sum=sum(pos) + b))
-            times = [executor.execute(plan).duration_s for plan in plans][sweep.warmup:]
-            samples.append(Sample("decode", shape_features(plans[sweep.warmup + len(times) // 2]),
-                                  statistics.median(times)))
+                for t, f, p in zip(live, full, pos):
+                    if len(t) <= p // bs:
+                        t.append(f[len(t)])
+                plan = BatchPlan(decode_seq_ids=sids, decode_positions=pos, decode_block_tables=live,
+                                 decode_input_ids=_tokens(b, vocab, rng), decode_context_sum=sum(pos) + b)
+                times.append(executor.execute(plan).duration_s)
+                shapes.append(shape_features(plan))
+            times, shapes = times[sweep.warmup:], shapes[sweep.warmup:]
+            samples.append(Sample("decode", shapes[len(times) // 2], statistics.median(times)))
     for start in sweep.prefill_starts:
         for n in sweep.prefill_tokens:
             if start + n > limit:

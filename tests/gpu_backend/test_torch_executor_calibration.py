@@ -135,3 +135,32 @@ def test_shipped_fitted_profiles_describe_our_models(model):
     assert all(v >= 0 for v in prof.cost.c.values())
     a, b = prof.cost.decode_affine(64)
     assert a > 0 and b > 0                                   # decode time grows with the context read
+
+
+def test_sweep_grows_decode_tables_in_place_as_serving_does():
+    """The executor re-sends a table whose list object changed; serving keeps one live list per
+    sequence, so the sweep must too or its decode times include a whole-table upload each step."""
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner, self.decodes = inner, []
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def execute(self, plan):
+            if plan.decode_seq_ids and not plan.prefills:
+                self.decodes.append((tuple(plan.decode_seq_ids), [id(t) for t in plan.decode_block_tables],
+                                     [len(t) for t in plan.decode_block_tables], list(plan.decode_positions)))
+            return self.inner.execute(plan)
+
+    spy = Spy(TorchExecutor("tiny", device="cpu", num_gpu_blocks=256, num_host_blocks=0, max_model_len=512))
+    measure(spy, Sweep(decode_batches=(3,), decode_contexts=(30,), prefill_tokens=(), prefill_starts=(),
+                       prefill_batches=(), mixed=(), prefix_chunks=(), swap_groups=(), repeats=3, warmup=2),
+            log=lambda *a: None)
+    assert len(spy.decodes) == 5
+    assert len({d[0] for d in spy.decodes}) == 1 and len({tuple(d[1]) for d in spy.decodes}) == 1
+    # positions 30..34 staggered by sequence; each table covers exactly its position's block (16 tokens)
+    for _, _, lens, pos in spy.decodes:
+        assert lens == [p // 16 + 1 for p in pos]
+    assert [d[3] for d in spy.decodes] == [[30 + k, 31 + k, 32 + k] for k in range(5)]
