@@ -233,19 +233,23 @@ class TorchExecutor:
             raise ValueError(f"{what} {bad} is outside [0, {hi})")
 
     # ------------------------------------------------------------------ staging
-    def _stage(self, parts: list[np.ndarray]) -> torch.Tensor:
-        """Copy int64 host arrays into one pinned buffer and then to the device in one copy."""
-        total = sum(p.size for p in parts)
+    def _stage(self, parts: list[np.ndarray], align: int = 1) -> tuple[torch.Tensor, list[int]]:
+        """Copy int64 host arrays into one pinned buffer and then to the device in one copy; returns the
+        device buffer and each part's offset, a multiple of ``align`` elements."""
+        offsets = []
+        total = 0
+        for p in parts:
+            total = -(-total // align) * align
+            offsets.append(total)
+            total += p.size
         if self._staging.numel() < total:
             self._staging = torch.empty(max(total, 2 * self._staging.numel()), dtype=torch.long,
                                         pin_memory=self.is_cuda)
             self._staging_np = self._staging.numpy()
         buf = self._staging_np
-        o = 0
-        for p in parts:
+        for o, p in zip(offsets, parts):
             buf[o:o + p.size] = p.ravel()
-            o += p.size
-        return self._staging[:total].to(self.device, non_blocking=True)
+        return self._staging[:total].to(self.device, non_blocking=True), offsets
 
     # ------------------------------------------------------------------ compute
     def _decode_inputs(self, plan: BatchPlan):
@@ -279,7 +283,7 @@ class TorchExecutor:
             ids, pos, upd = self._decode_inputs(plan)
             bucket = self.graphs.bucket(nd)
             pad = bucket - nd
-            staged = self._stage([
+            staged, _ = self._stage([
                 np.concatenate([ids, np.zeros(pad, np.int64)]),
                 np.concatenate([pos, np.zeros(pad, np.int64)]),
                 np.concatenate([upd.slots, np.full(pad, self.tables.pad_slot, np.int64)]),
@@ -344,12 +348,10 @@ class TorchExecutor:
         host_tiles = PrefillTiles.build(over_cache) if over_cache else None
         if host_tiles is not None:
             parts += host_tiles.arrays()
-        staged = self._stage(parts)
-        views = []
-        o = 0
-        for part in parts:
-            views.append(staged[o:o + part.size])
-            o += part.size
+        # every part starts 16-byte aligned: Triton compiles a kernel variant per pointer alignment, and a
+        # variant first met while serving stalls that iteration for the compile
+        staged, offsets = self._stage(parts, align=2)
+        views = [staged[o:o + part.size] for o, part in zip(offsets, parts)]
         d_ids, d_pos, d_wb, d_lr, d_pick, d_slots, u_slots, u_cols, u_vals = views[:9]
         pt = iter(views[9:])
         segments = [PrefillSegment(r, n, start, next(pt)) for r, n, start, _ in segs]

@@ -6,6 +6,7 @@ the context length or without token ids are refused with a clear error."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -256,3 +257,17 @@ def test_piecewise_graph_path_matches_transformers_and_pads_into_scratch(hf, wei
     assert res.sampled_tokens[3] == int(reference(hf, c)[-1].argmax())
     ex.execute(BatchPlan(prefills=[PrefillChunk(4, 0, 200, list(range(30, 43)), True, tokens(200, 24))]))
     assert ex.mixed.bucket(200) is None       # past the largest bucket: the eager path ran
+
+
+def test_staged_parts_start_16_byte_aligned_when_asked():
+    """Triton compiles one kernel variant per pointer alignment; the eager path stages its kernel inputs
+    at even int64 offsets so every iteration meets the variant compiled at start."""
+    ex = TorchExecutor("tiny", device="cpu", num_gpu_blocks=16, num_host_blocks=0, max_model_len=64)
+    parts = [np.arange(3), np.arange(10, 15), np.zeros(0, dtype=np.int64), np.arange(20, 21)]
+    staged, offsets = ex._stage(parts, align=2)
+    assert offsets == [0, 4, 10, 10]
+    for o, p in zip(offsets, parts):
+        assert staged[o:o + p.size].tolist() == p.tolist()
+        assert staged[o:o + p.size].data_ptr() % 16 == 0 or p.size == 0
+    packed, packed_offsets = ex._stage(parts)
+    assert packed_offsets == [0, 3, 8, 8] and packed.tolist() == [0, 1, 2, 10, 11, 12, 13, 14, 20]
