@@ -3,8 +3,10 @@
 Why: the LTR scheduler (Fu et al., NeurIPS'24, ``../shared/papers.md`` §4.2) needs only a
 *ranking* of requests by output length. It reads the raw prompt text only, encodes it
 with a small pretrained LM, and a linear head on the pooled final hidden state gives one
-score: **higher = shorter** expected output. The backbone is fine-tuned with the head
-(``agents.ranker_training``); the losses are in ``agents.ranker_losses``.
+score: **higher = shorter** expected output. ``RankerMeta.prompt_format`` "chat" feeds the
+prompt as the user turn of the backbone's chat template (instruction-tuned causal LMs).
+The backbone is fine-tuned with the head (``agents.ranker_training``); the losses are in
+``agents.ranker_losses``.
 
 A ``Ranker`` bundles the tokenizer, the ``LengthRanker`` module and ``RankerMeta`` (what it
 was trained for). ``save(dir)`` writes a self-contained checkpoint: ``ranker.json`` (the
@@ -27,7 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from agents.ranker_backbones import POOLINGS, backbone_info, load_backbone, prepare_tokenizer, require_transformers
+from agents.ranker_backbones import (POOLINGS, PROMPT_FORMATS, backbone_info, load_backbone, prepare_tokenizer,
+                                     require_transformers)
 
 CHECKPOINT_FORMAT = 1
 META_FILE = "ranker.json"
@@ -50,10 +53,13 @@ class RankerMeta:
     calibration: tuple[float, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)
     format: int = CHECKPOINT_FORMAT
+    prompt_format: str = "raw"   # "chat": the prompt is wrapped in the tokenizer's chat template
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"ranker pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"ranker prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
         if self.max_length < 2:
             raise ValueError(f"ranker max_length must be >= 2 tokens, got {self.max_length}")
         cal = tuple(float(c) for c in self.calibration)
@@ -109,17 +115,40 @@ class Ranker:
         self.meta = meta
 
     @classmethod
-    def from_backbone(cls, backbone: str, seed: int = 0, max_length: int | None = None) -> "Ranker":
-        """A fresh ranker: pretrained backbone weights, a head initialised from ``seed``."""
+    def from_backbone(cls, backbone: str, seed: int = 0, max_length: int | None = None, pooling: str | None = None,
+                      prompt_format: str = "raw") -> "Ranker":
+        """A fresh ranker: pretrained backbone weights, a head initialised from ``seed``.
+
+        ``pooling`` None is the backbone's own (``BackboneInfo.pooling``).
+        """
         info = backbone_info(backbone)
+        meta = RankerMeta(backbone=backbone, pooling=info.pooling if pooling is None else pooling,
+                          max_length=info.max_length if max_length is None else int(max_length), seed=seed,
+                          prompt_format=prompt_format)
         torch = _torch()
         tokenizer, encoder = load_backbone(backbone)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            module = _build_module(encoder, info.pooling)
-        meta = RankerMeta(backbone=backbone, pooling=info.pooling,
-                          max_length=info.max_length if max_length is None else int(max_length), seed=seed)
-        return cls(tokenizer, module.float(), meta)
+            module = _build_module(encoder, meta.pooling)
+        ranker = cls(tokenizer, module.float(), meta)
+        ranker._check_prompt_format()
+        return ranker
+
+    def set_input(self, pooling: str, prompt_format: str) -> "Ranker":
+        """Read prompts with ``pooling`` and ``prompt_format`` from now on (set before training: the head's input)."""
+        from dataclasses import replace
+
+        meta = replace(self.meta, pooling=pooling, prompt_format=prompt_format)  # checks both names
+        self._check_prompt_format(meta)
+        self.meta = meta
+        self.module.pooling = pooling
+        return self
+
+    def _check_prompt_format(self, meta: RankerMeta | None = None) -> None:
+        meta = meta or self.meta
+        if meta.prompt_format == "chat" and not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"prompt_format 'chat' needs a tokenizer with a chat template; backbone "
+                             f"{meta.backbone!r}'s tokenizer has none (use prompt_format 'raw')")
 
     @property
     def device(self):
@@ -133,12 +162,23 @@ class Ranker:
     # --- inputs -------------------------------------------------------------------
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text, with the backbone's special tokens, truncated to ``max_length``."""
+        """Token ids of each text, with the backbone's special tokens, truncated to ``max_length``.
+
+        With ``prompt_format`` "chat" the text is the user turn of the tokenizer's chat
+        template, followed by the generation prompt; a prompt too long keeps its last
+        ``max_length`` tokens, so the generation prompt is never cut off.
+        """
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"prompt {i} must be a string, got {type(t).__name__}")
         if not texts:
             return []
+        if self.meta.prompt_format == "chat":
+            self._check_prompt_format()
+            chats = [self.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                                        add_generation_prompt=True) for t in texts]
+            out = self.tokenizer(chats, add_special_tokens=False)["input_ids"]
+            return [list(ids)[-self.meta.max_length:] for ids in out]
         out = self.tokenizer(list(texts), truncation=True, max_length=self.meta.max_length)["input_ids"]
         return [list(ids) for ids in out]
 

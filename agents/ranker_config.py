@@ -26,6 +26,10 @@ three target models (Llama-3-8B-Instruct, GPT-4-1106, Alpaca-7B) x split seeds 0
 MiniLM + ListMLE; the test split played no part in the choice. ``PAPER_RECIPE`` holds
 the paper's settings for comparison.
 
+``pooling`` (None: the backbone's own, ``agents.ranker_backbones``) and ``prompt_format``
+(``raw``, or ``chat``: the prompt as the user turn of the backbone's chat template) set how
+the backbone reads a prompt; the checkpoint records both.
+
 ``aux_models`` is ``"all"`` (every model in the data file but the target), ``"none"`` or a
 comma-separated list. ``freeze_layers`` keeps the embeddings and the lowest N encoder
 layers at their pretrained weights (fewer parameters to overfit 564 prompts, and a
@@ -36,6 +40,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from agents.ranker_backbones import POOLINGS, PROMPT_FORMATS
 
 LOSSES = ("listmle", "pairwise", "pointwise")
 LABEL_SOURCES = ("target", "consensus", "multi")
@@ -67,6 +73,8 @@ class RankerTrainConfig:
     target_weight: float = 0.8
     freeze_layers: int = 0
     select_on: str = "target"
+    pooling: str | None = None      # None: the backbone's own
+    prompt_format: str = "raw"
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -96,6 +104,10 @@ class RankerTrainConfig:
             raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
         if self.bucket < 1:
             raise ValueError(f"bucket must be >= 1 token, got {self.bucket}")
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; available: {', '.join(POOLINGS)}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"unknown prompt_format {self.prompt_format!r}; available: {', '.join(PROMPT_FORMATS)}")
 
     def aux_model_names_requested(self) -> tuple[str, ...] | str:
         """``"all"``, or the named auxiliary models (empty for ``"none"``); checked against the data later."""

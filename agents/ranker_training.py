@@ -67,6 +67,7 @@ class RankerTrainResult:
     test_tau: float
     test_scores: np.ndarray
     train_seconds: float
+    val_scores: np.ndarray | None = None   # the kept epoch's, in data.val's order
 
 
 def aux_models_for(config: RankerTrainConfig, path=None) -> tuple[str, ...]:
@@ -158,8 +159,13 @@ def train_ranker(config: RankerTrainConfig, data: RankerData | None = None, rank
     if data is None:
         data = load_ranker_data(config.target_model, config.split_seed, config.max_train,
                                 aux_models=aux_models_for(config))
+    from agents.ranker_backbones import backbone_info
+
     if ranker is None:
-        ranker = Ranker.from_backbone(config.backbone, seed=config.seed, max_length=config.max_length)
+        ranker = Ranker.from_backbone(config.backbone, seed=config.seed, max_length=config.max_length,
+                                      pooling=config.pooling, prompt_format=config.prompt_format)
+    else:  # the config decides how prompts are read
+        ranker.set_input(config.pooling or backbone_info(ranker.meta.backbone).pooling, config.prompt_format)
     for split in (data.train, data.val, data.test):
         if len(split) < 2:
             raise ValueError(f"the {split.name} split has {len(split)} prompts; need at least 2")
@@ -247,8 +253,8 @@ def train_ranker(config: RankerTrainConfig, data: RankerData | None = None, rank
     ranker.meta = RankerMeta(
         backbone=ranker.meta.backbone, pooling=ranker.meta.pooling, max_length=ranker.meta.max_length,
         target_model=config.target_model, loss=config.loss, bucket=config.bucket, split_seed=config.split_seed,
-        seed=config.seed, calibration=tuple(np.sort(val_scores).tolist()),
+        seed=config.seed, calibration=tuple(np.sort(val_scores).tolist()), prompt_format=ranker.meta.prompt_format,
         metrics={"val_kendall_tau": float(best_tau), "test_kendall_tau": float(test_tau),
                  "best_epoch": best_epoch})
     return RankerTrainResult(config, ranker, tuple(history), best_epoch, untrained_val, untrained_test,
-                             float(best_tau), float(test_tau), test_scores, train_seconds)
+                             float(best_tau), float(test_tau), test_scores, train_seconds, val_scores)

@@ -13,12 +13,16 @@ Recipes (``--recipes``): ``paper`` is the LTR paper's recipe as run before issue
 (the target model's own lengths, lr 2e-5, 16 epochs; ``agents.ranker_config.PAPER_RECIPE``);
 ``default`` is ``RankerTrainConfig()``'s defaults (consensus labels over the auxiliary
 models' lengths of the training prompts); ``target``, ``consensus`` and ``multi`` are
-the defaults with that label source. ``--epochs``, ``--lr`` etc. override every recipe.
-Evaluation is always against the target model's lengths.
+the defaults with that label source. ``--epochs``, ``--lr``, ``--pooling``,
+``--prompt-format`` etc. override every recipe. Evaluation is always against the target
+model's lengths. ``--json`` also holds each run's validation and test scores (in the
+split's prompt order), which ``benchmarks/ranker_ensemble.py`` combines. ``--tf32`` lets
+CUDA matrix products use TF32 (faster on a GPU; rounding differs from fp32).
 
     python benchmarks/ranker_tau.py [--backbones minilm-l6] [--losses listmle] [--recipes paper,default]
         [--models Meta-Llama-3-8B-Instruct,gpt4_1106_preview,alpaca-7b] [--split-seeds 0,1,2,3]
-        [--epochs N] [--freeze-layers N] [--device cpu] [--threads N] [--json FILE] [--markdown]
+        [--epochs N] [--freeze-layers N] [--pooling mean|last] [--prompt-format raw|chat] [--device cpu]
+        [--tf32] [--threads N] [--json FILE] [--markdown]
 """
 
 from __future__ import annotations
@@ -73,11 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="default: RankerTrainConfig's")
     p.add_argument("--list-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="backbone learning rate")
+    p.add_argument("--head-lr", type=float, default=None, help="learning rate of the linear head")
+    p.add_argument("--pooling", choices=("mean", "last"), default=None, help="default: the backbone's")
+    p.add_argument("--prompt-format", choices=("raw", "chat"), default=None, help="default: RankerTrainConfig's")
     p.add_argument("--aux-models", default=None, help="default: RankerTrainConfig's")
     p.add_argument("--target-weight", type=float, default=None)
     p.add_argument("--freeze-layers", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matrix products on CUDA")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown rows")
@@ -93,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     backbones = [b for b in args.backbones.split(",") if b]
     losses = [x for x in args.losses.split(",") if x]
     recipes = [x for x in args.recipes.split(",") if x]
@@ -100,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         recipe_overrides(r)  # an unknown name fails before any work
     models = [m for m in args.models.split(",") if m]
     base_config = RankerTrainConfig(seed=args.seed)
-    overrides = {name: getattr(args, name) for name in ("epochs", "list_size", "lr", "aux_models", "target_weight",
-                                                        "freeze_layers") if getattr(args, name) is not None}
+    overrides = {name: getattr(args, name) for name in ("epochs", "list_size", "lr", "head_lr", "aux_models",
+                                                        "target_weight", "freeze_layers", "pooling", "prompt_format")
+                 if getattr(args, name) is not None}
     rows: list[dict] = []
     for model in models:
         for split_seed in args.split_seeds:
@@ -134,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                                      "test_tau": result.test_tau, "val_tau": result.val_tau,
                                      "config": dataclasses.asdict(config),
                                      "best_epoch": result.best_epoch, "epochs": config.epochs,
-                                     "num_aux": len(data.aux_models), "seconds": time.perf_counter() - t0})
+                                     "num_aux": len(data.aux_models), "seconds": time.perf_counter() - t0,
+                                     "val_scores": result.val_scores.tolist(),
+                                     "test_scores": result.test_scores.tolist()})
                         print(f"{model} split {split_seed} {name}: test tau {result.test_tau:.3f} "
                               f"(val {result.val_tau:.3f}, best epoch {result.best_epoch}) "
                               f"in {rows[-1]['seconds']:.0f} s", file=sys.stderr, flush=True)
@@ -164,11 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {recipe}: labels {c.label_source}"
               + (f" (aux {c.aux_models}, target weight {c.target_weight:g})" if c.uses_aux() else "")
               + f", lists of {c.list_size}, lr {c.lr:g} (head {c.head_lr:g}), {c.epochs} epochs, "
-              f"frozen layers {c.freeze_layers}, select on {c.select_on}")
+              f"frozen layers {c.freeze_layers}, select on {c.select_on}, pooling {c.pooling or 'backbone'}"
+              f", prompt format {c.prompt_format}" + (", TF32" if args.tf32 else ""))
     print_table(header, table, args.markdown)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": device, "recipes": recipes, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"device": device, "recipes": recipes, "tf32": args.tf32,
+                                         "command": "python benchmarks/ranker_tau.py " + " ".join(argv or sys.argv[1:]),
+                                         "rows": rows}, indent=2) + "\n")
     return 0
 
 

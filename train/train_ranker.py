@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agents.ranker_config import LABEL_SOURCES, LOSSES, SELECT_ON
+from agents.ranker_config import LABEL_SOURCES, LOSSES, POOLINGS, PROMPT_FORMATS, SELECT_ON
 
 
 def add_train_ranker_args(p: argparse.ArgumentParser) -> None:
@@ -76,6 +76,12 @@ def add_train_ranker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze-layers", type=int, default=d.freeze_layers,
                    help="keep the embeddings and the lowest N encoder layers at their pretrained weights "
                         "(default %(default)s)")
+    p.add_argument("--pooling", choices=POOLINGS, default=None,
+                   help="hidden states -> one vector: mean over tokens or the last token (default: the backbone's "
+                        "own, mean for minilm-l6, last for smollm2-135m)")
+    p.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=d.prompt_format,
+                   help="raw prompt text, or the prompt as the user turn of the backbone's chat template with the "
+                        "generation prompt (backbones with a chat template: smollm2-135m) (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--split-seed", type=int, default=d.split_seed,
                    help="seed of the train/val/test split by prompt (the -test workloads use 0)")
@@ -132,7 +138,8 @@ def _run_train_ranker(args: argparse.Namespace) -> int:
         list_size=args.list_size, lr=args.lr, head_lr=args.head_lr, weight_decay=args.weight_decay,
         bucket=args.bucket, seed=args.seed, split_seed=args.split_seed, max_length=args.max_length,
         max_train=args.max_train, label_source=args.label_source, aux_models=args.aux_models,
-        target_weight=args.target_weight, freeze_layers=args.freeze_layers, select_on=args.select_on)
+        target_weight=args.target_weight, freeze_layers=args.freeze_layers, select_on=args.select_on,
+        pooling=args.pooling, prompt_format=args.prompt_format)
     check_backbone(config.backbone)  # a missing package fails before any work
     out = args.out or Path("runs") / "ranker" / f"{args.target_model}-{args.backbone}-{args.loss}-s{args.seed}"
     data = load_ranker_data(config.target_model, config.split_seed, config.max_train,
@@ -152,7 +159,8 @@ def _run_train_ranker(args: argparse.Namespace) -> int:
                    f"ridge lambda {bow.lam:g} chosen on val"),
     }
 
-    ranker = Ranker.from_backbone(config.backbone, seed=config.seed, max_length=config.max_length)
+    ranker = Ranker.from_backbone(config.backbone, seed=config.seed, max_length=config.max_length,
+                                  pooling=config.pooling, prompt_format=config.prompt_format)
     ranker.to(args.device)
     show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     writer = _summary_writer(out / "tb")
@@ -185,7 +193,8 @@ def _run_train_ranker(args: argparse.Namespace) -> int:
         "target_model": config.target_model, "backbone": config.backbone, "loss": config.loss,
         "label_source": config.label_source, "aux_models": list(data.aux_models),
         "target_weight": config.target_weight, "freeze_layers": config.freeze_layers,
-        "select_on": config.select_on,
+        "select_on": config.select_on, "pooling": result.ranker.meta.pooling,
+        "prompt_format": config.prompt_format,
         "epochs": config.epochs, "best_epoch": result.best_epoch,
         "history": [dataclasses.asdict(h) for h in result.history],
         "num_train": len(data.train), "num_val": len(data.val), "num_test": len(data.test),
