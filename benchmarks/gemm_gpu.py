@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from print_table import print_table  # noqa: E402
-from torch_executor_gpu_common import graph_time  # noqa: E402
+from torch_executor_gpu_common import measure_ceilings  # noqa: E402
 
 from gpu_backend.models import MODELS  # noqa: E402
 from gpu_backend.skinny_gemm import LinearPlan  # noqa: E402
@@ -39,16 +39,6 @@ def weight_shapes(name: str) -> dict[str, tuple[int, int]]:
             "lm_head": (d.vocab_size, d.hidden_size)}
 
 
-def ceilings() -> tuple[float, float]:
-    """(bf16 matmul FLOP/s on 8192^3, device-to-device bytes/s read + written)."""
-    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
-    flops = 2 * 8192 ** 3 / graph_time(lambda: a @ a, calls=3)
-    src = torch.empty(2 ** 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    bw = 2 * src.numel() / graph_time(lambda: dst.copy_(src), calls=3)
-    return flops, bw
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="llama-1b,llama-8b,smollm2-135m")
@@ -60,7 +50,8 @@ def main() -> int:
         print("gemm_gpu.py: needs a CUDA device", file=sys.stderr)
         return 2
     rows = [int(r) for r in args.rows.split(",")]
-    flops, bw = ceilings()
+    ceil = measure_ceilings()
+    flops, bw = ceil["bf16_matmul_flops"], ceil["d2d_bytes_per_s"]
     results = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
                "matmul_flops": flops, "copy_bytes_per_s": bw, "shapes": []}
     table = []

@@ -42,28 +42,15 @@ from gpu_backend.paged_attention import decode_attention_triton  # noqa: E402
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk  # noqa: E402
 from gpu_backend.torch_executor import TorchExecutor  # noqa: E402
 from torch_executor_gpu_checks import check_1b, check_tiny, check_triton  # noqa: E402
-from torch_executor_gpu_common import RESULTS, cuda_time, graph_time, log, section, toks  # noqa: E402
+from torch_executor_gpu_common import (RESULTS, cuda_time, graph_time, log, measure_ceilings, section,  # noqa: E402
+                                       toks)
 
 # ---------------------------------------------------------------------- ceilings
 @section("ceilings")
 def ceilings() -> dict:
-    n = 2 * 2**30
-    src = torch.randn(n // 2, dtype=torch.bfloat16, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    t = statistics.median(cuda_time(lambda: dst.copy_(src), 20))
-    bw = 2 * n / t
-    del src, dst
-    m = 8192
-    a = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
-    b = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
-    for _ in range(3):
-        a @ b
-    t = statistics.median(cuda_time(lambda: a @ b, 10))
-    flops = 2 * m**3 / t
-    out = {"d2d_bytes_per_s": bw, "bf16_matmul_flops": flops}
-    log(f"   device-to-device {bw / 1e12:.2f} TB/s (read + write), bf16 matmul {flops / 1e12:.0f} TFLOP/s")
+    out = measure_ceilings()
+    log(f"   device-to-device {out['d2d_bytes_per_s'] / 1e12:.2f} TB/s (read + write), bf16 matmul "
+        f"{out['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s")
     return out
 
 

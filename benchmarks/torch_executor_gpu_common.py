@@ -57,6 +57,25 @@ def graph_time(fn, calls: int = 10, reps: int = 5) -> float:
     return statistics.median(cuda_time(g.replay, reps)) / calls
 
 
+def measure_ceilings() -> dict:
+    """The device-to-device copy bandwidth (bytes read + written per second, 2 GiB copied) and the bf16
+    matmul rate (8192^3), each the median of timed repeats."""
+    n = 2 * 2**30
+    src = torch.randn(n // 2, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    bw = 2 * n / statistics.median(cuda_time(lambda: dst.copy_(src), 20))
+    del src, dst
+    m = 8192
+    a = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
+    for _ in range(3):
+        a @ b
+    flops = 2 * m**3 / statistics.median(cuda_time(lambda: a @ b, 10))
+    return {"d2d_bytes_per_s": bw, "bf16_matmul_flops": flops}
+
+
 def cuda_time(fn, reps: int) -> list[float]:
     times = []
     for _ in range(reps):
