@@ -194,7 +194,7 @@ def roofline(weights, ceil, args) -> dict:
     ids = toks(B, 77)
     plan = BatchPlan(decode_seq_ids=list(range(B)), decode_positions=[ctx] * B, decode_block_tables=tables,
                      decode_input_ids=ids)
-    # the same step with cuBLAS for every GEMM (tune_gemms off) and with the tuned split-K choices
+    # the executor as shipped (cuBLAS for every GEMM) and with tune_gemms=True (split-K where it timed faster)
     timings = {}
     for tuned in (False, True):
         ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=B * per_seq + 16 * 80, num_host_blocks=0,
@@ -223,10 +223,10 @@ def roofline(weights, ceil, args) -> dict:
     bw = ceil["d2d_bytes_per_s"]
     floor = (w_bytes + kv_bytes) / bw
     res = {"batch": B, "context": ctx + 1, "weight_bytes": w_bytes, "kv_bytes": kv_bytes, "roofline_s": floor,
-           "decode_wall_s": timings[True][0], "decode_device_s": timings[True][1],
-           "cublas_only_decode_wall_s": timings[False][0], "cublas_only_decode_device_s": timings[False][1],
+           "decode_wall_s": timings[False][0], "decode_device_s": timings[False][1],
+           "split_k_decode_wall_s": timings[True][0], "split_k_decode_device_s": timings[True][1],
            "gemm_choices": choices}
-    log(f"   decode with cuBLAS only: wall {timings[False][0] * 1e3:.2f} ms, device {timings[False][1] * 1e3:.2f} ms")
+    log(f"   decode with tuned split-K GEMMs: wall {timings[True][0] * 1e3:.2f} ms, device {timings[True][1] * 1e3:.2f} ms")
     res["wall_over_roofline"] = res["decode_wall_s"] / floor
     res["device_over_roofline"] = res["decode_device_s"] / floor
     log(f"   decode B={B} ctx={ctx + 1}: wall {res['decode_wall_s'] * 1e3:.2f} ms, device "
@@ -444,10 +444,10 @@ def table(r: dict, args) -> None:
                      f"{rf['decode_device_s'] * 1e3:.2f} ms", f"roofline {rf['roofline_s'] * 1e3:.2f} ms"))
         rows.append(("decode over roofline: wall / device", f"{rf['wall_over_roofline']:.2f}x / "
                      f"{rf['device_over_roofline']:.2f}x", "target <= 1.5x"))
-        if "cublas_only_decode_device_s" in rf:
-            rows.append(("decode with cuBLAS only (no split-K): wall / device",
-                         f"{rf['cublas_only_decode_wall_s'] * 1e3:.2f} / {rf['cublas_only_decode_device_s'] * 1e3:.2f} ms",
-                         f"tuned is {rf['cublas_only_decode_device_s'] / rf['decode_device_s']:.2f}x faster (device)"))
+        if "split_k_decode_device_s" in rf:
+            rows.append(("decode with tune_gemms=True (split-K): wall / device",
+                         f"{rf['split_k_decode_wall_s'] * 1e3:.2f} / {rf['split_k_decode_device_s'] * 1e3:.2f} ms",
+                         f"{rf['decode_device_s'] / rf['split_k_decode_device_s']:.2f}x the speed of cuBLAS (device)"))
         rows.append(("prefill 16x512 tokens", f"{rf['prefill_flops_per_s'] / 1e12:.0f} TFLOP/s",
                      f"{rf['prefill_over_matmul_rate']:.0%} of matmul rate"))
     sw = r.get("d_swap")

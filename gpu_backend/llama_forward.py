@@ -11,8 +11,8 @@ The arithmetic follows the Llama architecture as transformers implements it (RMS
 float32 then cast, rotate-half RoPE with float32 angles, GQA, SwiGLU), so that its logits
 match ``LlamaForCausalLM`` to rounding; the layout is ours (fused QKV and gate/up
 matrices, the KV written straight into the paged cache, the residual add fused with the
-next norm: ``gpu_backend.fused_ops``; few-row products by split-K where that measured faster:
-``gpu_backend.skinny_gemm``).
+next norm: ``gpu_backend.fused_ops``; optionally, few-row products by split-K where that
+measured faster: ``gpu_backend.skinny_gemm``).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class LlamaForward:
         self.cos = emb.cos().to(weights.dtype)
         self.sin = emb.sin().to(weights.dtype)
         self._q = d.num_heads * d.head_dim
-        self.linear = LinearPlan()     # F.linear until tuned (``TorchExecutor`` tunes the decode batch sizes)
+        self.linear = LinearPlan()     # F.linear unless tuned (``TorchExecutor(tune_gemms=True)``)
 
     @staticmethod
     def _groups(prefills: list[PrefillSegment]):

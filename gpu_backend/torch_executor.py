@@ -57,8 +57,10 @@ class TorchExecutor:
     to the model's context length. ``keep_logits`` keeps every row's logits of the last
     iteration in ``last_logits`` (seq id -> [rows, vocab]; for tests) and turns graphs off.
     ``random_weights`` gives a checkpoint model (``smollm2-135m``) random weights of its shape.
-    ``tune_gemms`` (CUDA with graphs) times cuBLAS against the split-K kernel for each decode
-    batch size of 32 rows or more before capture, and keeps the faster (``gpu_backend.skinny_gemm``).
+    ``tune_gemms`` (CUDA with graphs; off by default) times cuBLAS against the split-K kernel for
+    each decode batch size of 32 rows or more before capture and keeps the faster
+    (``gpu_backend.skinny_gemm``): faster in isolation on some shapes, but on an H200 the whole
+    ``llama-1b`` decode step at batch 256 came out 2% slower with it (BENCHMARKS.md).
     """
 
     supports_multi_step = False
@@ -71,7 +73,7 @@ class TorchExecutor:
                  max_num_seqs: int = 256, cuda_graphs: bool = True, gpu_memory_utilization: float = 0.9,
                  activation_reserve_bytes: int = 4 * 2**30, swap_space_bytes: int | None = None,
                  seed: int = 0, keep_logits: bool = False, random_weights: bool = False,
-                 tune_gemms: bool = True):
+                 tune_gemms: bool = False):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
