@@ -216,7 +216,6 @@ def roofline(weights, ceil, args) -> dict:
                for c in ex.model.linear.choices.values()}
     log("   GEMM tuning (rows x n x k: cuBLAS -> best): " + "; ".join(
         f"{k} {v['cublas_us']:.1f}->{v['best_us']:.1f} {v['config']}" for k, v in choices.items() if k.startswith("256x")))
-    walls, dev = None, None
     d = weights.dims
     kv_bytes = B * (ctx + 1) * d.kv_bytes_per_token(2)
     w_bytes = weights.num_bytes_read_per_step
