@@ -8,6 +8,9 @@ request's prompt text, scores the prompts it has not seen before in batches, and
 scores per prompt text, so a repeated prompt costs nothing and every request is scored
 exactly once per scorer.
 
+``EnsembleScorer`` serves several checkpoints as one (the weighted mean of their calibrated
+ranks); ``make_ranker_scorer`` builds either from the command line's checkpoints.
+
 ``rank_feature()`` adapts it to the env's ``scorer`` argument (one request -> a value in
 [0, 1], 1 = shortest): the raw score's position among the checkpoint's validation scores.
 Call ``prime(specs)`` first to score a whole workload in batches.
@@ -18,6 +21,7 @@ predictor's overhead can be set against the simulated iteration time.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -79,3 +83,67 @@ class RankerScorer:
 
         meta.rank_of(0.0)  # fail now, not inside the env, when the checkpoint has no calibration
         return feature
+
+
+class EnsembleScorer:
+    """Several trained rankers behind one ``Scorer``: the weighted mean of their calibrated ranks.
+
+    Why: on AlpacaEval the best predictor found is a rank average of rankers of two backbones
+    (BENCHMARKS.md, issue #5), weights chosen on validation prompts by
+    ``benchmarks/ranker_ensemble.py``. Offline, ``agents.ranker_ensemble.rank_average`` ranks a
+    whole prompt set at once; serving scores arrivals a few at a time, so each member's raw
+    score becomes its rank among that checkpoint's own validation scores (``RankerMeta.rank_of``,
+    in [0, 1], 1 = shortest) and the ensemble's score is the weighted mean of those ranks
+    (also in [0, 1], higher = shorter). Every member needs that calibration.
+    """
+
+    def __init__(self, members: Sequence[RankerScorer], weights: Sequence[float] | None = None):
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least two rankers, got {len(members)}")
+        if weights is None:
+            weights = [1.0] * len(members)
+        w = [float(x) for x in weights]
+        if len(w) != len(members):
+            raise ValueError(f"got {len(w)} ranker weights for {len(members)} rankers")
+        if not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
+            raise ValueError(f"ranker weights must be >= 0 with a positive sum, got {w}")
+        for m in members:
+            if not m.ranker.meta.calibration:
+                raise ValueError(f"{m.name} has no calibration scores (it was not trained with a validation set), "
+                                 "so its scores cannot be put on the other rankers' scale")
+        total = sum(w)
+        self.members = list(members)
+        self.weights = [x / total for x in w]
+        self.name = "ensemble[" + " + ".join(f"{x:g} {m.name}" for x, m in zip(self.weights, self.members)) + "]"
+
+    @property
+    def seconds(self) -> float:
+        return sum(m.seconds for m in self.members)
+
+    def score(self, specs: Sequence[RequestSpec]) -> list[float]:
+        """One score per spec: the weighted mean of the members' calibrated ranks."""
+        out = [0.0] * len(specs)
+        for w, m in zip(self.weights, self.members):
+            meta = m.ranker.meta
+            for i, s in enumerate(m.score(specs)):
+                out[i] += w * meta.rank_of(s)
+        return out
+
+    def prime(self, specs: Sequence[RequestSpec]) -> None:
+        for m in self.members:
+            m.prime(specs)
+
+    def rank_feature(self) -> Callable[[RequestSpec], float]:
+        """``spec -> rank in [0, 1]`` (1 = shortest): the ensemble's score is already one."""
+        return lambda spec: self.score([spec])[0]
+
+
+def make_ranker_scorer(checkpoints: Sequence[str | Path], weights: Sequence[float] | None = None):
+    """One checkpoint: its ``RankerScorer``; several: their ``EnsembleScorer`` (``weights`` default equal)."""
+    if not checkpoints:
+        raise ValueError("no ranker checkpoint given")
+    if len(checkpoints) == 1:
+        if weights is not None and len(weights) != 1:
+            raise ValueError(f"got {len(weights)} ranker weights for one ranker")
+        return RankerScorer(checkpoints[0])
+    return EnsembleScorer([RankerScorer(c) for c in checkpoints], weights)

@@ -41,6 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from train.benchmark_runs import PolicyPlan, SeedRun, resolve_policies, run_all
+from train.ranker_option import add_ranker_args, make_scorer, ranker_command_parts, ranker_label, ranker_weights
 
 DEFAULT_QUANTA = (256.0, 1024.0, 4096.0, 16384.0, 65536.0)
 _NON_AVERAGED = ("per_client", "rejected_by_reason")
@@ -58,20 +59,16 @@ def add_benchmark_args(p: argparse.ArgumentParser) -> None:
                    help="DLPM quanta for the throughput-fairness plot: 'auto' (a default sweep when dlpm or d2lpm "
                         "is benchmarked), 'none', or comma-separated values")
     p.add_argument("--no-plots", action="store_true", help="write the JSON and Markdown only")
-    p.add_argument("--ranker", type=Path, default=None, metavar="CHECKPOINT",
-                   help="LTR ranks by this trained ranker (`servegym train ranker`) instead of the noisy oracle; "
-                        "the scenario's requests must carry prompt text (the ltr-* scenarios do)")
+    add_ranker_args(p, "the scenario's requests (the ltr-* scenarios do)")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar (auto: only on a terminal)")
 
 
-def _with_ranker(plans: list[PolicyPlan], checkpoint: Path) -> list[PolicyPlan]:
-    """LTR plans get one shared ``RankerScorer`` of ``checkpoint`` (scores cached across seeds)."""
+def _with_ranker(plans: list[PolicyPlan], args: argparse.Namespace) -> list[PolicyPlan]:
+    """LTR plans get one shared scorer of the ``--ranker`` checkpoints (scores cached across seeds)."""
     if not any(p.policy == "ltr" for p in plans):
-        raise ValueError(f"--ranker {checkpoint} is given but no ltr policy runs")
-    from agents.ranker_scorer import RankerScorer
-
-    scorer = RankerScorer(checkpoint)
+        raise ValueError(f"--ranker {ranker_label(args)} is given but no ltr policy runs")
+    scorer = make_scorer(args)
     return [dataclasses.replace(p, policy_kwargs={**p.policy_kwargs, "scorer": scorer}) if p.policy == "ltr" else p
             for p in plans]
 
@@ -83,8 +80,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
     if isinstance(args.seeds, bool) or args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     plans = resolve_policies(args.policies, scenario)
-    if args.ranker is not None:
-        plans = _with_ranker(plans, args.ranker)
+    if args.ranker:
+        plans = _with_ranker(plans, args)
+    elif args.ranker_weights is not None:
+        ranker_weights(args)
     quanta = _parse_quanta(args.quantum_sweep, plans)
     out_dir = args.out if args.out is not None else Path("runs") / f"benchmark-{scenario.id}"
     seeds = list(range(args.seeds))
@@ -270,8 +269,7 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--quantum-sweep", args.quantum_sweep]
     if args.no_plots:
         parts.append("--no-plots")
-    if args.ranker is not None:
-        parts += ["--ranker", str(args.ranker)]
+    parts += ranker_command_parts(args)
     return " ".join(parts)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from envs.engine_config import BATCHING_RULES, PREEMPTION_MODES, EngineConfig
 from gpu_backend.profiles import DEFAULT_PROFILE
+from train.ranker_option import add_ranker_args, make_scorer, ranker_label, ranker_weights
 
 
 def add_simulate_args(p: argparse.ArgumentParser) -> None:
@@ -50,9 +51,7 @@ def add_simulate_args(p: argparse.ArgumentParser) -> None:
                    help="with --backend torch: where the model runs (default: cuda when available)")
     p.add_argument("--num-gpu-blocks", type=int, default=None,
                    help="KV blocks of the executor (default: the profile's, or what the device's memory leaves)")
-    p.add_argument("--ranker", type=Path, default=None, metavar="CHECKPOINT",
-                   help="LTR ranks by this trained ranker (`servegym train ranker`) instead of the noisy "
-                        "oracle; the workload must carry prompt text (e.g. alpaca-eval-<model>)")
+    add_ranker_args(p, "the workload's requests (e.g. alpaca-eval-<model>)")
 
 
 def _policy_names(spec: str) -> list[str]:
@@ -117,12 +116,12 @@ def run_simulate(args: argparse.Namespace) -> int:
     for name in names:
         make_policy(name)  # fail on a bad name before any simulation runs
     kwargs_of: dict[str, dict[str, Any]] = {}
-    if args.ranker is not None:
+    if args.ranker:
         if "ltr" not in names:
-            raise ValueError(f"--ranker {args.ranker} is given but no ltr policy runs (--policy {args.policy})")
-        from agents.ranker_scorer import RankerScorer
-
-        kwargs_of["ltr"] = {"scorer": RankerScorer(args.ranker)}
+            raise ValueError(f"--ranker {ranker_label(args)} is given but no ltr policy runs (--policy {args.policy})")
+        kwargs_of["ltr"] = {"scorer": make_scorer(args)}
+    elif args.ranker_weights is not None:
+        ranker_weights(args)
     profile = load_profile(args.profile)
     if args.num_gpu_blocks is not None and args.num_gpu_blocks < 1:
         raise ValueError(f"--num-gpu-blocks must be >= 1, got {args.num_gpu_blocks}")
@@ -173,7 +172,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     print(f"simulation loop wall time: {walls}")
     if args.json is not None:
         run_info = {"workload": args.workload, "num_requests": len(specs), "rate": args.rate,
-                    "ranker": None if args.ranker is None else str(args.ranker),
+                    "ranker": ranker_label(args), "ranker_weights": ranker_weights(args),
                     "profile": profile.name, "seed": args.seed, "config": _config_dict(config),
                     "backend": args.backend}
         if args.backend == "torch":

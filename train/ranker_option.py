@@ -1,0 +1,61 @@
+"""The ``--ranker`` option of ``simulate`` and ``benchmark``: LTR ranks by trained checkpoints.
+
+One ``--ranker CHECKPOINT`` serves that ranker (``agents.ranker_scorer.RankerScorer``); the
+option given several times serves their rank average (``EnsembleScorer``), weighted by
+``--ranker-weights`` (default equal) — how the best AlpacaEval predictor in BENCHMARKS.md is
+built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+
+def add_ranker_args(p: argparse.ArgumentParser, requests: str) -> None:
+    p.add_argument("--ranker", type=Path, action="append", default=None, metavar="CHECKPOINT",
+                   help=f"LTR ranks by this trained ranker (`servegym train ranker`) instead of the noisy oracle; "
+                        f"{requests} must carry prompt text. Given several times: the rank average of the rankers")
+    p.add_argument("--ranker-weights", default=None, metavar="W1,W2,...",
+                   help="with several --ranker: their weights, in order (default: equal)")
+
+
+def ranker_weights(args: argparse.Namespace) -> list[float] | None:
+    """``--ranker-weights`` as floats (None when not given), checked against the ``--ranker`` count."""
+    if args.ranker_weights is None:
+        return None
+    if not args.ranker:
+        raise ValueError(f"--ranker-weights {args.ranker_weights} is given without --ranker")
+    try:
+        weights = [float(x) for x in args.ranker_weights.split(",")]
+    except ValueError:
+        raise ValueError(f"--ranker-weights must be comma-separated numbers, got {args.ranker_weights!r}") from None
+    if len(weights) != len(args.ranker):
+        raise ValueError(f"--ranker-weights {args.ranker_weights} gives {len(weights)} weights for "
+                         f"{len(args.ranker)} --ranker checkpoints")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"--ranker-weights must be >= 0 with a positive sum, got {args.ranker_weights}")
+    return weights
+
+
+def make_scorer(args: argparse.Namespace):
+    """The scorer ``--ranker`` (and ``--ranker-weights``) describe."""
+    from agents.ranker_scorer import make_ranker_scorer
+
+    return make_ranker_scorer(args.ranker, ranker_weights(args))
+
+
+def ranker_label(args: argparse.Namespace) -> str | None:
+    """The checkpoints as run JSON records them: one path, or several joined by commas."""
+    return None if not args.ranker else ",".join(str(r) for r in args.ranker)
+
+
+def ranker_command_parts(args: argparse.Namespace) -> list[str]:
+    """The ``--ranker`` arguments again, for a run's recorded command line."""
+    parts: list[str] = []
+    for r in args.ranker or ():
+        parts += ["--ranker", str(r)]
+    if args.ranker_weights is not None:
+        parts += ["--ranker-weights", args.ranker_weights]
+    return parts
