@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from print_table import print_table  # noqa: E402
-from torch_executor_gpu_common import graph_time  # noqa: E402
 
+from gpu_backend.cuda_timing import graph_seconds as graph_time  # noqa: E402
 from gpu_backend.models import MODELS  # noqa: E402
 from gpu_backend.paged_attention import decode_attention_triton, decode_splits  # noqa: E402
 

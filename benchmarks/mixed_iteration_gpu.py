@@ -12,11 +12,11 @@ prints the operations with the most host time.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -24,12 +24,7 @@ import torch  # noqa: E402
 from gpu_backend.models import load_weights  # noqa: E402
 from gpu_backend.plan import BatchPlan, PrefillChunk  # noqa: E402
 from gpu_backend.torch_executor import TorchExecutor  # noqa: E402
-
-
-def median_wall(ex: TorchExecutor, plan: BatchPlan, repeats: int = 20) -> float:
-    for _ in range(3):
-        ex.execute(plan)
-    return statistics.median(ex.execute(plan).duration_s for _ in range(repeats))
+from paged_prefill_gpu import time_plan  # noqa: E402  (beside this script)
 
 
 def main(argv=None) -> int:
@@ -54,7 +49,7 @@ def main(argv=None) -> int:
                    decode_context_sum=args.decodes * (args.context + 1))
     plans = {"prefill only": BatchPlan(prefills=[chunk]), "decodes only": BatchPlan(**decodes),
              "mixed": BatchPlan(prefills=[chunk], **decodes)}
-    walls = {name: median_wall(ex, plan) for name, plan in plans.items()}
+    walls = {name: time_plan(ex, plan, repeats=20) for name, plan in plans.items()}
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(10):
             ex.execute(plans["mixed"])

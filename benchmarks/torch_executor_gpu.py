@@ -36,14 +36,15 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from gpu_backend.cuda_timing import cuda_seconds as cuda_time  # noqa: E402
+from gpu_backend.cuda_timing import graph_seconds as graph_time  # noqa: E402
 from gpu_backend.fused_ops import add_rms_norm, silu_mul  # noqa: E402
 from gpu_backend.models import LlamaWeights, build_hf_model  # noqa: E402
 from gpu_backend.paged_attention import decode_attention_triton  # noqa: E402
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk  # noqa: E402
 from gpu_backend.torch_executor import TorchExecutor  # noqa: E402
 from torch_executor_gpu_checks import check_1b, check_tiny, check_triton  # noqa: E402
-from torch_executor_gpu_common import (RESULTS, cuda_time, graph_time, log, measure_ceilings, section,  # noqa: E402
-                                       toks)
+from torch_executor_gpu_common import RESULTS, log, measure_ceilings, section, toks  # noqa: E402
 
 # ---------------------------------------------------------------------- ceilings
 @section("ceilings")

@@ -1,5 +1,6 @@
 """Shared pieces of the GPU benchmark (benchmarks/torch_executor_gpu.py): the results dict, a section
-wrapper that records a failing part and goes on, device timers, relative error, token helpers."""
+wrapper that records a failing part and goes on, the device's ceilings, relative error, token helpers
+(device timers: ``gpu_backend.cuda_timing``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import time
 import traceback
 
 import torch
+
+from gpu_backend.cuda_timing import cuda_seconds
 
 RESULTS: dict = {"errors": {}}
 
@@ -40,23 +43,6 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def graph_time(fn, calls: int = 10, reps: int = 5) -> float:
-    """Device seconds per call of ``fn``, from replays of a CUDA graph of ``calls`` calls (no launch gaps)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    return statistics.median(cuda_time(g.replay, reps)) / calls
-
-
 def measure_ceilings() -> dict:
     """The device-to-device copy bandwidth (bytes read + written per second, 2 GiB copied) and the bf16
     matmul rate (8192^3), each the median of timed repeats."""
@@ -65,27 +51,15 @@ def measure_ceilings() -> dict:
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
-    bw = 2 * n / statistics.median(cuda_time(lambda: dst.copy_(src), 20))
+    bw = 2 * n / statistics.median(cuda_seconds(lambda: dst.copy_(src), 20))
     del src, dst
     m = 8192
     a = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
     b = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
     for _ in range(3):
         a @ b
-    flops = 2 * m**3 / statistics.median(cuda_time(lambda: a @ b, 10))
+    flops = 2 * m**3 / statistics.median(cuda_seconds(lambda: a @ b, 10))
     return {"d2d_bytes_per_s": bw, "bf16_matmul_flops": flops}
-
-
-def cuda_time(fn, reps: int) -> list[float]:
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) / 1e3)
-    return times
 
 
 def toks(n, seed, vocab=32000):

@@ -15,11 +15,12 @@ CUDA graph and keeps the fastest; shapes it never tuned, and every CPU call, go 
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from gpu_backend.cuda_timing import graph_seconds
 
 try:
     import triton
@@ -119,29 +120,6 @@ def split_k_linear(x: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig) -> to
     return out
 
 
-def _device_seconds(fn, calls: int = 10, reps: int = 5) -> float:
-    """Device seconds per call, from replays of a CUDA graph of ``calls`` calls."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / calls)
-    return statistics.median(times)
-
-
 @dataclass(slots=True)
 class ShapeChoice:
     """What tuning measured for one (rows, n, k): cuBLAS's time and the best kernel's, if it won."""
@@ -187,7 +165,7 @@ class LinearPlan:
                     continue
                 x = torch.randn((m, k), dtype=w.dtype, device=w.device) * 0.1
                 reference = F.linear(x, w)
-                cublas = _device_seconds(lambda: F.linear(x, w))
+                cublas = graph_seconds(lambda: F.linear(x, w))
                 best, best_cfg = cublas, None
                 for cfg in candidates:
                     if not cfg.fits(m, n, k):
@@ -195,7 +173,7 @@ class LinearPlan:
                     got = split_k_linear(x, w, cfg)
                     if not torch.allclose(got.float(), reference.float(), rtol=2e-2, atol=2e-2):
                         continue
-                    t = _device_seconds(lambda: split_k_linear(x, w, cfg))
+                    t = graph_seconds(lambda: split_k_linear(x, w, cfg))
                     if t < best:
                         best, best_cfg = t, cfg
                 self.choices[(m, n, k)] = _TUNED[key] = ShapeChoice(m, n, k, cublas, best, best_cfg)

@@ -7,13 +7,12 @@ installed); elsewhere that test is skipped."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 
 from gpu_backend.paged_prefill import DevicePrefillTiles, PrefillTiles, paged_prefill_reference
+from tests.gpu_backend.kernel_device import kernel_device
 
 
 def test_tiles_lay_out_chunks_for_the_kernel():
@@ -30,24 +29,14 @@ def test_tiles_lay_out_chunks_for_the_kernel():
     assert [a.dtype for a in tiles.arrays()] == [np.int64] * 6 and tiles.arrays()[0].shape == (21,)
 
 
-def _kernel_device() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return None
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(_kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
+@pytest.mark.skipif(kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
 @pytest.mark.parametrize("heads, kv_heads, head_dim, splits", [(4, 2, 16, 1), (6, 2, 64, 1), (4, 2, 16, 4),
                                                                 (6, 2, 64, 0)])
 def test_kernel_matches_the_torch_path(heads, kv_heads, head_dim, splits):
     from gpu_backend.paged_prefill import paged_prefill_attention
 
-    dev = _kernel_device()
+    dev = kernel_device()
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     g = torch.Generator().manual_seed(0)
     bs, num_blocks = 16, 64
@@ -75,7 +64,7 @@ def test_kernel_matches_the_torch_path(heads, kv_heads, head_dim, splits):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_kernel_device() != "cpu", reason="the executor on the CPU with the kernel: TRITON_INTERPRET=1")
+@pytest.mark.skipif(kernel_device() != "cpu", reason="the executor on the CPU with the kernel: TRITON_INTERPRET=1")
 def test_executor_with_the_kernel_matches_transformers():
     """Chunked prefill and a prefix-cache hit through the executor with the kernel on (the GPU
     benchmark's part (a) checks the same on CUDA in bf16)."""
@@ -108,23 +97,23 @@ def test_executor_with_the_kernel_matches_transformers():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
+@pytest.mark.skipif(kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
 def test_every_split_variant_compiles_up_front():
     from gpu_backend.paged_prefill import compile_kernel_variants
 
-    dev = _kernel_device()
+    dev = kernel_device()
     cache = torch.zeros(4, 2, 16, 16, device=dev)
     compile_kernel_variants(cache, cache, num_heads=4, block=3)   # raises if a variant fails to build
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(_kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
+@pytest.mark.skipif(kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
 @pytest.mark.parametrize("batch, heads, kv_heads, head_dim, splits", [(3, 8, 2, 16, 1), (2, 6, 2, 64, 4)])
 def test_decode_kernel_sharing_the_pieces_matches_the_torch_path(batch, heads, kv_heads, head_dim, splits):
     """The decode kernel uses the same tile loader and softmax step as the prefill kernel."""
     from gpu_backend.paged_attention import decode_attention_torch, decode_attention_triton
 
-    dev = _kernel_device()
+    dev = kernel_device()
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     g = torch.Generator().manual_seed(1)
     kc = torch.randn(64, kv_heads, 16, head_dim, generator=g).to(dev, dtype)

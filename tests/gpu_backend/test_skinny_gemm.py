@@ -6,26 +6,15 @@ installed); elsewhere those tests are skipped."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from gpu_backend.skinny_gemm import CANDIDATES, GemmConfig, LinearPlan, ShapeChoice, split_k_linear
+from tests.gpu_backend.kernel_device import kernel_device
 
 
-def _kernel_device() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return None
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
-
-
-needs_kernel = pytest.mark.skipif(_kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
+needs_kernel = pytest.mark.skipif(kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
 
 
 def test_config_fits_only_whole_reduction_steps_per_split():
@@ -55,7 +44,7 @@ def test_plan_without_choices_is_f_linear_and_refuses_nothing_on_the_cpu():
                                        (33, 128, 128, GemmConfig(16, 64, 128, 1)),
                                        (64, 32, 512, GemmConfig(64, 32, 64, 8))])
 def test_split_k_matches_f_linear(m, n, k, cfg):
-    dev = _kernel_device()
+    dev = kernel_device()
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     g = torch.Generator().manual_seed(m * n)
     x = torch.randn(m, k, generator=g).to(dev, dtype)
@@ -68,7 +57,7 @@ def test_split_k_matches_f_linear(m, n, k, cfg):
 
 @needs_kernel
 def test_split_k_refuses_shapes_it_cannot_run():
-    dev = _kernel_device()
+    dev = kernel_device()
     x, w = torch.randn(8, 96, device=dev), torch.randn(32, 96, device=dev)
     with pytest.raises(ValueError, match=r"config 16x32x64/s1/w4/st4 does not fit rows=8, n=32, k=96"):
         split_k_linear(x, w, GemmConfig(16, 32, 64, 1))
