@@ -112,8 +112,8 @@ def split_k_linear(x: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig) -> to
     dest = out if s == 1 else torch.empty((s, m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(m, cfg.block_m) * (n // cfg.block_n), s)
     _split_k_kernel[grid](x, weight, dest, m, n, k // s, x.stride(0), weight.stride(0),
-                          dest.stride(0) if s > 1 else 0, n, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                          num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                          dest.stride(0) if s > 1 else 0, n, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                          BLOCK_K=cfg.block_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if s > 1:
         block = 1024
         _sum_splits_kernel[(triton.cdiv(m * n, block),)](dest, out, m * n, SPLITS=s, BLOCK=block)
