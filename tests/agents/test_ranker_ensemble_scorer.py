@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from tests.agents.test_ranker_in_simulate import _ltr_metrics
 from train.cli import main
 
 WORKLOAD = "alpaca-eval-meta-llama-3-8b-instruct-test"
@@ -71,10 +72,13 @@ def test_simulate_serves_the_rank_average_of_several_checkpoints(fresh_minilm, s
             "--progress", "off", "--policy", "ltr"]
     assert main([*args, "--ranker", str(ck_a), "--ranker", str(ck_b), "--ranker-weights", "0.3,0.7",
                  "--json", str(out)]) == 0
-    run = json.loads(out.read_text())["run"]
-    assert run["ranker"] == f"{ck_a},{ck_b}" and run["ranker_weights"] == [0.3, 0.7]
-    ens = EnsembleScorer([RankerScorer(ck_a), RankerScorer(ck_b)], [0.3, 0.7])
-    assert ens.score(specs[:3]) != RankerScorer(ck_a).score(specs[:3])
+    got = json.loads(out.read_text())
+    assert got["run"]["ranker"] == f"{ck_a},{ck_b}" and got["run"]["ranker_weights"] == [0.3, 0.7]
+    # the run is the one LTR gives with the ensemble, not with either checkpoint alone
+    ensemble = _ltr_metrics({"scorer": EnsembleScorer([RankerScorer(ck_a), RankerScorer(ck_b)], [0.3, 0.7])})
+    assert got["e2e_mean_s"] == pytest.approx(ensemble["e2e_mean_s"], rel=1e-12)
+    alone = {_ltr_metrics({"scorer": RankerScorer(ck)})["e2e_mean_s"] for ck in (ck_a, ck_b)}
+    assert all(e != pytest.approx(ensemble["e2e_mean_s"], rel=1e-9) for e in alone)
 
 
 @pytest.mark.parametrize("extra,message", [
