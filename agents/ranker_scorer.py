@@ -120,6 +120,15 @@ class EnsembleScorer:
     def seconds(self) -> float:
         return sum(m.seconds for m in self.members)
 
+    @property
+    def calls(self) -> int:
+        """``score()`` calls that ran the models (every member runs on the same new prompts)."""
+        return max(m.calls for m in self.members)
+
+    @property
+    def prompts_scored(self) -> int:
+        return max(m.prompts_scored for m in self.members)
+
     def score(self, specs: Sequence[RequestSpec]) -> list[float]:
         """One score per spec: the weighted mean of the members' calibrated ranks."""
         out = [0.0] * len(specs)

@@ -9,11 +9,12 @@ the H100 x Llama-8B profile with the KV cache cut to 150,000 tokens (an A100-40G
 Llama-3-8B) and preemption by swapping, as vllm-ltr does. Rates are the paper's times
 ``--load-scale`` (the simulated engine is faster than the paper's A100). The ``ltr``
 policy (``baselines/ltr.py``) ranks with ``agents.ranker_scorer.RankerScorer`` over the
-checkpoint; ``sjf`` and ``srtf`` read the true lengths. The table gives mean and p90
+checkpoint (``--checkpoint`` given several times: their rank average, ``EnsembleScorer``,
+weighted by ``--ranker-weights``; all must share a target model and split seed); ``sjf`` and ``srtf`` read the true lengths. The table gives mean and p90
 end-to-end latency and the ratios FCFS/LTR and LTR/SJF, and the ranker's own wall time
 against the simulated busy time (its overhead if it ran beside the engine).
 
-    python benchmarks/ranker_e2e.py --checkpoint DIR [--rates 2,4,8,16,32,64] [--load-scale 1.25]
+    python benchmarks/ranker_e2e.py --checkpoint DIR [--checkpoint DIR2 ... --ranker-weights W1,W2,...] [--rates 2,4,8,16,32,64] [--load-scale 1.25]
         [--duration 60] [--device cpu] [--threads N] [--markdown] [--json FILE]
 """
 
@@ -34,7 +35,10 @@ POLICIES = ("fcfs", "ltr", "sjf", "srtf")
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, action="append", required=True,
+                   help="a trained ranker; several: LTR ranks by their rank average")
+    p.add_argument("--ranker-weights", default=None, metavar="W1,W2,...",
+                   help="with several --checkpoint: their weights, in order (default: equal)")
     p.add_argument("--rates", default="2,4,8,16,32,64", help="the paper's rates, req/s")
     p.add_argument("--load-scale", type=float, default=1.25)
     p.add_argument("--duration", type=float, default=60.0)
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import baselines  # noqa: F401  (registers the policies)
     from agents.ranker import Ranker
-    from agents.ranker_scorer import RankerScorer
+    from agents.ranker_scorer import EnsembleScorer, RankerScorer
     from agents.ranking_metrics import length_tau
     from envs.engine import ServingEngine
     from envs.engine_config import EngineConfig
@@ -64,13 +68,31 @@ def main(argv: list[str] | None = None) -> int:
     from gpu_backend.profiles import load_profile
     from gpu_backend.sim_executor import SimExecutor
 
-    ranker = Ranker.load(args.checkpoint).to(args.device)
-    meta = ranker.meta
-    if meta.target_model is None or meta.split_seed is None:
-        raise SystemExit(f"{args.checkpoint}: not a trained checkpoint (no target model / split seed)")
+    rankers = [Ranker.load(c).to(args.device) for c in args.checkpoint]
+    weights = None
+    if args.ranker_weights is not None:
+        try:
+            weights = [float(x) for x in args.ranker_weights.split(",")]
+        except ValueError:
+            raise SystemExit(f"--ranker-weights must be comma-separated numbers, got {args.ranker_weights!r}") from None
+        if len(weights) != len(rankers):
+            raise SystemExit(f"--ranker-weights {args.ranker_weights}: {len(weights)} weights for "
+                             f"{len(rankers)} --checkpoint")
+    meta = rankers[0].meta
+    for c, r in zip(args.checkpoint, rankers):
+        if r.meta.target_model is None or r.meta.split_seed is None:
+            raise SystemExit(f"{c}: not a trained checkpoint (no target model / split seed)")
+        if (r.meta.target_model, r.meta.split_seed) != (meta.target_model, meta.split_seed):
+            raise SystemExit(f"{c}: ranks {r.meta.target_model} split {r.meta.split_seed}, but "
+                             f"{args.checkpoint[0]} ranks {meta.target_model} split {meta.split_seed}")
+
+    def make_scorer(cache: bool):
+        members = [RankerScorer(r, cache=cache) for r in rankers]
+        return members[0] if len(members) == 1 else EnsembleScorer(members, weights)
+
     workload = AlpacaEvalWorkload("ltr-e2e", "ltr-e2e", meta.target_model, split="test", split_seed=meta.split_seed)
     unique = workload.generate(args.seed)
-    tau = length_tau(RankerScorer(ranker).score(unique), [s.output_len for s in unique])
+    tau = length_tau(make_scorer(cache=True).score(unique), [s.output_len for s in unique])
     profile = load_profile(args.profile)
     config = EngineConfig(num_gpu_blocks=args.num_gpu_blocks, preemption_mode="swap")
     results = []
@@ -81,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"paper_rate": paper_rate, "rate": rate, "num_requests": n}
         for name in POLICIES:
             # no cache across calls: every arrival batch is scored, as a server meeting new prompts would
-            scorer = RankerScorer(ranker, cache=False) if name == "ltr" else None
+            scorer = make_scorer(cache=False) if name == "ltr" else None
             policy = make_policy(name, scorer=scorer) if scorer else make_policy(name)
             engine = ServingEngine(SimExecutor(profile), policy, config)
             engine.load(specs)
@@ -99,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{paper_rate:g} req/s (x{args.load_scale:g} = {rate:g}): " + ", ".join(
             f"{k} {row[k]['e2e_mean_s']:.2f}s" for k in POLICIES), file=sys.stderr, flush=True)
 
-    print(f"ranker {meta.backbone}/{meta.loss} for {meta.target_model}: Kendall tau {tau:.3f} on the "
+    described = f"ranker {meta.backbone}/{meta.loss}" if len(rankers) == 1 else \
+        make_scorer(cache=True).name + f" ({len(rankers)} rankers)"
+    print(f"{described} for {meta.target_model}: Kendall tau {tau:.3f} on the "
           f"{len(unique)} test prompts it never saw; profile {profile.name}, {args.num_gpu_blocks * 16:,} KV tokens, "
           f"swap preemption, sarathi batching; Poisson arrivals for {args.duration:g} s; seed {args.seed}")
     header = ("paper req/s", "sim req/s", "requests", "FCFS mean", "LTR mean", "SJF mean", "SRTF mean",
@@ -121,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
           f"on {args.device} (every arrival scored, no cache); % of busy: ranker wall time / simulated busy time")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"kendall_tau": tau, "device": args.device, "rows": results}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"kendall_tau": tau, "device": args.device,
+                                         "checkpoints": [str(c) for c in args.checkpoint],
+                                         "ranker_weights": weights, "rows": results}, indent=2) + "\n")
     return 0
 
 

@@ -86,6 +86,8 @@ def add_train_ranker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-seed", type=int, default=d.split_seed,
                    help="seed of the train/val/test split by prompt (the -test workloads use 0)")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
+    p.add_argument("--tf32", action="store_true",
+                   help="allow TF32 matrix products on CUDA (faster; how the BENCHMARKS.md SmolLM2 rankers trained)")
     p.add_argument("--out", type=Path, default=None,
                    help="run folder (default runs/ranker/<target>-<backbone>-<loss>-s<seed>)")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON to FILE")
@@ -141,12 +143,17 @@ def _run_train_ranker(args: argparse.Namespace) -> int:
         target_weight=args.target_weight, freeze_layers=args.freeze_layers, select_on=args.select_on,
         pooling=args.pooling, prompt_format=args.prompt_format)
     check_backbone(config.backbone)  # a missing package fails before any work
+    if args.tf32:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     out = args.out or Path("runs") / "ranker" / f"{args.target_model}-{args.backbone}-{args.loss}-s{args.seed}"
     data = load_ranker_data(config.target_model, config.split_seed, config.max_train,
                             aux_models=aux_models_for(config))
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(
-        {"config": dataclasses.asdict(config), "device": args.device,
+        {"config": dataclasses.asdict(config), "device": args.device, "tf32": args.tf32,
          "command": "servegym " + " ".join(sys.argv[1:])}, indent=2) + "\n")
 
     plen = PromptLengthPredictor().fit(data.train.prompt_tokens, data.train.lengths)
@@ -198,7 +205,7 @@ def _run_train_ranker(args: argparse.Namespace) -> int:
         "epochs": config.epochs, "best_epoch": result.best_epoch,
         "history": [dataclasses.asdict(h) for h in result.history],
         "num_train": len(data.train), "num_val": len(data.val), "num_test": len(data.test),
-        "train_seconds": result.train_seconds, "device": args.device, "checkpoint": str(checkpoint),
+        "train_seconds": result.train_seconds, "device": args.device, "tf32": args.tf32, "checkpoint": str(checkpoint),
     }
     text = json.dumps(payload, indent=2, allow_nan=True) + "\n"
     (out / "results.json").write_text(text)

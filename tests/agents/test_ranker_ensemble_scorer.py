@@ -38,6 +38,9 @@ def test_ensemble_scores_are_the_weighted_mean_of_calibrated_ranks(fresh_minilm,
     assert ens.weights == [0.25, 0.75]
     assert ens.name.startswith("ensemble[0.25 ranker[minilm-l6") and " + 0.75 ranker[" in ens.name
     got = ens.score(specs)
+    assert (ens.calls, ens.prompts_scored) == (1, 12)  # one call ran both members on the 12 new prompts
+    ens.score(specs)
+    assert (ens.calls, ens.prompts_scored) == (1, 12)  # cached
     ra, rb = RankerScorer(a).score(specs), RankerScorer(b).score(specs)
     # each member's calibration is its own scores of these prompts: rank_of gives (#scores <= s) / 12
     want = [0.25 * sum(x <= s for x in ra) / 12 + 0.75 * sum(x <= t for x in rb) / 12 for s, t in zip(ra, rb)]

@@ -118,7 +118,8 @@ def test_cli_trains_compares_saves_and_scores(fresh_minilm, tiny_data, tmp_path,
     assert f"{result['test_kendall_tau']:.3f}" in out
     assert (run / "checkpoint" / "model.safetensors").is_file()
     assert list((run / "tb").glob("events.out.tfevents.*"))
-    assert json.loads((run / "config.json").read_text())["config"]["list_size"] == 16
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["list_size"] == 16 and config["tf32"] is False and result["tf32"] is False
 
     prompts = tmp_path / "in.jsonl"
     prompts.write_text('{"prompt": "Write a long story about a dragon.", "id": 7}\n{"prompt": "Hi"}\n')
