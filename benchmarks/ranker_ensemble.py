@@ -9,7 +9,7 @@ validation tau. The test prompts play no part in the choice. The members may com
 different runs or devices (one backbone each, say), as long as they ranked the same split.
 
     python benchmarks/ranker_ensemble.py --member minilm.json --member smollm2.json
-        [--model Meta-Llama-3-8B-Instruct] [--step 0.1] [--markdown] [--json FILE]
+        [--model Meta-Llama-3-8B-Instruct] [--step 0.1 | --weights W1,W2,...] [--markdown] [--json FILE]
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--member", action="append", required=True, help="FILE or FILE:PREDICTOR (two or more)")
     p.add_argument("--model", default="Meta-Llama-3-8B-Instruct", help="target model")
     p.add_argument("--step", type=float, default=0.1, help="weight grid step (must divide 1)")
+    p.add_argument("--weights", default=None, metavar="W1,W2,...",
+                   help="use these weights (one per --member, normalised to sum 1) instead of choosing on validation")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -65,10 +67,22 @@ def main(argv: list[str] | None = None) -> int:
     from agents.ranker_ensemble import choose_weights, rank_average, weight_grid
     from agents.ranking_metrics import length_tau
 
-    try:
-        weight_grid(len(args.member), args.step)
-    except ValueError as exc:
-        raise SystemExit(f"ranker_ensemble.py: --step: {exc}") from None
+    fixed = None
+    if args.weights is not None:
+        try:
+            fixed = [float(x) for x in args.weights.split(",")]
+        except ValueError:
+            raise SystemExit(f"ranker_ensemble.py: --weights must be comma-separated numbers, got {args.weights!r}") \
+                from None
+        if len(fixed) != len(args.member) or not all(np.isfinite(w) and w >= 0 for w in fixed) or sum(fixed) <= 0:
+            raise SystemExit(f"ranker_ensemble.py: --weights {args.weights}: need {len(args.member)} weights >= 0 "
+                             "with a positive sum, one per --member")
+        fixed = tuple(w / sum(fixed) for w in fixed)
+    else:
+        try:
+            weight_grid(len(args.member), args.step)
+        except ValueError as exc:
+            raise SystemExit(f"ranker_ensemble.py: --step: {exc}") from None
     members = [load_member(spec, args.model) for spec in args.member]
     seeds = sorted(set.intersection(*(set(rows) for _, rows in members)))
     if not seeds:
@@ -91,12 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         val_lengths.append(data.val.lengths)
         test_lengths.append(data.test.lengths)
 
-    weights, val_mean = choose_weights(val_scores, val_lengths, args.step)
-    table, out = [], {"model": args.model, "split_seeds": seeds, "weights": list(weights), "members": []}
+    if fixed is None:
+        weights, val_mean = choose_weights(val_scores, val_lengths, args.step)
+    else:
+        weights = fixed
+        val_mean = float(np.mean([length_tau(rank_average(m, weights), y) for m, y in zip(val_scores, val_lengths)]))
+    table, out = [], {"model": args.model, "split_seeds": seeds, "weights": list(weights),
+                      "weights_given": fixed is not None, "members": []}
     for i, (name, rows) in enumerate(members):
         tests = [rows[s]["test_tau"] for s in seeds]
         vals = [rows[s]["val_tau"] for s in seeds]
-        table.append((name, f"{weights[i]:g}", *[f"{t:.3f}" for t in tests], f"{np.mean(tests):.3f}",
+        table.append((name, f"{weights[i]:.3g}", *[f"{t:.3f}" for t in tests], f"{np.mean(tests):.3f}",
                       f"{np.mean(vals):.3f}"))
         out["members"].append({"predictor": name, "file": args.member[i], "test_tau": tests, "val_tau": vals})
     ens_test = [length_tau(rank_average(m, weights), y) for m, y in zip(test_scores, test_lengths)]
@@ -104,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     table.append(("rank-average ensemble", "-", *[f"{t:.3f}" for t in ens_test], f"{np.mean(ens_test):.3f}",
                   f"{val_mean:.3f}"))
     out.update(ensemble_test_tau=ens_test, ensemble_val_tau=ens_val)
-    print(f"target model {args.model}; split seeds {','.join(map(str, seeds))}; weights chosen on mean validation "
-          f"tau over the splits (grid step {args.step:g}): {', '.join(f'{w:g}' for w in weights)}")
+    how = "given (--weights)" if fixed is not None else \
+        f"chosen on mean validation tau over the splits (grid step {args.step:g})"
+    print(f"target model {args.model}; split seeds {','.join(map(str, seeds))}; weights {how}: "
+          f"{', '.join(f'{w:.3g}' for w in weights)}")
     header = ("predictor", "weight", *[f"test s{s}" for s in seeds], "test mean", "val mean")
     print_table(header, table, args.markdown)
     if args.json is not None:
