@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -63,6 +64,12 @@ class Sweep:
     # cached prefixes, as shared-document workloads batch them; each chunk is its own attention call
     prefix_chunks: tuple = ((2, 256, 1024, 0), (8, 64, 1024, 0), (32, 32, 512, 0), (16, 128, 2048, 0),
                             (4, 128, 1024, 64), (16, 32, 512, 128), (2, 512, 256, 200))
+    # one chunk (tokens x cached tokens before it) beside decodes (count x context): the with-prefill
+    # iterations a chunked-prefill engine runs most; every combination is timed
+    grid_chunk_tokens: tuple = (16, 128, 512, 2048)
+    grid_chunk_starts: tuple = (0, 2048)
+    grid_decodes: tuple = (1, 8, 64, 192)
+    grid_decode_contexts: tuple = (1024, 4096)
     swap_groups: tuple = (1, 4, 16, 64, 256)
     swap_copies: tuple = (1, 8)
     repeats: int = 5
@@ -71,6 +78,26 @@ class Sweep:
 
 def shape_features(plan: BatchPlan) -> tuple:
     return linear_features(BatchShape.from_plan(plan))
+
+
+def current_features(features: Sequence[float]) -> tuple:
+    """A sample's feature vector in today's ``LINEAR_FEATURES`` order, also from a samples file written
+    when there were fewer features (a prefix of today's list): each later feature is derived from
+    the earlier ones (``num_cached_chunks`` is known only as zero or not: kv read > prefill tokens)."""
+    n = len(LINEAR_FEATURES)
+    if len(features) == n:
+        return tuple(float(x) for x in features)
+    old = ("intercept", "prefill_tokens", "prefill_attention_pairs", "prefill_kv_read_tokens", "num_decode",
+           "decode_context_tokens", "num_sampled", "has_prefill", "num_prefill_chunks", "has_prefill_and_decode")
+    if len(features) != len(old):
+        raise ValueError(f"a sample has {len(features)} features; expected {n} ({', '.join(LINEAR_FEATURES)}) "
+                         f"or the {len(old)} of earlier samples files")
+    f = dict(zip(old, features))
+    cached = 1 if f["prefill_kv_read_tokens"] > f["prefill_tokens"] else 0
+    return linear_features(BatchShape(int(f["prefill_tokens"]), f["prefill_attention_pairs"],
+                                      int(f["prefill_kv_read_tokens"]), int(f["num_decode"]),
+                                      int(f["decode_context_tokens"]), int(f["num_sampled"]),
+                                      int(f["num_prefill_chunks"]), cached))
 
 
 class _Blocks:
@@ -185,6 +212,21 @@ def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
         run("prefix_chunks", BatchPlan(prefills=chunks, decode_seq_ids=list(range(nd)), decode_positions=[ctx] * nd,
                                        decode_block_tables=tables, decode_input_ids=_tokens(nd, vocab, rng),
                                        decode_context_sum=nd * (ctx + 1)))
+    for n in sweep.grid_chunk_tokens:
+        for start in sweep.grid_chunk_starts:
+            for ctx in sweep.grid_decode_contexts:
+                for nd in sweep.grid_decodes:
+                    if start + n > limit or ctx + 1 > limit:
+                        continue
+                    blocks.reset()
+                    tables = [blocks.take(-(-(ctx + 1) // bs)) for _ in range(nd)]
+                    table = blocks.take(-(-(start + n) // bs))
+                    if table is None or tables[-1] is None:
+                        continue
+                    run("mixed", BatchPlan(prefills=[PrefillChunk(nd, start, n, table, True, _tokens(n, vocab, rng))],
+                                           decode_seq_ids=list(range(nd)), decode_positions=[ctx] * nd,
+                                           decode_block_tables=tables, decode_input_ids=_tokens(nd, vocab, rng),
+                                           decode_context_sum=nd * (ctx + 1)))
     host = cap.num_host_blocks
     for g in sweep.swap_groups:
         for c in sweep.swap_copies:
@@ -293,11 +335,20 @@ def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fi
 
 
 def _shape_args(features) -> tuple:
-    """``BatchShape`` fields back from a ``LINEAR_FEATURES`` vector."""
+    """``BatchShape`` fields back from a ``LINEAR_FEATURES`` vector (a cached-chunk count of 0 or 1:
+    the features keep only whether there is one)."""
     f = dict(zip(LINEAR_FEATURES, features))
     return (int(f["prefill_tokens"]), f["prefill_attention_pairs"], int(f["prefill_kv_read_tokens"]),
             int(f["num_decode"]), int(f["decode_context_tokens"]), int(f["num_sampled"]),
-            int(f["num_prefill_chunks"]))
+            int(f["num_prefill_chunks"]), int(f["has_cached_chunk"]))
+
+
+def _cost_model_json(f: Fit) -> dict:
+    t = f.decode_table
+    table = {} if t is None else {"decode_table": {
+        "num_seqs": list(t.num_seqs), "intercept_s": list(t.intercept_s),
+        "per_context_token_s": list(t.per_context_token_s), "round_up": t.round_up}}
+    return {"kind": "linear", "coefficients": f.coefficients, **table}
 
 
 def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[Sample]) -> dict:
@@ -323,12 +374,47 @@ def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[S
                    "iteration_overhead_s": max(f.coefficients["intercept"], 1e-6)},
         "kv": {"block_size": cap.block_size, "num_gpu_blocks": cap.num_gpu_blocks,
                "num_host_blocks": cap.num_host_blocks, "max_model_len": cap.max_model_len},
-        "cost_model": {"kind": "linear", "coefficients": f.coefficients, **({} if f.decode_table is None else {
-            "decode_table": {"num_seqs": list(f.decode_table.num_seqs), "intercept_s": list(f.decode_table.intercept_s),
-                             "per_context_token_s": list(f.decode_table.per_context_token_s),
-                             "round_up": f.decode_table.round_up}})},
+        "cost_model": _cost_model_json(f),
         "fit": {"mape": f.mape, "max_ape": f.max_ape, "num_samples": len(samples)},
     }
+
+
+def load_samples(path: str | Path) -> list[Sample]:
+    """Samples written by ``servegym profile --samples``, features in today's ``LINEAR_FEATURES`` order."""
+    try:
+        rows = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ValueError(f"cannot read samples file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"samples file {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+    out = []
+    for i, r in enumerate(rows):
+        try:
+            feats = current_features(r["features"]) if r["kind"] != "swap" else ()
+            out.append(Sample(r["kind"], feats, float(r["duration_s"]), int(r.get("swap_copies", 0)),
+                              int(r.get("swap_bytes", 0)), float(r.get("swap_s", 0.0))))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"samples file {path}: sample {i}: {exc}") from None
+    return out
+
+
+def refit_profile_json(base: dict, samples: list[Sample], when: str) -> dict:
+    """``base`` (a fitted profile's JSON) with its cost model fitted again on ``samples``: the same
+    model, device and KV sizes, today's features. The decode table rounds up as ``base``'s did."""
+    table = base.get("cost_model", {}).get("decode_table")
+    graph_sizes = tuple(table["num_seqs"]) if table and table.get("round_up") else None
+    f = fit(samples, graph_sizes)
+    out = json.loads(json.dumps(base))
+    out["description"] = (f"{base.get('description', '')} Refitted on {when} from its {len(samples)} samples "
+                          f"with features {', '.join(LINEAR_FEATURES)}: in-sample MAPE {f.mape['all']:.1%} "
+                          f"(max {f.max_ape:.1%}).").strip()
+    out["cost_model"] = _cost_model_json(f)
+    if f.copy_latency_s and f.host_bandwidth:
+        out["device"]["copy_latency_s"] = f.copy_latency_s
+        out["device"]["host_bandwidth"] = f.host_bandwidth
+    out["device"]["iteration_overhead_s"] = max(f.coefficients["intercept"], 1e-6)
+    out["fit"] = {"mape": f.mape, "max_ape": f.max_ape, "num_samples": len(samples)}
+    return out
 
 
 def device_info() -> dict:

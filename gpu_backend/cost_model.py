@@ -119,6 +119,7 @@ class BatchShape:
     decode_context_tokens: int = 0          # KV tokens read by decode attention (new token included)
     num_sampled: int = 0                    # sequences producing a token (each needs the LM head)
     num_prefill_chunks: int = 0             # prefill chunks (each costs the executor its own attention call)
+    num_cached_chunks: int = 0              # of those, chunks over cached tokens (the paged prefill kernel)
 
     @property
     def num_tokens(self) -> int:
@@ -130,14 +131,16 @@ class BatchShape:
         pairs = 0.0
         kv_read = 0
         sampled = 0
+        cached = 0
         for c in plan.prefills:
             n = c.num_tokens
             p_tokens += n
             pairs += n * (c.start + (n + 1) * 0.5)
             kv_read += c.start + n
             sampled += c.samples
+            cached += c.start > 0
         nd = plan.num_decode
-        return cls(p_tokens, pairs, kv_read, nd, plan.decode_context_sum, sampled + nd, len(plan.prefills))
+        return cls(p_tokens, pairs, kv_read, nd, plan.decode_context_sum, sampled + nd, len(plan.prefills), cached)
 
 
 def copy_time(moves: Sequence[GroupMove], latency_s: float, bytes_per_block: int, bandwidth: float) -> float:
@@ -222,10 +225,11 @@ class RooflineCostModel(_AffineDecode):
 
 LINEAR_FEATURES = ("intercept", "prefill_tokens", "prefill_attention_pairs", "prefill_kv_read_tokens",
                    "num_decode", "decode_context_tokens", "num_sampled", "has_prefill", "num_prefill_chunks",
-                   "has_prefill_and_decode")
+                   "has_prefill_and_decode", "has_cached_chunk", "has_cached_chunk_and_decode")
 # Features added after the first fitted profiles: a profile that lacks them was fitted without
 # them, which is the same model as a coefficient of 0.
-_LATER_FEATURES = ("has_prefill", "num_prefill_chunks", "has_prefill_and_decode")
+_LATER_FEATURES = ("has_prefill", "num_prefill_chunks", "has_prefill_and_decode", "has_cached_chunk",
+                   "has_cached_chunk_and_decode")
 
 
 def linear_features(s: BatchShape) -> tuple[float, ...]:
@@ -236,11 +240,16 @@ def linear_features(s: BatchShape) -> tuple[float, ...]:
     them, a fixed cost of its own; ``num_prefill_chunks`` prices each chunk's attention launches;
     ``has_prefill_and_decode`` the decode attention launched eagerly in every layer of such a
     batch when it also holds decodes (on a small model, a fixed cost larger than the GPU work).
+    ``has_cached_chunk`` (and with decodes) separates the two attention paths of prefill chunks:
+    chunks from position 0 run dense causal attention, chunks over cached tokens the paged
+    prefill kernel, whose fixed costs differ.
     """
     has_prefill = 1.0 if s.prefill_tokens else 0.0
+    has_cached = 1.0 if s.num_cached_chunks else 0.0
+    with_decode = 1.0 if s.num_decode else 0.0
     return (1.0, float(s.prefill_tokens), float(s.prefill_attention_pairs), float(s.prefill_kv_read_tokens),
             float(s.num_decode), float(s.decode_context_tokens), float(s.num_sampled),
-            has_prefill, float(s.num_prefill_chunks), has_prefill if s.num_decode else 0.0)
+            has_prefill, float(s.num_prefill_chunks), has_prefill * with_decode, has_cached, has_cached * with_decode)
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,15 +148,16 @@ def test_roofline_prefill_and_mixed_batch():
     plan = BatchPlan(prefills=[PrefillChunk(7, start=4, num_tokens=6, block_table=[0, 1, 2], samples=True)],
                      decode_seq_ids=[1, 2], decode_positions=[9, 9], decode_context_sum=20)
     s = BatchShape.from_plan(plan)
-    # pairs: 6 * (4 + 7/2) = 45; KV read: 4 + 6 = 10; 8 tokens; 1 + 2 sampled
+    # pairs: 6 * (4 + 7/2) = 45; KV read: 4 + 6 = 10; 8 tokens; 1 + 2 sampled; the chunk is over 4 cached tokens
     assert s == BatchShape(prefill_tokens=6, prefill_attention_pairs=45.0, prefill_kv_read_tokens=10,
-                           num_decode=2, decode_context_tokens=20, num_sampled=3, num_prefill_chunks=1)
+                           num_decode=2, decode_context_tokens=20, num_sampled=3, num_prefill_chunks=1,
+                           num_cached_chunks=1)
     assert s.num_tokens == 8
     # 2 overhead + max(2.544, (8*2304 + 3*160)/1e6) + max(0.1*(45+20), 0.032*(10+20)) + 0.032*8
     assert cm.compute_time(s) == pytest.approx(2.0 + 2.544 + 6.5 + 0.256, rel=REL)
     # A prefill with no cached prefix: pairs n(n+1)/2, a chunk that does not sample.
     s2 = BatchShape.from_plan(BatchPlan(prefills=[PrefillChunk(1, 0, 4, [0], samples=False)]))
-    assert s2 == BatchShape(4, 10.0, 4, 0, 0, 0, 1)
+    assert s2 == BatchShape(4, 10.0, 4, 0, 0, 0, 1, 0)
     assert cm.compute_time(s2) == pytest.approx(2.0 + 2.544 + 1.0 + 0.128, rel=REL)
 
 
@@ -172,7 +173,8 @@ def test_swap_time():
 # --------------------------------------------------------------------------- linear
 COEFFS = {"intercept": 1.0, "prefill_tokens": 2.0, "prefill_attention_pairs": 3.0,
           "prefill_kv_read_tokens": 5.0, "num_decode": 7.0, "decode_context_tokens": 11.0,
-          "num_sampled": 13.0, "has_prefill": 17.0, "num_prefill_chunks": 19.0, "has_prefill_and_decode": 23.0}
+          "num_sampled": 13.0, "has_prefill": 17.0, "num_prefill_chunks": 19.0, "has_prefill_and_decode": 23.0,
+          "has_cached_chunk": 29.0, "has_cached_chunk_and_decode": 31.0}
 
 
 def test_linear_cost_model_formula():
@@ -180,6 +182,10 @@ def test_linear_cost_model_formula():
     s = BatchShape(prefill_tokens=10, prefill_attention_pairs=100.0, prefill_kv_read_tokens=20,
                    num_decode=3, decode_context_tokens=40, num_sampled=4, num_prefill_chunks=2)
     assert cm.compute_time(s) == 1 + 2 * 10 + 3 * 100 + 5 * 20 + 7 * 3 + 11 * 40 + 13 * 4 + 17 + 19 * 2 + 23
+    over_cache = BatchShape(prefill_tokens=10, prefill_attention_pairs=100.0, prefill_kv_read_tokens=20,
+                            num_decode=3, decode_context_tokens=40, num_sampled=4, num_prefill_chunks=2,
+                            num_cached_chunks=2)
+    assert cm.compute_time(over_cache) == cm.compute_time(s) + 29 + 31
     prefill_only = BatchShape(prefill_tokens=10, prefill_attention_pairs=100.0, prefill_kv_read_tokens=20,
                               num_sampled=1, num_prefill_chunks=2)
     assert cm.compute_time(prefill_only) == 1 + 2 * 10 + 3 * 100 + 5 * 20 + 13 + 17 + 19 * 2
@@ -191,10 +197,12 @@ def test_linear_cost_model_formula():
 
 
 def test_linear_cost_model_missing_and_unknown_coefficients():
-    # has_prefill, num_prefill_chunks and has_prefill_and_decode came later: a profile without them has them at 0
-    older = {k: v for k, v in COEFFS.items() if k not in ("has_prefill", "num_prefill_chunks", "has_prefill_and_decode")}
+    # has_prefill, num_prefill_chunks, has_prefill_and_decode and the cached-chunk features came later:
+    # a profile without them has them at 0
+    older = {k: v for k, v in COEFFS.items() if k not in ("has_prefill", "num_prefill_chunks", "has_prefill_and_decode",
+                                                          "has_cached_chunk", "has_cached_chunk_and_decode")}
     s = BatchShape(prefill_tokens=10, prefill_attention_pairs=100.0, prefill_kv_read_tokens=20, num_prefill_chunks=2,
-                   num_decode=1, decode_context_tokens=5)
+                   num_decode=1, decode_context_tokens=5, num_cached_chunks=1)
     assert LinearCostModel(older, 1.0, 1.0, 1).compute_time(s) == 1 + 2 * 10 + 3 * 100 + 5 * 20 + 7 + 11 * 5
     missing = {k: v for k, v in COEFFS.items() if k not in ("num_decode", "intercept")}
     with pytest.raises(ValueError, match=r"missing coefficients \['intercept', 'num_decode'\]"):

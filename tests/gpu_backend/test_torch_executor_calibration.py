@@ -31,20 +31,23 @@ def _features(rng, prefill: bool) -> tuple:
     nd = float(rng.integers(1, 256))
     ctx = float(rng.integers(1, 5000)) * nd
     if not prefill:
-        return (1.0, 0.0, 0.0, 0.0, nd, ctx, nd, 0.0, 0.0, 0.0)
+        return (1.0, 0.0, 0.0, 0.0, nd, ctx, nd, 0.0, 0.0, 0.0, 0.0, 0.0)
     if rng.random() < 0.25:
         nd, ctx = 0.0, 0.0
     chunks = float(rng.integers(1, 9))
     tokens = float(rng.integers(16, 4000))
-    return (1.0, tokens, float(rng.integers(1, 10**6)), float(rng.integers(16, 9000)), nd, ctx,
-            nd + float(rng.integers(0, chunks + 1)), 1.0, chunks, 1.0 if nd else 0.0)
+    cached = float(rng.random() < 0.5)              # some chunk starts over cached tokens: it reads more KV
+    kv_read = tokens + cached * float(rng.integers(16, 9000))
+    with_decode = 1.0 if nd else 0.0
+    return (1.0, tokens, float(rng.integers(1, 10**6)), kv_read, nd, ctx,
+            nd + float(rng.integers(0, chunks + 1)), 1.0, chunks, with_decode, cached, cached * with_decode)
 
 
 def test_fit_recovers_exact_linear_costs():
-    truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5, 6e-4)))
+    truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5, 6e-4, 3e-4, 5e-4)))
     rng = np.random.default_rng(1)
     samples = []
-    for i in range(40):     # labelled "mixed" so no decode table is fitted: one linear model for all
+    for i in range(60):     # labelled "mixed" so no decode table is fitted: one linear model for all
         f = _features(rng, prefill=i % 3 != 0)
         samples.append(Sample("mixed", f, float(np.dot(f, list(truth.values())))))
     for copies, blocks in ((1, 4), (8, 64), (2, 512)):
@@ -59,10 +62,10 @@ def test_fit_recovers_exact_linear_costs():
 
 
 def test_fit_tables_decode_per_batch_size_and_fits_the_rest_linearly():
-    truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5, 6e-4)))
+    truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5, 6e-4, 3e-4, 5e-4)))
     lines = {1: (1.0e-3, 3e-8), 8: (1.1e-3, 1e-8), 64: (1.4e-3, 8e-9)}    # batch size: (intercept, per token)
     rng = np.random.default_rng(2)
-    samples = [Sample("decode", (1.0, 0.0, 0.0, 0.0, n, n * ctx, n, 0.0, 0.0, 0.0), a + b * n * ctx)
+    samples = [Sample("decode", (1.0, 0.0, 0.0, 0.0, n, n * ctx, n, 0.0, 0.0, 0.0, 0.0, 0.0), a + b * n * ctx)
                for n, (a, b) in lines.items() for ctx in (128, 2048, 8192)]
     for _ in range(20):
         f = _features(rng, prefill=True)
@@ -97,15 +100,21 @@ def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):
     ex = TorchExecutor("tiny", device="cpu", num_gpu_blocks=512, num_host_blocks=64, max_model_len=1024)
     sweep = Sweep(decode_batches=(1, 4, 16), decode_contexts=(64, 256), prefill_tokens=(16, 128),
                   prefill_starts=(0, 256), prefill_batches=(2,), mixed=((4, 64),),
-                  prefix_chunks=((3, 32, 64, 0), (2, 16, 128, 4)), swap_groups=(1, 8), swap_copies=(1, 4),
+                  prefix_chunks=((3, 32, 64, 0), (2, 16, 128, 4)), grid_chunk_tokens=(16,), grid_chunk_starts=(0, 64),
+                  grid_decodes=(2,), grid_decode_contexts=(100, 2000), swap_groups=(1, 8), swap_copies=(1, 4),
                   repeats=1, warmup=0)
     samples = measure(ex, sweep, log=lambda *a: None)
     kinds = [s.kind for s in samples]
-    assert kinds.count("decode") == 6 and kinds.count("prefill") == 5 and kinds.count("mixed") == 1
+    # the grid's two chunks beside decodes at context 100 (context 2000 is past the 1024-token limit)
+    assert kinds.count("decode") == 6 and kinds.count("prefill") == 5 and kinds.count("mixed") == 3
     chunked = [s.features for s in samples if s.kind == "prefix_chunks"]
-    # (intercept, tokens, pairs, KV read, decodes, decode context, sampled, has_prefill, chunks, with decodes)
-    assert chunked == [(1.0, 96.0, 3 * 32 * (64 + 16.5), 3 * 96.0, 0.0, 0.0, 3.0, 1.0, 3.0, 0.0),
-                       (1.0, 32.0, 2 * 16 * (128 + 8.5), 2 * 144.0, 4.0, 4 * 1024.0, 6.0, 1.0, 2.0, 1.0)]
+    # (intercept, tokens, pairs, KV read, decodes, decode context, sampled, has_prefill, chunks, with decodes,
+    #  has a chunk over cached tokens, that and decodes)
+    assert chunked == [(1.0, 96.0, 3 * 32 * (64 + 16.5), 3 * 96.0, 0.0, 0.0, 3.0, 1.0, 3.0, 0.0, 1.0, 0.0),
+                       (1.0, 32.0, 2 * 16 * (128 + 8.5), 2 * 144.0, 4.0, 4 * 1024.0, 6.0, 1.0, 2.0, 1.0, 1.0, 1.0)]
+    grid = [s.features for s in samples if s.kind == "mixed"][1:]
+    assert grid == [(1.0, 16.0, 16 * 8.5, 16.0, 2.0, 2 * 101.0, 3.0, 1.0, 1.0, 1.0, 0.0, 0.0),
+                    (1.0, 16.0, 16 * (64 + 8.5), 80.0, 2.0, 2 * 101.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0)]
     assert kinds.count("swap") == 4
     assert all(s.duration_s > 0 for s in samples if s.kind != "swap")
     assert all(s.swap_s > 0 and s.swap_bytes == s.swap_copies * (s.swap_bytes // s.swap_copies)
@@ -164,3 +173,47 @@ def test_sweep_grows_decode_tables_in_place_as_serving_does():
     for _, _, lens, pos in spy.decodes:
         assert lens == [p // 16 + 1 for p in pos]
     assert [d[3] for d in spy.decodes] == [[30 + k, 31 + k, 32 + k] for k in range(5)]
+
+
+def test_older_samples_files_are_refitted_with_todays_features(tmp_path):
+    from gpu_backend.calibration import load_samples, refit_profile_json
+    from gpu_backend.profiles import PROFILE_DIR
+
+    truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5, 6e-4, 3e-4, 5e-4)))
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(40):
+        f = _features(rng, prefill=True)
+        # written before the cached-chunk features existed: the first ten only
+        rows.append({"kind": "mixed", "features": list(f[:10]), "duration_s": float(np.dot(f, list(truth.values())))})
+    rows.append({"kind": "swap", "features": [], "duration_s": 1e-3, "swap_copies": 1, "swap_bytes": 65536,
+                 "swap_s": 5e-6 + 65536 / 50e9})
+    rows.append({"kind": "swap", "features": [], "duration_s": 1e-3, "swap_copies": 8, "swap_bytes": 2**24,
+                 "swap_s": 8 * 5e-6 + 2**24 / 50e9})
+    path = tmp_path / "samples.json"
+    path.write_text(json.dumps(rows))
+    samples = load_samples(path)
+    kv, tokens = LINEAR_FEATURES.index("prefill_kv_read_tokens"), LINEAR_FEATURES.index("prefill_tokens")
+    assert [s.features for s in samples[40:]] == [(), ()]
+    for s, r in zip(samples[:40], rows):
+        assert s.features[:10] == tuple(r["features"])
+        assert s.features[10] == (1.0 if r["features"][kv] > r["features"][tokens] else 0.0)
+        assert s.features[11] == s.features[10] * r["features"][LINEAR_FEATURES.index("has_prefill_and_decode")]
+    base = json.loads((PROFILE_DIR / "fitted" / "h200-llama-1b-fitted.json").read_text())
+    out = refit_profile_json(base, samples, "2026-11-21")
+    c = out["cost_model"]["coefficients"]
+    assert c["intercept"] + c["has_prefill"] == pytest.approx(3e-3, rel=1e-6)   # every sample has prefill
+    for k, v in truth.items():
+        if k not in ("intercept", "has_prefill"):
+            assert c[k] == pytest.approx(v, rel=1e-6)
+    assert "decode_table" not in out["cost_model"]      # no decode samples: no table
+    assert (out["model"], out["kv"]) == (base["model"], base["kv"])
+    assert out["device"]["copy_latency_s"] == pytest.approx(5e-6, rel=1e-6)
+    assert out["fit"]["num_samples"] == 42 and "Refitted on 2026-11-21 from its 42 samples" in out["description"]
+    (tmp_path / "p.json").write_text(json.dumps(out))
+    assert isinstance(load_profile(str(tmp_path / "p.json")).cost, LinearCostModel)
+
+    rows[3]["features"] = rows[3]["features"][:7]
+    path.write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match=r"samples file .*samples.json: sample 3: a sample has 7 features; expected 12"):
+        load_samples(path)
