@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     import baselines  # noqa: F401  (registers the policies)
     from agents.ranker import Ranker
     from agents.ranker_scorer import EnsembleScorer, RankerScorer
+    from train.ranker_option import parse_ranker_weights
     from agents.ranking_metrics import length_tau
     from envs.engine import ServingEngine
     from envs.engine_config import EngineConfig
@@ -68,16 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     from gpu_backend.profiles import load_profile
     from gpu_backend.sim_executor import SimExecutor
 
+    try:
+        weights = parse_ranker_weights(args.ranker_weights, len(args.checkpoint), "--checkpoint")
+    except ValueError as exc:
+        raise SystemExit(f"ranker_e2e.py: {exc}") from None
     rankers = [Ranker.load(c).to(args.device) for c in args.checkpoint]
-    weights = None
-    if args.ranker_weights is not None:
-        try:
-            weights = [float(x) for x in args.ranker_weights.split(",")]
-        except ValueError:
-            raise SystemExit(f"--ranker-weights must be comma-separated numbers, got {args.ranker_weights!r}") from None
-        if len(weights) != len(rankers):
-            raise SystemExit(f"--ranker-weights {args.ranker_weights}: {len(weights)} weights for "
-                             f"{len(rankers)} --checkpoint")
     meta = rankers[0].meta
     for c, r in zip(args.checkpoint, rankers):
         if r.meta.target_model is None or r.meta.split_seed is None:

@@ -23,19 +23,23 @@ def add_ranker_args(p: argparse.ArgumentParser, requests: str) -> None:
 
 def ranker_weights(args: argparse.Namespace) -> list[float] | None:
     """``--ranker-weights`` as floats (None when not given), checked against the ``--ranker`` count."""
-    if args.ranker_weights is None:
-        return None
-    if not args.ranker:
+    if args.ranker_weights is not None and not args.ranker:
         raise ValueError(f"--ranker-weights {args.ranker_weights} is given without --ranker")
+    return parse_ranker_weights(args.ranker_weights, len(args.ranker or ()), "--ranker checkpoints")
+
+
+def parse_ranker_weights(text: str | None, count: int, what: str) -> list[float] | None:
+    """``W1,W2,...`` as ``count`` floats >= 0 with a positive sum (None for None); ``what`` names the count."""
+    if text is None:
+        return None
     try:
-        weights = [float(x) for x in args.ranker_weights.split(",")]
+        weights = [float(x) for x in text.split(",")]
     except ValueError:
-        raise ValueError(f"--ranker-weights must be comma-separated numbers, got {args.ranker_weights!r}") from None
-    if len(weights) != len(args.ranker):
-        raise ValueError(f"--ranker-weights {args.ranker_weights} gives {len(weights)} weights for "
-                         f"{len(args.ranker)} --ranker checkpoints")
+        raise ValueError(f"--ranker-weights must be comma-separated numbers, got {text!r}") from None
+    if len(weights) != count:
+        raise ValueError(f"--ranker-weights {text} gives {len(weights)} weights for {count} {what}")
     if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"--ranker-weights must be >= 0 with a positive sum, got {args.ranker_weights}")
+        raise ValueError(f"--ranker-weights must be >= 0 with a positive sum, got {text}")
     return weights
 
 
