@@ -67,17 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     from agents.ranker_ensemble import choose_weights, rank_average, weight_grid
     from agents.ranking_metrics import length_tau
 
+    from train.ranker_option import parse_ranker_weights
+
     fixed = None
     if args.weights is not None:
         try:
-            fixed = [float(x) for x in args.weights.split(",")]
-        except ValueError:
-            raise SystemExit(f"ranker_ensemble.py: --weights must be comma-separated numbers, got {args.weights!r}") \
-                from None
-        if len(fixed) != len(args.member) or not all(np.isfinite(w) and w >= 0 for w in fixed) or sum(fixed) <= 0:
-            raise SystemExit(f"ranker_ensemble.py: --weights {args.weights}: need {len(args.member)} weights >= 0 "
-                             "with a positive sum, one per --member")
-        fixed = tuple(w / sum(fixed) for w in fixed)
+            given = parse_ranker_weights(args.weights, len(args.member), "--member", flag="--weights")
+        except ValueError as exc:
+            raise SystemExit(f"ranker_ensemble.py: {exc}") from None
+        fixed = tuple(w / sum(given) for w in given)
     else:
         try:
             weight_grid(len(args.member), args.step)

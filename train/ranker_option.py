@@ -28,18 +28,20 @@ def ranker_weights(args: argparse.Namespace) -> list[float] | None:
     return parse_ranker_weights(args.ranker_weights, len(args.ranker or ()), "--ranker checkpoints")
 
 
-def parse_ranker_weights(text: str | None, count: int, what: str) -> list[float] | None:
-    """``W1,W2,...`` as ``count`` floats >= 0 with a positive sum (None for None); ``what`` names the count."""
+def parse_ranker_weights(text: str | None, count: int, what: str,
+                         flag: str = "--ranker-weights") -> list[float] | None:
+    """``W1,W2,...`` (the value of ``flag``) as ``count`` floats >= 0 with a positive sum (None for None);
+    ``what`` names what is counted."""
     if text is None:
         return None
     try:
         weights = [float(x) for x in text.split(",")]
     except ValueError:
-        raise ValueError(f"--ranker-weights must be comma-separated numbers, got {text!r}") from None
+        raise ValueError(f"{flag} must be comma-separated numbers, got {text!r}") from None
     if len(weights) != count:
-        raise ValueError(f"--ranker-weights {text} gives {len(weights)} weights for {count} {what}")
+        raise ValueError(f"{flag} {text} gives {len(weights)} weights for {count} {what}")
     if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"--ranker-weights must be >= 0 with a positive sum, got {text}")
+        raise ValueError(f"{flag} must be >= 0 with a positive sum, got {text}")
     return weights
 
 
