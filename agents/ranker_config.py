@@ -34,6 +34,11 @@ the backbone reads a prompt; the checkpoint records both.
 comma-separated list. ``freeze_layers`` keeps the embeddings and the lowest N encoder
 layers at their pretrained weights (fewer parameters to overfit 564 prompts, and a
 cheaper backward pass).
+
+``train_on_val`` is the refit after a recipe and its epoch count were chosen on validation:
+the validation prompts join the training prompts, training runs exactly ``epochs`` epochs
+and keeps the last (nothing is left to choose an epoch on). The validation tau such a run
+reports is in-sample; the test prompts stay unseen.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class RankerTrainConfig:
     select_on: str = "target"
     pooling: str | None = None      # None: the backbone's own
     prompt_format: str = "raw"
+    train_on_val: bool = False      # refit: validation prompts in training, the last epoch kept
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -100,6 +106,9 @@ class RankerTrainConfig:
             raise ValueError(f"unknown select_on {self.select_on!r}; available: {', '.join(SELECT_ON)}")
         if self.select_on == "consensus" and not self.uses_aux():
             raise ValueError("select_on='consensus' needs a consensus or multi label source (auxiliary models)")
+        if self.train_on_val and self.select_on != "target":
+            raise ValueError(f"select_on={self.select_on!r} picks an epoch on validation prompts; with train_on_val "
+                             "they are training prompts and the last epoch is kept (leave select_on 'target')")
         if self.freeze_layers < 0:
             raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
         if self.bucket < 1:

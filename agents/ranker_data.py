@@ -85,6 +85,23 @@ def load_ranker_data(target_model: str, split_seed: int = 0, max_train: int | No
     return RankerData(target_model, split_seed, split("train"), split("val"), split("test"), aux_models)
 
 
+def with_val_in_train(data: RankerData) -> RankerData:
+    """``data`` with the validation prompts appended to the training split (the refit after model selection).
+
+    The validation split is kept as it was, so its tau can still be reported (in-sample);
+    the test split is untouched. Auxiliary lengths follow their prompts.
+    """
+    train, val = data.train, data.val
+    if set(train.aux_lengths) != set(val.aux_lengths):
+        raise ValueError(f"the train and validation splits carry different auxiliary models: "
+                         f"{sorted(train.aux_lengths)} and {sorted(val.aux_lengths)}")
+    merged = RankerSplit(
+        "train+val", np.concatenate([train.instruction_ids, val.instruction_ids]), train.prompts + val.prompts,
+        np.concatenate([train.prompt_tokens, val.prompt_tokens]), np.concatenate([train.lengths, val.lengths]),
+        {m: np.concatenate([train.aux_lengths[m], val.aux_lengths[m]]) for m in train.aux_lengths})
+    return RankerData(data.target_model, data.split_seed, merged, val, data.test, data.aux_models)
+
+
 def ranking_lists(num_items: int, list_size: int, rng: np.random.Generator) -> list[np.ndarray]:
     """A shuffle of ``range(num_items)`` cut into lists of ``list_size``; a last list under 2 is dropped."""
     if list_size < 2:

@@ -19,6 +19,8 @@ the validation tau that picks the epoch is against the target model's lengths, o
 ``select_on="consensus"`` against the consensus of the validation prompts' lengths; the
 reported ``val_tau`` is always against the target's.
 ``config.freeze_layers`` keeps the embeddings and the lowest encoder layers fixed.
+``config.train_on_val`` trains on the training and validation prompts for exactly
+``config.epochs`` epochs and keeps the last (``agents.ranker_config``).
 
 Progress (tqdm) and TensorBoard logging (``train/loss`` per step, ``val/kendall_tau`` per
 epoch) are optional: pass ``progress=True`` and a ``SummaryWriter``-like ``writer``.
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from agents.ranker import Ranker, RankerMeta
-from agents.ranker_data import RankerData, load_ranker_data, ranking_lists
+from agents.ranker_data import RankerData, load_ranker_data, ranking_lists, with_val_in_train
 from agents.ranker_config import RankerTrainConfig
 from agents.ranker_losses import (MAX_LEN, bucket_labels, consensus_labels, listmle, log_length_targets,
                                   multi_listmle, multi_model_weights, pairwise_logistic, pointwise_log_length,
@@ -166,6 +168,8 @@ def train_ranker(config: RankerTrainConfig, data: RankerData | None = None, rank
                                       pooling=config.pooling, prompt_format=config.prompt_format)
     else:  # the config decides how prompts are read
         ranker.set_input(config.pooling or backbone_info(ranker.meta.backbone).pooling, config.prompt_format)
+    if config.train_on_val and data.train.name != "train+val":
+        data = with_val_in_train(data)
     for split in (data.train, data.val, data.test):
         if len(split) < 2:
             raise ValueError(f"the {split.name} split has {len(split)} prompts; need at least 2")
@@ -234,14 +238,17 @@ def train_ranker(config: RankerTrainConfig, data: RankerData | None = None, rank
                     writer.add_scalar("val/kendall_tau", val_tau, epoch)
                 if bar is not None:
                     bar.set_postfix(epoch=epoch, val_tau=f"{val_tau:.3f}")
-                if select_tau > best[0]:
+                if config.train_on_val:  # no held-out prompts to choose on: the last epoch is kept
+                    if epoch == config.epochs:
+                        best = (select_tau, epoch, None)
+                elif select_tau > best[0]:
                     best = (select_tau, epoch, copy.deepcopy(module.state_dict()))
         finally:
             if bar is not None:
                 bar.close()
     train_seconds = time.perf_counter() - start
     _, best_epoch, state = best
-    if state is None:  # every validation tau was NaN (constant scores): keep the last epoch
+    if state is None:  # train_on_val, or every validation tau was NaN (constant scores): keep the last epoch
         best_epoch = config.epochs
     else:
         module.load_state_dict(state)
@@ -255,6 +262,6 @@ def train_ranker(config: RankerTrainConfig, data: RankerData | None = None, rank
         target_model=config.target_model, loss=config.loss, bucket=config.bucket, split_seed=config.split_seed,
         seed=config.seed, calibration=tuple(np.sort(val_scores).tolist()), prompt_format=ranker.meta.prompt_format,
         metrics={"val_kendall_tau": float(best_tau), "test_kendall_tau": float(test_tau),
-                 "best_epoch": best_epoch})
+                 "best_epoch": best_epoch, **({"val_in_training": 1.0} if config.train_on_val else {})})
     return RankerTrainResult(config, ranker, tuple(history), best_epoch, untrained_val, untrained_test,
                              float(best_tau), float(test_tau), test_scores, train_seconds, val_scores)

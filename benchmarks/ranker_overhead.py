@@ -10,7 +10,7 @@ iteration, and the batch cost as a fraction of it. A fresh backbone costs what a
 one does (same shapes), so ``--checkpoint`` is optional.
 
     python benchmarks/ranker_overhead.py [--backbone minilm-l6 | --checkpoint DIR] [--device cpu]
-        [--batch-sizes 1,4,16,64] [--repeats 20] [--rate 16] [--threads N] [--markdown]
+        [--pooling last] [--prompt-format chat] [--batch-sizes 1,4,16,64] [--repeats 20] [--rate 16] [--threads N] [--markdown]
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="minilm-l6")
     p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--pooling", default=None, help="a fresh backbone's pooling (default: the backbone's own)")
+    p.add_argument("--prompt-format", default="raw", help="a fresh backbone's prompt format: raw or chat")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-sizes", default="1,4,16,64")
     p.add_argument("--repeats", type=int, default=20)
@@ -73,7 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     from agents.ranker import Ranker
     from envs.workloads.alpaca import load_alpaca_eval
 
-    ranker = Ranker.load(args.checkpoint) if args.checkpoint else Ranker.from_backbone(args.backbone)
+    if args.checkpoint is not None:
+        ranker = Ranker.load(args.checkpoint)
+    else:
+        try:
+            ranker = Ranker.from_backbone(args.backbone, pooling=args.pooling, prompt_format=args.prompt_format)
+        except ValueError as exc:
+            raise SystemExit(f"ranker_overhead.py: --pooling/--prompt-format: {exc}") from None
     ranker.to(args.device)
     prompts = load_alpaca_eval().prompts
     rng = np.random.default_rng(0)

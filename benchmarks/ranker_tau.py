@@ -21,7 +21,7 @@ CUDA matrix products use TF32 (faster on a GPU; rounding differs from fp32).
 
     python benchmarks/ranker_tau.py [--backbones minilm-l6] [--losses listmle] [--recipes paper,default]
         [--models Meta-Llama-3-8B-Instruct,gpt4_1106_preview,alpaca-7b] [--split-seeds 0,1,2,3]
-        [--epochs N] [--freeze-layers N] [--pooling mean|last] [--prompt-format raw|chat] [--device cpu]
+        [--epochs N] [--freeze-layers N] [--train-on-val] [--pooling mean|last] [--prompt-format raw|chat] [--device cpu]
         [--tf32] [--threads N] [--json FILE] [--markdown]
 """
 
@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--aux-models", default=None, help="default: RankerTrainConfig's")
     p.add_argument("--target-weight", type=float, default=None)
     p.add_argument("--freeze-layers", type=int, default=None)
+    p.add_argument("--train-on-val", action="store_true", default=None,
+                   help="refit on training + validation prompts for exactly --epochs epochs, last epoch kept "
+                        "(validation tau then in-sample)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matrix products on CUDA")
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in args.models.split(",") if m]
     base_config = RankerTrainConfig(seed=args.seed)
     overrides = {name: getattr(args, name) for name in ("epochs", "list_size", "lr", "head_lr", "aux_models",
-                                                        "target_weight", "freeze_layers", "pooling", "prompt_format")
+                                                        "target_weight", "freeze_layers", "pooling", "prompt_format",
+                                                        "train_on_val")
                  if getattr(args, name) is not None}
     rows: list[dict] = []
     for model in models:

@@ -76,6 +76,10 @@ def add_train_ranker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze-layers", type=int, default=d.freeze_layers,
                    help="keep the embeddings and the lowest N encoder layers at their pretrained weights "
                         "(default %(default)s)")
+    p.add_argument("--train-on-val", action="store_true",
+                   help="refit: train on the training and validation prompts for exactly --epochs epochs and keep "
+                        "the last (after a recipe and epoch count were chosen on validation); the validation tau "
+                        "printed is then in-sample, the test prompts stay unseen")
     p.add_argument("--pooling", choices=POOLINGS, default=None,
                    help="hidden states -> one vector: mean over tokens or the last token (default: the backbone's "
                         "own, mean for minilm-l6, last for smollm2-135m)")
@@ -141,7 +145,7 @@ def _run_train_ranker(args: argparse.Namespace) -> int:
         bucket=args.bucket, seed=args.seed, split_seed=args.split_seed, max_length=args.max_length,
         max_train=args.max_train, label_source=args.label_source, aux_models=args.aux_models,
         target_weight=args.target_weight, freeze_layers=args.freeze_layers, select_on=args.select_on,
-        pooling=args.pooling, prompt_format=args.prompt_format)
+        pooling=args.pooling, prompt_format=args.prompt_format, train_on_val=args.train_on_val)
     check_backbone(config.backbone)  # a missing package fails before any work
     if args.tf32:
         import torch
@@ -181,8 +185,9 @@ def _run_train_ranker(args: argparse.Namespace) -> int:
     name = f"{config.backbone} {config.loss}" + (
         f" {config.label_source} ({len(data.aux_models)} aux, w {config.target_weight:g})"
         if config.uses_aux() else "")
-    rows = [(name, f"{result.test_tau:.3f}", f"{result.val_tau:.3f}",
-             f"best epoch {result.best_epoch}/{config.epochs}"),
+    kept = (f"last epoch {config.epochs}, validation prompts in training (val tau in-sample)"
+            if config.train_on_val else f"best epoch {result.best_epoch}/{config.epochs}")
+    rows = [(name, f"{result.test_tau:.3f}", f"{result.val_tau:.3f}", kept),
             (f"{config.backbone} untrained", f"{result.untrained_test_tau:.3f}", f"{result.untrained_val_tau:.3f}",
              "pretrained backbone, random head")]
     rows += [(k, f"{t:.3f}", f"{v:.3f}", note) for k, (v, t, note) in baselines.items()]
@@ -200,11 +205,11 @@ def _run_train_ranker(args: argparse.Namespace) -> int:
         "target_model": config.target_model, "backbone": config.backbone, "loss": config.loss,
         "label_source": config.label_source, "aux_models": list(data.aux_models),
         "target_weight": config.target_weight, "freeze_layers": config.freeze_layers,
-        "select_on": config.select_on, "pooling": result.ranker.meta.pooling,
+        "select_on": config.select_on, "train_on_val": config.train_on_val, "pooling": result.ranker.meta.pooling,
         "prompt_format": config.prompt_format,
         "epochs": config.epochs, "best_epoch": result.best_epoch,
         "history": [dataclasses.asdict(h) for h in result.history],
-        "num_train": len(data.train), "num_val": len(data.val), "num_test": len(data.test),
+        "num_train": len(data.train) + (len(data.val) if config.train_on_val else 0), "num_val": len(data.val), "num_test": len(data.test),
         "train_seconds": result.train_seconds, "device": args.device, "tf32": args.tf32, "checkpoint": str(checkpoint),
     }
     text = json.dumps(payload, indent=2, allow_nan=True) + "\n"

@@ -179,3 +179,21 @@ def test_generate_slice_is_a_window_of_the_seed_0_sequence():
     assert np.allclose(np.diff([s.arrival_time for s in part]), gaps)
     with pytest.raises(ValueError, match=r"requests \[160, 162\) are outside its 161 requests"):
         w.generate_slice(160, 2)
+
+
+def test_with_val_in_train_appends_the_validation_prompts_and_leaves_test_alone():
+    from agents.ranker_data import with_val_in_train
+
+    data = load_ranker_data("Meta-Llama-3-8B-Instruct", split_seed=1, aux_models=("alpaca-7b", "gpt4_1106_preview"))
+    merged = with_val_in_train(data)
+    n_train, n_val = len(data.train), len(data.val)
+    assert merged.train.name == "train+val" and len(merged.train) == n_train + n_val
+    assert merged.train.prompts == data.train.prompts + data.val.prompts
+    np.testing.assert_array_equal(merged.train.instruction_ids[n_train:], data.val.instruction_ids)
+    np.testing.assert_array_equal(merged.train.lengths[:n_train], data.train.lengths)
+    np.testing.assert_array_equal(merged.train.lengths[n_train:], data.val.lengths)
+    np.testing.assert_array_equal(merged.train.prompt_tokens[n_train:], data.val.prompt_tokens)
+    for m in ("alpaca-7b", "gpt4_1106_preview"):
+        np.testing.assert_array_equal(merged.train.aux_lengths[m][n_train:], data.val.aux_lengths[m])
+    assert merged.val is data.val and merged.test is data.test and merged.aux_models == data.aux_models
+    assert not set(merged.train.instruction_ids) & set(merged.test.instruction_ids)

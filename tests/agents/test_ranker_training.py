@@ -82,6 +82,39 @@ def torch_equal(a, b) -> bool:
     return bool(torch.equal(a, b))
 
 
+def test_train_on_val_trains_on_both_splits_for_exactly_the_epochs_and_keeps_the_last(fresh_minilm, tiny_data):
+    from agents.ranker_training import RankerTrainConfig, train_ranker
+
+    ranker = fresh_minilm(seed=0, max_length=16)
+    config = RankerTrainConfig(epochs=2, list_size=16, head_lr=1e-2, max_length=16, seed=0, label_source="target",
+                               train_on_val=True)
+    result = train_ranker(config, tiny_data, ranker)
+    assert result.best_epoch == 2 and len(result.history) == 2
+    assert ranker.meta.metrics["val_in_training"] == 1.0 and ranker.meta.metrics["best_epoch"] == 2
+    assert result.val_tau == pytest.approx(result.history[-1].val_tau)
+    assert result.val_tau == pytest.approx(length_tau(ranker.score(tiny_data.val.prompts), tiny_data.val.lengths))
+    assert result.test_tau == pytest.approx(length_tau(ranker.score(tiny_data.test.prompts), tiny_data.test.lengths))
+
+
+def test_train_on_val_sees_the_validation_prompts(monkeypatch, fresh_minilm, tiny_data):
+    import agents.ranker_training as training
+    from agents.ranker_training import RankerTrainConfig, train_ranker
+
+    seen = []
+    real = training.ranking_lists
+    monkeypatch.setattr(training, "ranking_lists", lambda n, size, rng: seen.append(n) or real(n, size, rng))
+    config = RankerTrainConfig(epochs=1, list_size=16, max_length=16, label_source="target", train_on_val=True)
+    train_ranker(config, tiny_data, fresh_minilm(seed=0, max_length=16))
+    assert set(seen) == {48 + 40}
+
+
+def test_train_on_val_refuses_an_epoch_choice_on_validation():
+    from agents.ranker_training import RankerTrainConfig
+
+    with pytest.raises(ValueError, match="select_on='consensus'.*train_on_val"):
+        RankerTrainConfig(train_on_val=True, select_on="consensus")
+
+
 @pytest.mark.parametrize("loss,source", [("pairwise", "target"), ("pointwise", "target"), ("listmle", "multi"),
                                          ("pairwise", "consensus"), ("pointwise", "multi")])
 def test_other_losses_train_without_error(fresh_minilm, tiny_data, loss, source):
