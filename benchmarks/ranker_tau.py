@@ -175,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                           f"{np.mean(secs):.0f}" if secs else "-"))
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads of {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}; split seeds {','.join(map(str, seeds))} (564 train / 80 val / "
-          f"161 test prompts), seed {args.seed}; best validation epoch kept; Kendall's tau-b against the "
+          f"161 test prompts), seed {args.seed}; "
+          + ("validation prompts in training, last epoch kept, val tau in-sample" if args.train_on_val
+             else "best validation epoch kept")
+          + "; Kendall's tau-b against the "
           f"target model's lengths")
     for recipe in recipes:
         c = dataclasses.replace(base_config, **{**recipe_overrides(recipe), **overrides})
