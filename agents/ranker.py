@@ -113,6 +113,7 @@ class Ranker:
         self.tokenizer = tokenizer
         self.module = module
         self.meta = meta
+        self._graphed = None  # agents.ranker_graphs.GraphedScorer once use_cuda_graphs() is called
 
     @classmethod
     def from_backbone(cls, backbone: str, seed: int = 0, max_length: int | None = None, pooling: str | None = None,
@@ -155,8 +156,33 @@ class Ranker:
         return next(self.module.parameters()).device
 
     def to(self, device: str) -> "Ranker":
-        """Move the module to a torch device (``cpu``, ``cuda``); inputs follow it."""
+        """Move the module to a torch device (``cpu``, ``cuda``); inputs follow it.
+
+        With CUDA graphs on, the graphs are recaptured on the new device (which must be CUDA).
+        """
+        graphed = self._graphed
+        if graphed is not None and _torch().device(device).type != "cuda":
+            raise ValueError(f"this ranker scores through CUDA graphs; it cannot move to {device!r} "
+                             "(call use_cuda_graphs(False) first)")
         self.module.to(_torch().device(device))
+        if graphed is not None:
+            self.use_cuda_graphs(max_rows=graphed.max_rows, token_step=graphed.token_step)
+        return self
+
+    def use_cuda_graphs(self, enabled: bool = True, max_rows: int = 64, token_step: int = 64) -> "Ranker":
+        """Score through CUDA graphs captured per padded batch shape (``agents.ranker_graphs``).
+
+        Why: an eager forward of a deep backbone is bound by kernel launches on the host.
+        ``score``/``score_ids`` then run in chunks of ``max_rows`` prompts whatever their
+        ``batch_size``. The ranker must be on a CUDA device.
+        """
+        if not enabled:
+            self._graphed = None
+            return self
+        from agents.ranker_graphs import GraphedScorer
+
+        self._graphed = GraphedScorer(self.module, self.tokenizer.pad_token_id, self.meta.max_length,
+                                      max_rows=max_rows, token_step=token_step)
         return self
 
     # --- inputs -------------------------------------------------------------------
@@ -219,25 +245,31 @@ class Ranker:
 
     def score_ids(self, id_lists: Sequence[Sequence[int]], batch_size: int = 64):
         """Scores (numpy float64) of pre-tokenised prompts, in eval mode, without gradients."""
-        torch = _torch()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         out = np.empty(len(id_lists), dtype=np.float64)
-        order = sorted(range(len(id_lists)), key=lambda i: (len(id_lists[i]), i))
-        device = self.device
         was_training = self.module.training
         self.module.eval()
         try:
-            with torch.inference_mode():
-                for start in range(0, len(order), batch_size):
-                    rows = order[start:start + batch_size]
-                    ids, mask = self.collate([id_lists[i] for i in rows])
-                    out[rows] = self.module(ids.to(device), mask.to(device)).double().cpu().numpy()
+            if self._graphed is not None:
+                out[:] = self._graphed(id_lists)
+            else:
+                self._score_eager(id_lists, batch_size, out)
         finally:
             self.module.train(was_training)
         if not np.isfinite(out).all():
             raise FloatingPointError("the ranker produced a non-finite score")
         return out
+
+    def _score_eager(self, id_lists: Sequence[Sequence[int]], batch_size: int, out: np.ndarray) -> None:
+        torch = _torch()
+        order = sorted(range(len(id_lists)), key=lambda i: (len(id_lists[i]), i))
+        device = self.device
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                ids, mask = self.collate([id_lists[i] for i in rows])
+                out[rows] = self.module(ids.to(device), mask.to(device)).double().cpu().numpy()
 
     def score(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """One score per prompt text (higher = shorter expected output)."""

@@ -10,7 +10,8 @@ iteration, and the batch cost as a fraction of it. A fresh backbone costs what a
 one does (same shapes), so ``--checkpoint`` is optional.
 
     python benchmarks/ranker_overhead.py [--backbone minilm-l6 | --checkpoint DIR] [--device cpu]
-        [--pooling last] [--prompt-format chat] [--batch-sizes 1,4,16,64] [--repeats 20] [--rate 16] [--threads N] [--markdown]
+        [--pooling last] [--prompt-format chat] [--cuda-graphs off|on|both] [--batch-sizes 1,4,16,64]
+        [--repeats 20] [--rate 16] [--threads N] [--markdown]
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-requests", type=int, default=805)
     p.add_argument("--profile", default="h100-llama-8b")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--cuda-graphs", choices=("off", "on", "both"), default="off",
+                   help="score through CUDA graphs per padded shape (agents.ranker_graphs); both: eager and "
+                        "graphs in the same run, with the ratio")
     p.add_argument("--markdown", action="store_true")
     args = p.parse_args(argv)
 
@@ -86,19 +90,30 @@ def main(argv: list[str] | None = None) -> int:
     prompts = load_alpaca_eval().prompts
     rng = np.random.default_rng(0)
     iter_s, iterations = simulated_iteration_s(args.target_model, args.rate, args.num_requests, args.profile)
+    sizes = [int(x) for x in args.batch_sizes.split(",") if x]
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.cuda_graphs]
+    by_length = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     rows = []
-    for b in [int(x) for x in args.batch_sizes.split(",") if x]:
-        for _ in range(3):  # warm-up (allocator, kernels)
-            ranker.score([prompts[i] for i in rng.choice(len(prompts), b, replace=False)], batch_size=b)
-        times = []
-        for _ in range(args.repeats):
-            batch = [prompts[i] for i in rng.choice(len(prompts), b, replace=False)]
-            t0 = time.perf_counter()
-            ranker.score(batch, batch_size=b)  # returns numpy: a GPU run is synchronised
-            times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
-        p90 = float(np.percentile(times, 90))
-        rows.append((b, med * 1e3, p90 * 1e3, med / iter_s * 100))
+    for graphs in modes:
+        try:
+            ranker.use_cuda_graphs(graphs)
+        except ValueError as exc:
+            raise SystemExit(f"ranker_overhead.py: --cuda-graphs: {exc}") from None
+        for b in sizes:
+            # warm-up (allocator, kernels, and with graphs every padded shape a batch of b can take):
+            # chunks of b prompts spread over the prompts sorted by length, the longest included
+            starts = sorted(set(range(0, len(prompts) - b + 1, max(b, len(prompts) // 40))) | {len(prompts) - b})
+            for start in starts:
+                ranker.score([prompts[i] for i in by_length[start:start + b]], batch_size=b)
+            times = []
+            for _ in range(args.repeats):
+                batch = [prompts[i] for i in rng.choice(len(prompts), b, replace=False)]
+                t0 = time.perf_counter()
+                ranker.score(batch, batch_size=b)  # returns numpy: a GPU run is synchronised
+                times.append(time.perf_counter() - t0)
+            med = statistics.median(times)
+            p90 = float(np.percentile(times, 90))
+            rows.append(("graphs" if graphs else "eager", b, med * 1e3, p90 * 1e3, med / iter_s * 100))
     device = args.device
     if device.startswith("cuda"):
         device += f" ({torch.cuda.get_device_name(0)})"
@@ -107,8 +122,12 @@ def main(argv: list[str] | None = None) -> int:
           f"Python {platform.python_version()}")
     print(f"simulated iteration: {iter_s * 1e3:.2f} ms mean busy time over {iterations:,} iterations "
           f"({args.profile}, FCFS, {args.num_requests} AlpacaEval prompts at {args.rate:g} req/s)")
-    header = ("new prompts", "ms/batch (median)", "ms/batch (p90)", "% of an iteration")
-    table = [(str(b), f"{m:.2f}", f"{q:.2f}", f"{r:.1f}") for b, m, q, r in rows]
+    header = ("forward", "new prompts", "ms/batch (median)", "ms/batch (p90)", "% of an iteration")
+    table = [(mode, str(b), f"{m:.2f}", f"{q:.2f}", f"{r:.1f}") for mode, b, m, q, r in rows]
+    if len(modes) == 2:
+        eager = {b: m for mode, b, m, _, _ in rows if mode == "eager"}
+        header += ("eager / graphs",)
+        table = [(*t, f"{eager[b] / m:.1f}x" if mode == "graphs" else "") for t, (mode, b, m, _, _) in zip(table, rows)]
     print_table(header, table, args.markdown)
     return 0
 
