@@ -169,6 +169,11 @@ class Ranker:
             self.use_cuda_graphs(max_rows=graphed.max_rows, token_step=graphed.token_step)
         return self
 
+    @property
+    def cuda_graphs(self):
+        """The ``GraphedScorer`` scoring this ranker, or None when scoring runs eagerly."""
+        return self._graphed
+
     def use_cuda_graphs(self, enabled: bool = True, max_rows: int = 64, token_step: int = 64) -> "Ranker":
         """Score through CUDA graphs captured per padded batch shape (``agents.ranker_graphs``).
 

@@ -73,6 +73,17 @@ class GraphedScorer:
         padded_tokens = min(-(-tokens // self.token_step) * self.token_step, self.max_length)
         return padded_rows, padded_tokens
 
+    def prepare(self, rows: int) -> None:
+        """Capture now every bucket a batch of ``rows`` prompts can take (so no capture lands in a timed call)."""
+        import torch
+
+        self.bucket_shape(rows, 1)  # checks rows
+        with torch.inference_mode():
+            for tokens in range(1, self.max_length + 1, self.token_step):
+                shape = self.bucket_shape(rows, tokens)
+                if shape not in self._buckets:
+                    self._new_bucket(shape)
+
     def __call__(self, id_lists: Sequence[Sequence[int]]) -> np.ndarray:
         """One float64 score per token-id list, in the lists' order."""
         import torch

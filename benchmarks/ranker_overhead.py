@@ -10,7 +10,7 @@ iteration, and the batch cost as a fraction of it. A fresh backbone costs what a
 one does (same shapes), so ``--checkpoint`` is optional.
 
     python benchmarks/ranker_overhead.py [--backbone minilm-l6 | --checkpoint DIR] [--device cpu]
-        [--pooling last] [--prompt-format chat] [--cuda-graphs off|on|both] [--batch-sizes 1,4,16,64]
+        [--pooling last] [--prompt-format chat] [--cuda-graphs off|on|both] [--tf32] [--batch-sizes 1,4,16,64]
         [--repeats 20] [--rate 16] [--threads N] [--markdown]
 """
 
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cuda-graphs", choices=("off", "on", "both"), default="off",
                    help="score through CUDA graphs per padded shape (agents.ranker_graphs); both: eager and "
                         "graphs in the same run, with the ratio")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matrix products on CUDA (the fp32 backbone)")
     p.add_argument("--markdown", action="store_true")
     args = p.parse_args(argv)
 
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
     from agents.ranker import Ranker
     from envs.workloads.alpaca import load_alpaca_eval
@@ -105,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             starts = sorted(set(range(0, len(prompts) - b + 1, max(b, len(prompts) // 40))) | {len(prompts) - b})
             for start in starts:
                 ranker.score([prompts[i] for i in by_length[start:start + b]], batch_size=b)
+            if graphs:
+                ranker.cuda_graphs.prepare(min(b, ranker.cuda_graphs.max_rows))
             times = []
             for _ in range(args.repeats):
                 batch = [prompts[i] for i in rng.choice(len(prompts), b, replace=False)]
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(("graphs" if graphs else "eager", b, med * 1e3, p90 * 1e3, med / iter_s * 100))
     device = args.device
     if device.startswith("cuda"):
-        device += f" ({torch.cuda.get_device_name(0)})"
+        device += f" ({torch.cuda.get_device_name(0)}{', TF32' if args.tf32 else ''})"
     print(f"ranker {ranker.meta.backbone} (max {ranker.meta.max_length} tokens) on {device}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}")

@@ -64,6 +64,17 @@ def test_padded_buckets_score_as_the_unpadded_batch(fresh_minilm, pooling):
     assert scorer(ids[:1])[0] == pytest.approx(eager[0], rel=1e-4, abs=1e-5)
 
 
+def test_prepare_makes_every_token_bucket_of_a_row_count(fresh_minilm):
+    ranker = fresh_minilm(seed=0, max_length=32)
+    ranker.module.eval()
+    scorer = GraphedScorer(ranker.module, ranker.tokenizer.pad_token_id, 32, max_rows=8, token_step=12,
+                           capture=False)
+    scorer.prepare(3)
+    assert sorted(scorer._buckets) == [(4, 12), (4, 24), (4, 32)]
+    scorer.prepare(4)  # the same row bucket: nothing new
+    assert scorer.num_graphs == 3
+
+
 def test_an_empty_prompt_is_refused(fresh_minilm):
     ranker = fresh_minilm(seed=0, max_length=32)
     scorer = GraphedScorer(ranker.module, ranker.tokenizer.pad_token_id, 32, capture=False)
