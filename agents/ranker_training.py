@@ -40,7 +40,7 @@ import numpy as np
 from agents.ranker import Ranker, RankerMeta
 from agents.ranker_data import RankerData, load_ranker_data, ranking_lists, with_val_in_train
 from agents.ranker_config import RankerTrainConfig
-from agents.ranker_losses import (MAX_LEN, bucket_labels, consensus_labels, listmle, log_length_targets,
+from agents.ranker_losses import (MAX_LEN, bucket_labels, consensus_labels,
                                   multi_listmle, multi_model_weights, pairwise_logistic, pointwise_log_length,
                                   standardized_log_lengths)
 from agents.ranking_metrics import kendall_tau_b, length_tau
@@ -94,7 +94,6 @@ def training_labels(config: RankerTrainConfig, data: RankerData) -> tuple[np.nda
     if config.uses_aux() and not aux:
         raise ValueError(f"label source {config.label_source!r} needs auxiliary models' lengths; the data "
                          "were loaded without any (load_ranker_data(..., aux_models=...))")
-    bucketed = (np.minimum(train.lengths, MAX_LEN) // config.bucket) * config.bucket
     if config.label_source == "consensus":
         return consensus_labels(train.lengths, aux, config.target_weight)[None, :], np.ones(1)
     if config.label_source == "multi":
