@@ -63,6 +63,11 @@ class GraphedScorer:
         """How many bucket shapes have been captured (or, without capture, used)."""
         return len(self._buckets)
 
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """The (rows, tokens) buckets captured so far, sorted."""
+        return sorted(self._buckets)
+
     def bucket_shape(self, rows: int, tokens: int) -> tuple[int, int]:
         """The padded (rows, tokens) a batch of ``rows`` prompts of at most ``tokens`` tokens runs as."""
         if not 1 <= rows <= self.max_rows:

@@ -70,7 +70,7 @@ def test_prepare_makes_every_token_bucket_of_a_row_count(fresh_minilm):
     scorer = GraphedScorer(ranker.module, ranker.tokenizer.pad_token_id, 32, max_rows=8, token_step=12,
                            capture=False)
     scorer.prepare(3)
-    assert sorted(scorer._buckets) == [(4, 12), (4, 24), (4, 32)]
+    assert scorer.shapes == [(4, 12), (4, 24), (4, 32)]
     scorer.prepare(4)  # the same row bucket: nothing new
     assert scorer.num_graphs == 3
 
@@ -93,10 +93,10 @@ def test_cuda_graph_replays_match_the_eager_scores(fresh_minilm):
     eager = ranker.score_ids(ids)
     ranker.use_cuda_graphs(max_rows=8, token_step=16)
     first = ranker.score_ids(ids)
-    graphs = ranker._graphed.num_graphs
+    graphs = ranker.cuda_graphs.num_graphs
     again = ranker.score_ids(list(reversed(ids)))[::-1]
     np.testing.assert_allclose(first, eager, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(again, first, rtol=1e-6)   # replays of the same buckets
-    assert ranker._graphed.num_graphs == graphs    # no new capture for shapes already seen
+    assert ranker.cuda_graphs.num_graphs == graphs    # no new capture for shapes already seen
     with pytest.raises(ValueError, match="cannot move to 'cpu'"):
         ranker.to("cpu")
