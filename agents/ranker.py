@@ -215,17 +215,10 @@ class Ranker:
 
     def collate(self, id_lists: Sequence[Sequence[int]]):
         """Right-padded ``(input_ids, attention_mask)`` tensors for a batch of token-id lists."""
-        torch = _torch()
+        from agents.ranker_graphs import right_padded
+
         width = max(len(ids) for ids in id_lists)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(id_lists), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(id_lists), width), dtype=torch.long)
-        for row, ids in enumerate(id_lists):
-            if not ids:
-                raise ValueError(f"batch row {row} has no tokens")
-            input_ids[row, :len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-            mask[row, :len(ids)] = 1
-        return input_ids, mask
+        return right_padded(id_lists, self.tokenizer.pad_token_id, len(id_lists), width)
 
     def forward_ids(self, id_lists: Sequence[Sequence[int]], chunk: int = 16):
         """Scores (a torch tensor, with gradients) of a list of prompts, in the list's order.

@@ -25,6 +25,25 @@ from typing import Any, Sequence
 import numpy as np
 
 
+def right_padded(id_lists: Sequence[Sequence[int]], pad_token_id: int, rows: int, tokens: int):
+    """``(input_ids, attention_mask)`` long tensors of shape ``(rows, tokens)``, each list right-padded.
+
+    Rows past the lists (padding rows) hold one unmasked pad token: a row with no unmasked
+    token would make a fully masked softmax.
+    """
+    import torch
+
+    ids = torch.full((rows, tokens), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((rows, tokens), dtype=torch.long)
+    for row, seq in enumerate(id_lists):
+        if not seq:
+            raise ValueError(f"batch row {row} has no tokens")
+        ids[row, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    mask[len(id_lists):, 0] = 1
+    return ids, mask
+
+
 @dataclass
 class _Bucket:
     input_ids: Any          # (rows, tokens) long tensor on the device, refilled before each replay
@@ -102,11 +121,9 @@ class GraphedScorer:
         return out
 
     def _run(self, id_lists: list[Sequence[int]]) -> np.ndarray:
-        for row, ids in enumerate(id_lists):
-            if not ids:
-                raise ValueError(f"batch row {row} has no tokens")
-        shape = self.bucket_shape(len(id_lists), max(len(ids) for ids in id_lists))
-        ids_host, mask_host = self._padded(id_lists, shape)
+        # an empty prompt is refused by right_padded, naming its row
+        shape = self.bucket_shape(len(id_lists), max(1, *(len(ids) for ids in id_lists)))
+        ids_host, mask_host = right_padded(id_lists, self.pad_token_id, *shape)
         bucket = self._buckets.get(shape)
         if bucket is None:
             bucket = self._new_bucket(shape)
@@ -119,22 +136,10 @@ class GraphedScorer:
             scores = self.module(bucket.input_ids, bucket.attention_mask)
         return scores[:len(id_lists)].double().cpu().numpy()
 
-    def _padded(self, id_lists: list[Sequence[int]], shape: tuple[int, int]):
-        import torch
-
-        rows, tokens = shape
-        ids = torch.full((rows, tokens), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((rows, tokens), dtype=torch.long)
-        for row, seq in enumerate(id_lists):
-            ids[row, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-            mask[row, :len(seq)] = 1
-        mask[len(id_lists):, 0] = 1  # padding rows: one unmasked pad token
-        return ids, mask
-
     def _new_bucket(self, shape: tuple[int, int]) -> _Bucket:
         import torch
 
-        ids, mask = self._padded([], shape)
+        ids, mask = right_padded([], self.pad_token_id, *shape)
         bucket = _Bucket(ids.to(self.device), mask.to(self.device))
         if self.capture:
             side = torch.cuda.Stream(self.device)
