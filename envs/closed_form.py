@@ -31,9 +31,9 @@ def run_length(eng: "ServingEngine", work: "ScheduledWork", max_iterations: int 
     if k <= 1:
         return 1
     n = len(reqs)
-    a, b = eng.executor.decode_step_affine(n)
-    first = a + b * work.plan.decode_context_sum
-    inc = b * n
+    step = eng.executor.decode_step_affine(n)
+    first = step.first(work.plan.decode_context_sum, work.plan.decode_context_max)
+    inc = step.increment(n)
     deadline = eng.next_arrival_time()
     if until_time is not None and until_time < deadline:
         deadline = until_time

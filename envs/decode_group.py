@@ -12,6 +12,8 @@ closed-form decode run costs O(1) instead of O(running requests):
   handful of terms, whatever the number of members) and reserved in bulk (the engine
   runs with lazy block ids);
 - completions: a heap of the step at which each member finishes;
+- the longest context (what a decode step's time also depends on): a heap of each member's
+  context minus ``steps`` when it joined;
 - inter-token latencies: every member gets a token at the end of every run, so a run's
   gaps are logged once for the group; a member's longest gap is the longest run gap
   since it joined.
@@ -30,7 +32,7 @@ from envs.live_request import Request
 
 class DecodeGroup:
     __slots__ = ("block_size", "members", "joined", "active", "not_yet", "finish_heap", "steps",
-                 "covered", "context_sum", "reserved", "gap_log", "last_token_time")
+                 "covered", "context_sum", "reserved", "gap_log", "last_token_time", "context_keys", "context_heap")
 
     def __init__(self, block_size: int, now: float):
         self.block_size = block_size
@@ -42,6 +44,8 @@ class DecodeGroup:
         self.steps = 0
         self.covered = 0            # blocks are reserved for every member up to this step
         self.context_sum = 0        # KV tokens the group's next decode step reads
+        self.context_keys: dict[int, int] = {}       # id -> its context minus the group's steps
+        self.context_heap: list[tuple[int, int]] = []   # (-key, id), stale entries dropped when met
         self.reserved = 0           # blocks reserved for members, not yet attributed to them
         self.gap_log: list[float] = []   # the longest inter-token gap of each run
         self.last_token_time = now
@@ -62,6 +66,21 @@ class DecodeGroup:
         bisect.insort(self.not_yet, (key, rid))
         heapq.heappush(self.finish_heap, (s + req._target_output_len - req.num_output_tokens, rid))
         self.context_sum += req.num_computed_tokens + 1
+        key = req.num_computed_tokens + 1 - s
+        self.context_keys[rid] = key
+        heapq.heappush(self.context_heap, (-key, rid))
+
+    @property
+    def context_max(self) -> int:
+        """The longest context the group's next decode step reads (0 for an empty group)."""
+        heap = self.context_heap
+        keys = self.context_keys
+        while heap:
+            neg, rid = heap[0]
+            if keys.get(rid) == -neg:
+                return self.steps - neg
+            heapq.heappop(heap)
+        return 0
 
     def steps_to_next_finish(self) -> int:
         return self.finish_heap[0][0] - self.steps
@@ -157,4 +176,5 @@ class DecodeGroup:
                 rec.max_itl_s = longest
         self.reserved -= blocks
         self.context_sum -= req.num_computed_tokens + 1
+        del self.context_keys[rid]
         return blocks, s

@@ -88,6 +88,7 @@ def group_step(eng: "ServingEngine", info: "StepInfo", max_iterations: int | Non
     plan = work.plan
     plan.num_decode = n
     plan.decode_context_sum = group.context_sum
+    plan.decode_context_max = group.context_max
     result = eng.executor.execute(plan)
     _apply(eng, group, work, 1, result.duration_s, result.duration_s, 0.0, info)
     if chain and eng._group is group and len(eng.live) == group.size and eng.next_arrival_time() > eng.clock:
@@ -123,9 +124,9 @@ def _one_decode_run(eng: "ServingEngine", group: DecodeGroup, formed: bool, max_
     k = group.steps_to_next_finish()
     if max_iterations is not None and max_iterations < k:
         k = max_iterations
-    a, b = eng.executor.decode_step_affine(n)
-    first = a + b * group.context_sum
-    inc = b * n
+    step = eng.executor.decode_step_affine(n)
+    first = step.first(group.context_sum, group.context_max)
+    inc = step.increment(n)
     if k > 1:
         deadline = eng.next_arrival_time()
         if until_time is not None and until_time < deadline:

@@ -125,6 +125,7 @@ class BatchScheduler:
         plan = self._work.plan
         decode_reqs = self._work.decode_reqs
         context = 0
+        longest = 0
         last_resident = -1
         tokens_left, seqs_left = budget
         for idx, req in enumerate(self._order):
@@ -151,12 +152,15 @@ class BatchScheduler:
             seqs_left -= 1
             decode_reqs.append(req)
             context += computed + 1
+            if computed >= longest:
+                longest = computed + 1
         budget[0] = tokens_left
         budget[1] = seqs_left
         if seen >= num_resident and last_resident < self._tail:
             self._tail = last_resident  # no running request (no preemption victim) ranks lower
         plan.num_decode = len(decode_reqs)
         plan.decode_context_sum = context
+        plan.decode_context_max = longest
         if self.fill_decode_lists:
             self.fill_decode_fields(plan, decode_reqs)
 

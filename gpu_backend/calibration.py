@@ -23,6 +23,7 @@ Run on the GPU: ``python -m gpu_backend.calibration --model llama-1b --out FILE`
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import statistics
 import sys
@@ -47,6 +48,7 @@ class Sample:
     swap_copies: int = 0
     swap_bytes: int = 0
     swap_s: float = 0.0        # median device time of the copies
+    decode_context_max: int = 0   # the longest decode's context (0: none, or a samples file without it)
 
 
 @dataclass(slots=True)
@@ -55,6 +57,10 @@ class Sweep:
 
     decode_batches: tuple = (1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256)  # graph sizes
     decode_contexts: tuple = (128, 512, 2048, 8192)
+    # also batches whose contexts differ (what serving runs), so the fit can tell the sum of the
+    # contexts from the longest: one sequence more than the next smaller size (padded to this
+    # size's graph), and a full batch with half the sequences at a quarter of the context
+    decode_unequal: bool = True
     prefill_tokens: tuple = (16, 64, 256, 1024, 2048, 4096, 8192)
     prefill_starts: tuple = (0, 1024, 4096)
     prefill_batches: tuple = (4, 16)            # n sequences of 512 fresh tokens in one iteration
@@ -141,39 +147,56 @@ def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
 
     def run(kind: str, plan: BatchPlan) -> None:
         t, _ = timed(plan)
-        samples.append(Sample(kind, shape_features(plan), t))
+        samples.append(Sample(kind, shape_features(plan), t,
+                              decode_context_max=BatchShape.from_plan(plan).decode_context_max))
 
     limit = executor.max_model_len
     steps = sweep.warmup + sweep.repeats
     next_seq = 0
-    for ctx in sweep.decode_contexts:
-        if ctx + bs + steps >= limit:
-            continue
-        for b in sweep.decode_batches:
-            # b new sequences decoding `steps` tokens, their positions staggered over a block so
-            # that, as in serving, a sixteenth of them takes a new block each step
-            blocks.reset()
-            starts = [ctx + i % bs for i in range(b)]
-            full = [blocks.take(-(-(p + steps) // bs)) for p in starts]
-            if full[-1] is None:
+
+    def decode_batch(kind: str, ctxs: list[int]) -> None:
+        """Time ``steps`` decode iterations of new sequences at contexts ``ctxs``; keep the median."""
+        nonlocal next_seq
+        b = len(ctxs)
+        # positions staggered over a block so that, as in serving, a sixteenth of the sequences
+        # takes a new block each step
+        blocks.reset()
+        starts = [c + i % bs for i, c in enumerate(ctxs)]
+        full = [blocks.take(-(-(p + steps) // bs)) for p in starts]
+        if any(t is None for t in full):
+            return
+        sids = list(range(next_seq, next_seq + b))
+        next_seq += b
+        # one live table per sequence, grown in place as in serving (the executor sends only
+        # the entries a table gained; a new list object would be sent whole)
+        live = [t[:p // bs + 1] for t, p in zip(full, starts)]
+        times, shapes, longest = [], [], []
+        for k in range(steps):
+            pos = [p + k for p in starts]
+            for t, f, p in zip(live, full, pos):
+                if len(t) <= p // bs:
+                    t.append(f[len(t)])
+            plan = BatchPlan(decode_seq_ids=sids, decode_positions=pos, decode_block_tables=live,
+                             decode_input_ids=_tokens(b, vocab, rng), decode_context_sum=sum(pos) + b,
+                             decode_context_max=max(pos) + 1)
+            times.append(executor.execute(plan).duration_s)
+            shapes.append(shape_features(plan))
+            longest.append(plan.decode_context_max)
+        mid = sweep.warmup + sweep.repeats // 2
+        samples.append(Sample(kind, shapes[mid], statistics.median(times[sweep.warmup:]),
+                              decode_context_max=longest[mid]))
+
+    smaller = 0
+    for b in sweep.decode_batches:
+        for ctx in sweep.decode_contexts:
+            if ctx + bs + steps >= limit:
                 continue
-            sids = list(range(next_seq, next_seq + b))
-            next_seq += b
-            # one live table per sequence, grown in place as in serving (the executor sends only
-            # the entries a table gained; a new list object would be sent whole)
-            live = [t[:p // bs + 1] for t, p in zip(full, starts)]
-            times, shapes = [], []
-            for k in range(steps):
-                pos = [p + k for p in starts]
-                for t, f, p in zip(live, full, pos):
-                    if len(t) <= p // bs:
-                        t.append(f[len(t)])
-                plan = BatchPlan(decode_seq_ids=sids, decode_positions=pos, decode_block_tables=live,
-                                 decode_input_ids=_tokens(b, vocab, rng), decode_context_sum=sum(pos) + b)
-                times.append(executor.execute(plan).duration_s)
-                shapes.append(shape_features(plan))
-            times, shapes = times[sweep.warmup:], shapes[sweep.warmup:]
-            samples.append(Sample("decode", shapes[len(times) // 2], statistics.median(times)))
+            decode_batch("decode", [ctx] * b)
+            if sweep.decode_unequal and smaller and smaller + 1 < b:
+                decode_batch("decode_unequal", [ctx] * (smaller + 1))
+            if sweep.decode_unequal and b > 1:
+                decode_batch("decode_unequal", [ctx] * (b - b // 2) + [max(1, ctx // 4)] * (b // 2))
+        smaller = b
     for start in sweep.prefill_starts:
         for n in sweep.prefill_tokens:
             if start + n > limit:
@@ -275,28 +298,53 @@ def _weighted_nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return nnls(X / scale * w[:, None], y * w) / scale
 
 
+DECODE_KINDS = ("decode", "decode_unequal")
+
+
+def _graph_size(num_seqs: int, sizes: tuple[int, ...] | None) -> int:
+    """The captured graph a decode batch of ``num_seqs`` runs in (itself when sizes are unknown or it is
+    past the largest)."""
+    if sizes:
+        i = bisect.bisect_left(sizes, num_seqs)
+        if i < len(sizes):
+            return sizes[i]
+    return num_seqs
+
+
 def fit_decode_table(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> DecodeTable | None:
     """Per decode batch size, a line in context tokens (weighted by 1/time); None when fewer than two
     batch sizes were timed at two or more contexts. When every size in ``graph_sizes`` (the
-    executor's captured decode batch sizes) has a row, sizes between rows round up to the next."""
-    by_size: dict[int, list[tuple[float, float]]] = {}
+    executor's captured decode batch sizes) has a row, sizes between rows round up to the next,
+    and each row is fitted on every batch that runs in its graph. Where a row's batches include
+    unequal contexts (``Sweep.decode_unequal``), the line gains a term in the longest context."""
     nd_col = LINEAR_FEATURES.index("num_decode")
     ctx_col = LINEAR_FEATURES.index("decode_context_tokens")
-    for s in samples:
-        if s.kind == "decode":
-            by_size.setdefault(int(s.features[nd_col]), []).append((s.features[ctx_col], s.duration_s))
+    decode = [s for s in samples if s.kind in DECODE_KINDS]
+    measured = {int(s.features[nd_col]) for s in decode if s.kind == "decode"}
+    round_up = graph_sizes is not None and set(graph_sizes) <= measured
+    sizes = tuple(sorted(graph_sizes)) if round_up else None
+    by_size: dict[int, list[tuple[float, float, float]]] = {}
+    for s in decode:
+        nd = int(s.features[nd_col])
+        if s.kind == "decode" or round_up:
+            longest = s.decode_context_max or -(-s.features[ctx_col] // nd)
+            by_size.setdefault(_graph_size(nd, sizes), []).append((s.features[ctx_col], longest, s.duration_s))
     rows = []
     for n in sorted(by_size):
         pts = np.array(by_size[n])
         if len(np.unique(pts[:, 0])) < 2:
             continue
-        a, b = _weighted_nnls(np.column_stack([np.ones(len(pts)), pts[:, 0]]), pts[:, 1])
-        rows.append((n, float(a), float(b)))
+        X = np.column_stack([np.ones(len(pts)), pts[:, 0], pts[:, 1]])
+        if np.linalg.matrix_rank(X / X.max(axis=0)) == 3:
+            a, b, c = _weighted_nnls(X, pts[:, 2])
+        else:       # equal contexts only: the sum and the longest move together, keep the sum
+            (a, b), c = _weighted_nnls(X[:, :2], pts[:, 2]), 0.0
+        rows.append((n, float(a), float(b), float(c)))
     if len(rows) < 2:
         return None
-    sizes = tuple(r[0] for r in rows)
-    return DecodeTable(sizes, tuple(r[1] for r in rows), tuple(r[2] for r in rows),
-                       round_up=graph_sizes is not None and set(graph_sizes) <= set(sizes))
+    longest = tuple(r[3] for r in rows)
+    return DecodeTable(tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(r[2] for r in rows),
+                       round_up=round_up, per_longest_token_s=longest if any(longest) else ())
 
 
 def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fit:
@@ -308,7 +356,7 @@ def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fi
     if len(it) < len(LINEAR_FEATURES):
         raise ValueError(f"calibration needs >= {len(LINEAR_FEATURES)} iteration samples, got {len(it)}")
     table = fit_decode_table(it, graph_sizes)
-    rest = [s for s in it if s.kind != "decode"] if table is not None else it
+    rest = [s for s in it if s.kind not in DECODE_KINDS] if table is not None else it
     if len(rest) < len(LINEAR_FEATURES):
         table, rest = None, it
     X = np.array([s.features for s in rest], dtype=np.float64)
@@ -316,7 +364,7 @@ def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fi
     c = _weighted_nnls(X, y)
     model = LinearCostModel(dict(zip(LINEAR_FEATURES, c)), 1.0, 1.0, 1, table)
     y_all = np.array([s.duration_s for s in it])
-    pred = np.array([model.compute_time(BatchShape(*_shape_args(s.features))) for s in it])
+    pred = np.array([model.compute_time(BatchShape(*_shape_args(s))) for s in it])
     ape = np.abs(pred - y_all) / y_all
     mape = {"all": float(ape.mean())}
     for kind in sorted({s.kind for s in it}):
@@ -334,20 +382,22 @@ def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fi
     return Fit({k: float(v) for k, v in zip(LINEAR_FEATURES, c)}, lat, bw, mape, float(ape.max()), table)
 
 
-def _shape_args(features) -> tuple:
-    """``BatchShape`` fields back from a ``LINEAR_FEATURES`` vector (a cached-chunk count of 0 or 1:
-    the features keep only whether there is one)."""
-    f = dict(zip(LINEAR_FEATURES, features))
+def _shape_args(sample: Sample) -> tuple:
+    """``BatchShape`` fields back from a sample (a cached-chunk count of 0 or 1: the features keep
+    only whether there is one; a sample without its longest context: the mean)."""
+    f = dict(zip(LINEAR_FEATURES, sample.features))
+    nd, ctx = int(f["num_decode"]), int(f["decode_context_tokens"])
+    longest = sample.decode_context_max or (-(-ctx // nd) if nd else 0)
     return (int(f["prefill_tokens"]), f["prefill_attention_pairs"], int(f["prefill_kv_read_tokens"]),
-            int(f["num_decode"]), int(f["decode_context_tokens"]), int(f["num_sampled"]),
-            int(f["num_prefill_chunks"]), int(f["has_cached_chunk"]))
+            nd, ctx, int(f["num_sampled"]), int(f["num_prefill_chunks"]), int(f["has_cached_chunk"]), longest)
 
 
 def _cost_model_json(f: Fit) -> dict:
     t = f.decode_table
     table = {} if t is None else {"decode_table": {
         "num_seqs": list(t.num_seqs), "intercept_s": list(t.intercept_s),
-        "per_context_token_s": list(t.per_context_token_s), "round_up": t.round_up}}
+        "per_context_token_s": list(t.per_context_token_s), "round_up": t.round_up,
+        **({"per_longest_token_s": list(t.per_longest_token_s)} if t.per_longest_token_s else {})}}
     return {"kind": "linear", "coefficients": f.coefficients, **table}
 
 
@@ -392,7 +442,8 @@ def load_samples(path: str | Path) -> list[Sample]:
         try:
             feats = current_features(r["features"]) if r["kind"] != "swap" else ()
             out.append(Sample(r["kind"], feats, float(r["duration_s"]), int(r.get("swap_copies", 0)),
-                              int(r.get("swap_bytes", 0)), float(r.get("swap_s", 0.0))))
+                              int(r.get("swap_bytes", 0)), float(r.get("swap_s", 0.0)),
+                              int(r.get("decode_context_max", 0))))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"samples file {path}: sample {i}: {exc}") from None
     return out

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Protocol, Sequence
 
-from gpu_backend.plan import BatchPlan, GroupMove
+from gpu_backend.plan import BatchPlan, DecodeStepTime, GroupMove
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +120,7 @@ class BatchShape:
     num_sampled: int = 0                    # sequences producing a token (each needs the LM head)
     num_prefill_chunks: int = 0             # prefill chunks (each costs the executor its own attention call)
     num_cached_chunks: int = 0              # of those, chunks over cached tokens (the paged prefill kernel)
+    decode_context_max: int = 0             # the longest decode's context
 
     @property
     def num_tokens(self) -> int:
@@ -140,7 +141,11 @@ class BatchShape:
             sampled += c.samples
             cached += c.start > 0
         nd = plan.num_decode
-        return cls(p_tokens, pairs, kv_read, nd, plan.decode_context_sum, sampled + nd, len(plan.prefills), cached)
+        longest = plan.decode_context_max
+        if not longest and nd:     # a plan that does not state it: the mean, the least the longest can be
+            longest = -(-plan.decode_context_sum // nd)
+        return cls(p_tokens, pairs, kv_read, nd, plan.decode_context_sum, sampled + nd, len(plan.prefills), cached,
+                   longest)
 
 
 def copy_time(moves: Sequence[GroupMove], latency_s: float, bytes_per_block: int, bandwidth: float) -> float:
@@ -154,8 +159,8 @@ def copy_time(moves: Sequence[GroupMove], latency_s: float, bytes_per_block: int
 class CostModel(Protocol):
     def compute_time(self, shape: BatchShape) -> float: ...
 
-    def decode_affine(self, num_seqs: int) -> tuple[float, float]:
-        """(a, b) with ``compute_time`` of a decode-only batch of ``num_seqs`` reading S tokens = a + b*S."""
+    def decode_affine(self, num_seqs: int) -> DecodeStepTime:
+        """``compute_time`` of a decode-only batch of ``num_seqs`` sequences, affine in the contexts it reads."""
         ...
 
     def swap_time(self, moves: Sequence[GroupMove]) -> float: ...
@@ -169,8 +174,7 @@ class _AffineDecode:
         if s.prefill_tokens == 0:
             if s.num_decode == 0:
                 return 0.0
-            a, b = self.decode_affine(s.num_decode)
-            return a + b * s.decode_context_tokens
+            return self.decode_affine(s.num_decode).first(s.decode_context_tokens, s.decode_context_max)
         return self._mixed_time(s)
 
 
@@ -196,20 +200,20 @@ class RooflineCostModel(_AffineDecode):
         self._attn_s_per_pair = model.attention_flops_per_pair / device.attention_flops
         self._kv_s_per_token = model.kv_bytes_per_token / bw
         self._ctx_s_per_token = max(self._attn_s_per_pair, self._kv_s_per_token)
-        self._affine_cache: dict[int, tuple[float, float]] = {}
+        self._affine_cache: dict[int, DecodeStepTime] = {}
 
     def _linear_time(self, tokens: int, sampled: int) -> float:
         flops = self._flops_per_token * tokens + self._flops_per_sample * sampled
         t = flops / self.device.matmul_flops
         return t if t > self._weight_time else self._weight_time
 
-    def decode_affine(self, num_seqs: int) -> tuple[float, float]:
+    def decode_affine(self, num_seqs: int) -> DecodeStepTime:
         hit = self._affine_cache.get(num_seqs)
         if hit is not None:
             return hit
         a = (self.device.iteration_overhead_s + self._linear_time(num_seqs, num_seqs)
              + self._kv_s_per_token * num_seqs)
-        out = (a, self._ctx_s_per_token)
+        out = DecodeStepTime(a, self._ctx_s_per_token)
         self._affine_cache[num_seqs] = out
         return out
 
@@ -254,7 +258,8 @@ def linear_features(s: BatchShape) -> tuple[float, ...]:
 
 @dataclass(frozen=True, slots=True)
 class DecodeTable:
-    """Measured decode iterations: for each batch size, time = intercept + per-token * context tokens.
+    """Measured decode iterations: for each batch size, time = intercept + per-token * context tokens
+    (+ per-longest-token * the longest context, where the sweep timed batches of unequal contexts).
 
     Why a table: a decode step replays a CUDA graph captured for its batch size, and how
     well attention spreads over the GPU depends on the batch (one sequence of 8,000 tokens
@@ -269,31 +274,43 @@ class DecodeTable:
     intercept_s: tuple[float, ...]
     per_context_token_s: tuple[float, ...]
     round_up: bool = False
+    per_longest_token_s: tuple[float, ...] = ()     # empty: zero for every size (tables fitted before it)
 
     def __post_init__(self) -> None:
         n = len(self.num_seqs)
         if n < 2 or len(self.intercept_s) != n or len(self.per_context_token_s) != n:
             raise ValueError(f"decode table: num_seqs, intercept_s and per_context_token_s need the same length "
                              f">= 2, got {n}, {len(self.intercept_s)}, {len(self.per_context_token_s)}")
+        if self.per_longest_token_s and len(self.per_longest_token_s) != n:
+            raise ValueError(f"decode table: per_longest_token_s needs one entry per size ({n}), "
+                             f"got {len(self.per_longest_token_s)}")
         if any(b <= a for a, b in zip(self.num_seqs, self.num_seqs[1:])) or self.num_seqs[0] < 1:
             raise ValueError(f"decode table: num_seqs must rise from >= 1, got {list(self.num_seqs)}")
-        bad = [v for v in (*self.intercept_s, *self.per_context_token_s) if not (v >= 0 and math.isfinite(v))]
+        bad = [v for v in (*self.intercept_s, *self.per_context_token_s, *self.per_longest_token_s)
+               if not (v >= 0 and math.isfinite(v))]
         if bad:
             raise ValueError(f"decode table: times must be finite and >= 0, got {bad[0]}")
 
-    def affine(self, num_seqs: int) -> tuple[float, float]:
+    def _longest(self, i: int) -> float:
+        return self.per_longest_token_s[i] if self.per_longest_token_s else 0.0
+
+    def affine(self, num_seqs: int) -> DecodeStepTime:
         xs = self.num_seqs
         if num_seqs <= xs[0]:
-            return self.intercept_s[0], self.per_context_token_s[0]
+            return DecodeStepTime(self.intercept_s[0], self.per_context_token_s[0], self._longest(0))
         i = 1
         while i < len(xs) - 1 and xs[i] < num_seqs:
             i += 1
         if self.round_up and num_seqs <= xs[i]:
-            return self.intercept_s[i], self.per_context_token_s[i]
+            return DecodeStepTime(self.intercept_s[i], self.per_context_token_s[i], self._longest(i))
         f = (num_seqs - xs[i - 1]) / (xs[i] - xs[i - 1])
-        a0, a1 = self.intercept_s[i - 1], self.intercept_s[i]
-        b0, b1 = self.per_context_token_s[i - 1], self.per_context_token_s[i]
-        return max(a0 + f * (a1 - a0), 0.0), max(b0 + f * (b1 - b0), 0.0)
+
+        def lerp(v0: float, v1: float) -> float:
+            return max(v0 + f * (v1 - v0), 0.0)
+
+        return DecodeStepTime(lerp(self.intercept_s[i - 1], self.intercept_s[i]),
+                              lerp(self.per_context_token_s[i - 1], self.per_context_token_s[i]),
+                              lerp(self._longest(i - 1), self._longest(i)))
 
 
 class LinearCostModel(_AffineDecode):
@@ -320,9 +337,9 @@ class LinearCostModel(_AffineDecode):
         self.host_bandwidth = host_bandwidth
         self.bytes_per_block = bytes_per_block
         self.decode_table = decode_table
-        self._table_cache: dict[int, tuple[float, float]] = {}
+        self._table_cache: dict[int, DecodeStepTime] = {}
 
-    def decode_affine(self, num_seqs: int) -> tuple[float, float]:
+    def decode_affine(self, num_seqs: int) -> DecodeStepTime:
         if self.decode_table is not None:
             hit = self._table_cache.get(num_seqs)
             if hit is None:
@@ -330,7 +347,7 @@ class LinearCostModel(_AffineDecode):
             return hit
         c = self.c
         a = c["intercept"] + (c["num_decode"] + c["num_sampled"]) * num_seqs
-        return a, c["decode_context_tokens"]
+        return DecodeStepTime(a, c["decode_context_tokens"])
 
     def _mixed_time(self, s: BatchShape) -> float:
         return sum(c * x for c, x in zip(self._vector, linear_features(s)))

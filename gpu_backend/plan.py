@@ -8,7 +8,7 @@ against the real thing by replaying identical plans.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,8 @@ class BatchPlan:
     """Everything one iteration (or, for the simulator, ``num_steps`` identical decode iterations) does.
 
     ``num_decode`` sequences decode: each computes the KV of its last token and samples the
-    next one; together they read ``decode_context_sum`` KV tokens. For executors that run
+    next one; together they read ``decode_context_sum`` KV tokens, the longest of them
+    ``decode_context_max``. For executors that run
     the model the parallel lists name them (id, position = context before the step, block
     table); a simulator's plans leave the lists empty. Swap-outs run first, then swap-ins,
     then the compute, which waits for them.
@@ -50,6 +51,7 @@ class BatchPlan:
     decode_block_tables: list[list[int]] = field(default_factory=list)
     decode_input_ids: list[int] | None = None                     # last tokens; filled for real executors
     decode_context_sum: int = 0                                   # sum over decodes of position + 1
+    decode_context_max: int = 0                                   # the largest position + 1 (0: not stated)
     swap_in: list[GroupMove] = field(default_factory=list)        # host -> GPU
     swap_out: list[GroupMove] = field(default_factory=list)       # GPU -> host
     num_steps: int = 1                                            # > 1 only for a pure decode run (simulator)
@@ -84,6 +86,29 @@ class StepResult:
     sampled_tokens: dict[int, int] | None = None   # seq_id -> token id, from real executors
 
 
+class DecodeStepTime(NamedTuple):
+    """How long a decode-only step takes, affine in what it reads: ``fixed_s + per_context_token_s *
+    context_sum + per_longest_token_s * context_max``.
+
+    Why the longest context: a decode graph splits each sequence's keys into a fixed number of
+    parts per batch size, and when all the parts fit on the GPU at once the step lasts as long
+    as the longest sequence's parts take, not as long as the sum of the contexts says. Both
+    terms grow by a constant per step (the sum by one token per sequence, the longest by one),
+    so a run of identical steps still has a closed form."""
+
+    fixed_s: float
+    per_context_token_s: float
+    per_longest_token_s: float = 0.0
+
+    def first(self, context_sum: int, context_max: int) -> float:
+        """The step's time at this context."""
+        return self.fixed_s + self.per_context_token_s * context_sum + self.per_longest_token_s * context_max
+
+    def increment(self, num_seqs: int) -> float:
+        """How much each further step of the same ``num_seqs`` sequences takes longer."""
+        return self.per_context_token_s * num_seqs + self.per_longest_token_s
+
+
 @dataclass(frozen=True, slots=True)
 class KVCapacity:
     num_gpu_blocks: int
@@ -105,6 +130,6 @@ class Executor(Protocol):
 
     def execute(self, plan: BatchPlan) -> StepResult: ...
 
-    def decode_step_affine(self, num_seqs: int) -> tuple[float, float]:
-        """(a, b): a decode-only step over ``num_seqs`` sequences reading ``S`` context tokens takes ``a + b*S``."""
+    def decode_step_affine(self, num_seqs: int) -> DecodeStepTime:
+        """A decode-only step's time over ``num_seqs`` sequences, affine in the contexts they read."""
         ...

@@ -165,7 +165,8 @@ def load_profile(name_or_path: str) -> CostProfile:
         try:
             decode_table = None if table is None else DecodeTable(
                 tuple(int(v) for v in table["num_seqs"]), tuple(float(v) for v in table["intercept_s"]),
-                tuple(float(v) for v in table["per_context_token_s"]), bool(table.get("round_up", False)))
+                tuple(float(v) for v in table["per_context_token_s"]), bool(table.get("round_up", False)),
+                tuple(float(v) for v in table.get("per_longest_token_s", ())))
             cost = LinearCostModel(coeffs, device.copy_latency_s, device.host_bandwidth, bytes_per_block,
                                    decode_table)
         except KeyError as e:

@@ -9,7 +9,7 @@ closed form, which is what makes the simulator fast enough to be an RL training 
 from __future__ import annotations
 
 from gpu_backend.cost_model import BatchShape
-from gpu_backend.plan import BatchPlan, KVCapacity, StepResult
+from gpu_backend.plan import BatchPlan, DecodeStepTime, KVCapacity, StepResult
 from gpu_backend.profiles import CostProfile, load_profile
 
 
@@ -36,7 +36,7 @@ class SimExecutor:
         return KVCapacity(self._num_gpu_blocks, self._num_host_blocks, p.block_size,
                           p.bytes_per_block, p.max_model_len)
 
-    def decode_step_affine(self, num_seqs: int) -> tuple[float, float]:
+    def decode_step_affine(self, num_seqs: int) -> DecodeStepTime:
         return self.cost.decode_affine(num_seqs)
 
     def execute(self, plan: BatchPlan) -> StepResult:
@@ -49,8 +49,9 @@ class SimExecutor:
         if plan.prefills or swap:
             raise ValueError(f"a {k}-step plan must be decode-only without swaps")
         n = plan.num_decode
-        a, b = self.cost.decode_affine(n)
-        first = a + b * plan.decode_context_sum
-        inc = b * n
+        step = self.cost.decode_affine(n)
+        longest = plan.decode_context_max or -(-plan.decode_context_sum // n)   # unstated: the mean, as BatchShape
+        first = step.first(plan.decode_context_sum, longest)
+        inc = step.increment(n)
         compute = k * first + inc * (k * (k - 1) / 2)
         return StepResult(compute, compute, 0.0, first, inc)

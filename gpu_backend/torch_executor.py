@@ -30,7 +30,7 @@ from gpu_backend.llama_forward import ForwardBatch, LlamaForward, PrefillSegment
 from gpu_backend.mixed_graphs import MixedGraphs
 from gpu_backend.paged_prefill import DevicePrefillTiles, PrefillTiles, compile_kernel_variants, triton
 from gpu_backend.models import LlamaWeights, load_weights
-from gpu_backend.plan import BatchPlan, KVCapacity, StepResult
+from gpu_backend.plan import BatchPlan, DecodeStepTime, KVCapacity, StepResult
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -157,7 +157,7 @@ class TorchExecutor:
         return KVCapacity(s.num_gpu_blocks, s.num_host_blocks, self.block_size, s.bytes_per_block,
                           self.max_model_len)
 
-    def decode_step_affine(self, num_seqs: int) -> tuple[float, float]:
+    def decode_step_affine(self, num_seqs: int) -> DecodeStepTime:
         raise NotImplementedError("TorchExecutor runs one measured iteration at a time "
                                   "(supports_multi_step is False); it has no closed-form decode time")
 

@@ -40,7 +40,6 @@ class IterationRecord:
 
     plan_copy: Any          # a BatchPlan with the counts and moves of the real one (tables not kept)
     measured_s: float
-    decode_context_max: int = 0   # the longest decode's context (the plan copy keeps only the sum)
 
 
 class RecordingExecutor:
@@ -66,10 +65,13 @@ class RecordingExecutor:
         copy = BatchPlan(
             prefills=[PrefillChunk(c.seq_id, c.start, c.num_tokens, [], c.samples) for c in plan.prefills],
             num_decode=plan.num_decode, decode_context_sum=plan.decode_context_sum,
-            swap_in=list(plan.swap_in), swap_out=list(plan.swap_out))
-        longest = max(plan.decode_positions) + 1 if plan.decode_positions else 0
-        self.records.append(IterationRecord(copy, res.duration_s, int(longest)))
+            decode_context_max=plan.decode_context_max, swap_in=list(plan.swap_in), swap_out=list(plan.swap_out))
+        self.records.append(IterationRecord(copy, res.duration_s))
         return res
+
+
+END_TO_END_KEYS = ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s", "e2e_p99_s",
+                   "throughput_tok_s")
 
 
 def _ape_stats(pred: np.ndarray, real: np.ndarray) -> dict[str, float]:
@@ -94,7 +96,7 @@ def _plan_record(r: IterationRecord) -> dict:
     plan = r.plan_copy
     return {"s": r.measured_s, "prefills": [[c.start, c.num_tokens, int(c.samples)] for c in plan.prefills],
             "num_decode": plan.num_decode, "decode_context_sum": plan.decode_context_sum,
-            "decode_context_max": r.decode_context_max,
+            "decode_context_max": plan.decode_context_max,
             "swap_in": [[m.src_start, m.dst_start, m.num_blocks] for m in plan.swap_in],
             "swap_out": [[m.src_start, m.dst_start, m.num_blocks] for m in plan.swap_out]}
 
@@ -104,6 +106,7 @@ def _record_plan(rec: dict):
 
     return BatchPlan(prefills=[PrefillChunk(i, st, n, [], bool(smp)) for i, (st, n, smp) in enumerate(rec["prefills"])],
                      num_decode=rec["num_decode"], decode_context_sum=rec["decode_context_sum"],
+                     decode_context_max=rec.get("decode_context_max", 0),
                      swap_in=[GroupMove(*m) for m in rec["swap_in"]], swap_out=[GroupMove(*m) for m in rec["swap_out"]])
 
 
@@ -149,17 +152,18 @@ def _real_run(args: argparse.Namespace, profile) -> dict:
     gpu_blocks = min(cap.num_gpu_blocks, profile.num_gpu_blocks)
     host_blocks = min(cap.num_host_blocks, profile.num_host_blocks)
     config = _config(settings, gpu_blocks, host_blocks)
+    kvb = cap.bytes_per_block // cap.block_size
+    warmup_metrics = []
     for _ in range(args.warmup_runs):   # compiles kernels and warms the allocator for the shapes the run meets
         warm = ServingEngine(real_ex, make_policy(args.policy), config)
         warm.load(specs)
-        warm.run()
+        warmup_metrics.append(compute_metrics(warm.run(), kv_bytes_per_token=kvb).to_dict())
     rec = RecordingExecutor(real_ex)
     engine = ServingEngine(rec, make_policy(args.policy), config)
     engine.load(specs)
     record = engine.run()
-    kvb = cap.bytes_per_block // cap.block_size
     return {"settings": settings, "num_gpu_blocks": gpu_blocks, "num_host_blocks": host_blocks,
-            "kv_bytes_per_token": kvb, "warmup_runs": args.warmup_runs,
+            "kv_bytes_per_token": kvb, "warmup_runs": args.warmup_runs, "warmup_metrics": warmup_metrics,
             "metrics": compute_metrics(record, kv_bytes_per_token=kvb).to_dict(), "iterations": engine.iteration,
             "records": [_plan_record(r) for r in rec.records]}
 
@@ -187,14 +191,25 @@ def judge(real: dict, profile) -> dict:
     sim_record = sim_engine.run()
     m_real = real["metrics"]
     m_sim = compute_metrics(sim_record, kv_bytes_per_token=real["kv_bytes_per_token"]).to_dict()
-    keys = ("ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s", "e2e_p99_s", "throughput_tok_s")
     end_to_end = {k: {"real": m_real.get(k), "sim": m_sim.get(k), "error": _rel(m_sim.get(k), m_real.get(k))}
-                  for k in keys}
+                  for k in END_TO_END_KEYS}
     return {**{k: settings[k] for k in ("workload", "policy", "model", "preemption")}, "profile": profile.name,
             "num_requests": len(specs), "num_gpu_blocks": gpu_blocks, "num_host_blocks": host_blocks,
             "per_iteration": per_iteration, "per_iteration_by_kind": by_kind, "end_to_end": end_to_end,
             "preemptions": {"real": m_real.get("preemptions"), "sim": m_sim.get("preemptions")},
-            "iterations": {"real": real["iterations"], "sim": sim_engine.iteration}}
+            "iterations": {"real": real["iterations"], "sim": sim_engine.iteration},
+            "real_repeat": real_repeat(real)}
+
+
+def real_repeat(real: dict) -> dict | None:
+    """How far the recorded real run is from the last warm-up run of the same workload (same
+    machine, same plans up to timing): the hardware's own run-to-run spread, the floor under any
+    simulator's end-to-end error. None unless there were two or more warm-ups (the first compiles)."""
+    warm = real.get("warmup_metrics") or []
+    if len(warm) < 2:
+        return None
+    m_real, m_warm = real["metrics"], warm[-1]
+    return {k: _rel(m_warm.get(k), m_real.get(k)) for k in END_TO_END_KEYS}
 
 
 def _print_report(out: dict) -> None:
@@ -205,10 +220,16 @@ def _print_report(out: dict) -> None:
     print(f"per iteration ({per_iteration['iterations']} plans): MAPE {per_iteration['mape']:.1%}, "
           f"p50 {per_iteration['p50']:.1%}, p99 {per_iteration['p99']:.1%}, total time {per_iteration['total_error']:.1%}"
           + "".join(f"; {k} MAPE {v['mape']:.1%} ({v['iterations']})" for k, v in out["per_iteration_by_kind"].items()))
-    print(f"{'metric':<18} {'real':>10} {'sim':>10} {'error':>7}")
+    repeat = out.get("real_repeat")
+    print(f"{'metric':<18} {'real':>10} {'sim':>10} {'error':>7}" + (f" {'real again':>10}" if repeat else ""))
     for k, v in out["end_to_end"].items():
         err = "-" if v["error"] is None else f"{v['error']:.1%}"
-        print(f"{k:<18} {_num(v['real']):>10} {_num(v['sim']):>10} {err:>7}")
+        again = ""
+        if repeat:
+            again = f" {'-' if repeat[k] is None else format(repeat[k], '.1%'):>10}"
+        print(f"{k:<18} {_num(v['real']):>10} {_num(v['sim']):>10} {err:>7}{again}")
+    if repeat:
+        print("real again: the last unrecorded warm-up run against the recorded one (the hardware's own spread)")
     print(f"preemptions real {out['preemptions']['real']}, sim {out['preemptions']['sim']}; iterations real "
           f"{out['iterations']['real']}, sim {out['iterations']['sim']}")
 

@@ -3,6 +3,7 @@ batching rules, and the closed-form decode runs against one-iteration stepping."
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -16,9 +17,11 @@ from envs.request import RequestSpec
 from envs.tokens import ConcatTokens, UniqueTokens
 from envs.workloads import get_workload, retime_poisson
 from gpu_backend.cost_model import BatchShape
+from gpu_backend.profiles import PROFILE_DIR
 from gpu_backend.sim_executor import SimExecutor
 
 PROFILE = "h100-llama-8b"
+FITTED_1B = PROFILE_DIR / "fitted" / "h200-llama-1b-fitted.json"
 
 
 def spec(i, t, prompt, out, client=0, **kw):
@@ -26,8 +29,8 @@ def spec(i, t, prompt, out, client=0, **kw):
     return RequestSpec(i, client, t, src, out, **kw)
 
 
-def run(specs, policy="fcfs", check=False, **cfg):
-    eng = ServingEngine(SimExecutor(PROFILE), make_policy(policy), EngineConfig(**cfg))
+def run(specs, policy="fcfs", check=False, profile=PROFILE, **cfg):
+    eng = ServingEngine(SimExecutor(profile), make_policy(policy), EngineConfig(**cfg))
     eng.load(specs)
     while not eng.done:
         eng.step()
@@ -48,8 +51,7 @@ def test_single_request_times_are_the_cost_model_sums():
     assert rec.first_token_time == pytest.approx(prefill, rel=1e-12)
     t = prefill
     for i in range(4):  # decodes read 101, 102, 103, 104 tokens of context
-        a, b = c.decode_affine(1)
-        t += a + b * (101 + i)
+        t += c.decode_affine(1).first(101 + i, 101 + i)
     assert rec.finish_time == pytest.approx(t, rel=1e-12)
     assert eng.iteration == 5
     assert rec.num_output_tokens == 5
@@ -176,6 +178,7 @@ def test_multi_turn_children_arrive_after_their_parent():
 def _compare(specs, policy="fcfs", **cfg):
     fast = run(specs, policy, multi_step=True, **cfg)
     slow = run(specs, policy, multi_step=False, **cfg)
+    assert fast.counters.busy_time_s == pytest.approx(slow.counters.busy_time_s, rel=1e-9)
     assert fast.iteration == slow.iteration
     assert len(fast.records) == len(slow.records)
     for a, b in zip(fast.records, slow.records):
@@ -220,6 +223,44 @@ def test_closed_form_runs_equal_stepping_for_every_policy():
     specs = retime_poisson(get_workload("azure-conv").generate(0, 150), 10.0, 2)
     for policy in ("fcfs", "sjf", "srtf"):
         _compare(specs, policy)
+
+
+@pytest.fixture
+def longest_context_profile(tmp_path):
+    """A fitted profile whose decode steps also cost per token of the longest context."""
+    data = json.loads(FITTED_1B.read_text())
+    table = data["cost_model"]["decode_table"]
+    table["per_longest_token_s"] = [2e-8 * (1 + i % 3) for i in range(len(table["num_seqs"]))]
+    path = tmp_path / "longest.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_closed_form_runs_and_the_decode_group_track_the_longest_context(longest_context_profile):
+    # stepping computes each step's longest context from the requests; the group and the closed form
+    # keep it as a heap and a per-step increment: the times must agree
+    specs = retime_poisson(get_workload("arena-27").generate(0, 300), 12.0, 4)
+    fast, slow = _compare(specs, profile=longest_context_profile, num_gpu_blocks=400)
+    plain = run(specs, multi_step=False, num_gpu_blocks=400, profile=str(FITTED_1B))
+    assert fast.counters.busy_time_s > plain.counters.busy_time_s       # the longest context costs time
+    eager = run(specs, profile=longest_context_profile, lazy_block_ids=False, num_gpu_blocks=400)
+    times = [t for r in fast.records for t in (r.first_token_time, r.finish_time)]
+    assert [t for r in eager.records for t in (r.first_token_time, r.finish_time)] == pytest.approx(times, rel=1e-9)
+
+
+def test_decode_group_longest_context_is_its_members_longest(longest_context_profile):
+    specs = retime_poisson(get_workload("shared-doc-qa").generate(1, 150), 6.0, 2)
+    eng = ServingEngine(SimExecutor(longest_context_profile), make_policy("fcfs"), EngineConfig(num_gpu_blocks=2000))
+    eng.load(specs)
+    checked = 0
+    while not eng.done:
+        eng.step()
+        g = eng._group
+        if g is not None and g.size:
+            truth = max(r.num_computed_tokens + 1 + g.steps - g.joined[rid][0] for rid, r in g.members.items())
+            assert g.context_max == truth
+            checked += 1
+    assert checked > 0
 
 
 def test_same_workload_same_records():

@@ -124,14 +124,15 @@ def test_roofline_decode_is_weight_bound_at_small_batch():
 def test_roofline_attention_memory_bound_device():
     dev = DeviceSpec("toy", 10**6, 1000.0, 1e6, 6400.0, 100.0, 0.5, 2.0)   # 0.01 s per pair < 0.032
     cm = RooflineCostModel(TINY, dev, block_size=4)
-    assert cm.decode_affine(3) == pytest.approx((2.0 + 2.544 + 3 * 0.032, 0.032), rel=REL)
+    assert cm.decode_affine(3) == pytest.approx((2.0 + 2.544 + 3 * 0.032, 0.032, 0.0), rel=REL)
     assert cm.compute_time(decode_shape(3, 50)) == pytest.approx(2.0 + 2.544 + 3 * 0.032 + 50 * 0.032, rel=REL)
 
 
 @pytest.mark.parametrize("n, ctx", [(1, 1), (3, 57), (64, 4096), (1033, 99999)])
 def test_decode_affine_is_compute_time_for_decode_batches(n, ctx):
     for cm in (RooflineCostModel(TINY, TINY_DEV, 4), RooflineCostModel(LLAMA_8B, TINY_DEV, 16)):
-        a, b = cm.decode_affine(n)
+        a, b, longest = cm.decode_affine(n)
+        assert longest == 0.0                   # the roofline reads KV at one rate, however it is spread
         assert cm.compute_time(decode_shape(n, ctx)) == a + b * ctx
         # and it is the general formula with no prefill: overhead + linear + attention + KV write
         dev, m = cm.device, cm.model
@@ -148,10 +149,11 @@ def test_roofline_prefill_and_mixed_batch():
     plan = BatchPlan(prefills=[PrefillChunk(7, start=4, num_tokens=6, block_table=[0, 1, 2], samples=True)],
                      decode_seq_ids=[1, 2], decode_positions=[9, 9], decode_context_sum=20)
     s = BatchShape.from_plan(plan)
-    # pairs: 6 * (4 + 7/2) = 45; KV read: 4 + 6 = 10; 8 tokens; 1 + 2 sampled; the chunk is over 4 cached tokens
+        # pairs: 6 * (4 + 7/2) = 45; KV read: 4 + 6 = 10; 8 tokens; 1 + 2 sampled; the chunk is over 4 cached tokens;
+    # the plan does not state its longest decode context: the mean stands in
     assert s == BatchShape(prefill_tokens=6, prefill_attention_pairs=45.0, prefill_kv_read_tokens=10,
                            num_decode=2, decode_context_tokens=20, num_sampled=3, num_prefill_chunks=1,
-                           num_cached_chunks=1)
+                           num_cached_chunks=1, decode_context_max=10)
     assert s.num_tokens == 8
     # 2 overhead + max(2.544, (8*2304 + 3*160)/1e6) + max(0.1*(45+20), 0.032*(10+20)) + 0.032*8
     assert cm.compute_time(s) == pytest.approx(2.0 + 2.544 + 6.5 + 0.256, rel=REL)
@@ -189,7 +191,7 @@ def test_linear_cost_model_formula():
     prefill_only = BatchShape(prefill_tokens=10, prefill_attention_pairs=100.0, prefill_kv_read_tokens=20,
                               num_sampled=1, num_prefill_chunks=2)
     assert cm.compute_time(prefill_only) == 1 + 2 * 10 + 3 * 100 + 5 * 20 + 13 + 17 + 19 * 2
-    assert cm.decode_affine(3) == (1 + (7 + 13) * 3, 11.0)
+    assert cm.decode_affine(3) == (1 + (7 + 13) * 3, 11.0, 0.0)
     assert cm.compute_time(decode_shape(3, 40)) == 1 + 7 * 3 + 13 * 3 + 11 * 40
     assert cm.compute_time(BatchShape()) == 0.0
     assert cm.swap_time([GroupMove(0, 0, 4), GroupMove(8, 8, 4)]) == 2 * 0.25 + 8 * 32 / 64.0
@@ -355,17 +357,17 @@ def test_invalid_json_and_wrong_top_level(tmp_path):
 
 def test_decode_table_interpolates_and_refuses_bad_tables():
     t = DecodeTable((1, 8, 64), (1.0, 2.0, 4.0), (0.5, 0.25, 0.125))
-    assert t.affine(1) == (1.0, 0.5) and t.affine(8) == (2.0, 0.25)
-    assert t.affine(36) == (3.0, 0.1875)                 # half way from 8 to 64
-    assert t.affine(120) == (6.0, 0.0)                   # extrapolated from the last two, never negative
+    assert t.affine(1) == (1.0, 0.5, 0.0) and t.affine(8) == (2.0, 0.25, 0.0)
+    assert t.affine(36) == (3.0, 0.1875, 0.0)               # half way from 8 to 64
+    assert t.affine(120) == (6.0, 0.0, 0.0)                 # extrapolated from the last two, never negative
     cm = LinearCostModel(COEFFS, 1.0, 1.0, 1, t)
-    assert cm.decode_affine(36) == (3.0, 0.1875)
+    assert cm.decode_affine(36) == (3.0, 0.1875, 0.0)
     assert cm.compute_time(decode_shape(36, 100)) == 3.0 + 0.1875 * 100
     # a table measured at every graph size: sizes between rows cost what the next larger row costs
     up = DecodeTable((1, 8, 64), (1.0, 2.0, 4.0), (0.5, 0.25, 0.125), round_up=True)
-    assert up.affine(1) == (1.0, 0.5) and up.affine(2) == (2.0, 0.25) and up.affine(8) == (2.0, 0.25)
-    assert up.affine(9) == (4.0, 0.125) and up.affine(64) == (4.0, 0.125)
-    assert up.affine(120) == (6.0, 0.0)                  # past the largest: extrapolated as before
+    assert up.affine(1) == (1.0, 0.5, 0.0) and up.affine(2) == (2.0, 0.25, 0.0) and up.affine(8) == (2.0, 0.25, 0.0)
+    assert up.affine(9) == (4.0, 0.125, 0.0) and up.affine(64) == (4.0, 0.125, 0.0)
+    assert up.affine(120) == (6.0, 0.0, 0.0)                # past the largest: extrapolated as before
     with pytest.raises(ValueError, match=r"num_seqs must rise from >= 1, got \[8, 8\]"):
         DecodeTable((8, 8), (1.0, 1.0), (1.0, 1.0))
     with pytest.raises(ValueError, match="the same length >= 2, got 2, 1, 2"):

@@ -57,7 +57,8 @@ def test_multi_step_decode_equals_single_steps(executor, positions, k):
     assert multi.step_first_s == pytest.approx(singles[0].duration_s, rel=REL)
     assert multi.step_increment_s == pytest.approx(singles[1].duration_s - singles[0].duration_s, rel=1e-9)
     # the increment is exactly b * n: every sequence reads one more KV token per step
-    a, b = executor.decode_step_affine(n)
+    a, b, longest = executor.decode_step_affine(n)
+    assert longest == 0.0
     assert multi.step_increment_s == b * n
     assert multi.step_first_s == a + b * (sum(positions) + n)
     for i, s in enumerate(singles):

@@ -88,8 +88,45 @@ def test_fit_tables_decode_per_batch_size_and_fits_the_rest_linearly():
     assert not fit(samples, graph_sizes=(1, 8, 16, 64)).decode_table.round_up
     # between measured sizes the line is interpolated: 36 sequences are half way from 8 to 64
     model = LinearCostModel(f.coefficients, 1.0, 1.0, 1, t)
-    a, b = model.decode_affine(36)
+    a, b, _ = model.decode_affine(36)
     assert a == pytest.approx(1.25e-3, rel=1e-6) and b == pytest.approx(9e-9, rel=1e-6)
+
+
+def test_fit_adds_the_longest_context_where_the_sweep_timed_unequal_batches():
+    """A graph's batch lasts as long as its longest sequence's share of the GPU takes: with batches
+    of unequal contexts in a graph's row, the row gains a cost per token of the longest context."""
+    rows = {1: (1.0e-3, 3e-8, 0.0), 8: (1.1e-3, 1e-8, 2e-8), 64: (1.4e-3, 8e-9, 5e-8)}   # (a, per sum, per longest)
+
+    def sample(kind, ctxs, n):
+        a, b, c = rows[n]
+        return Sample(kind, (1.0, 0.0, 0.0, 0.0, len(ctxs), sum(ctxs), len(ctxs), 0.0, 0.0, 0.0, 0.0, 0.0),
+                      a + b * sum(ctxs) + c * max(ctxs), decode_context_max=max(ctxs))
+
+    samples = []
+    for n, smaller in ((1, 0), (8, 1), (64, 8)):
+        for ctx in (128, 2048, 8192):
+            samples.append(sample("decode", [ctx] * n, n))
+            if n > 1:
+                samples.append(sample("decode_unequal", [ctx] * (smaller + 1), n))    # runs in n's graph
+                samples.append(sample("decode_unequal", [ctx] * (n - n // 2) + [ctx // 4] * (n // 2), n))
+    mixed = [Sample("mixed", (1.0, 16.0 * i, 0.0, 16.0 * i, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0), 1e-3 + 2e-6 * i)
+             for i in range(1, 20)]
+    t = fit(samples + mixed, graph_sizes=(1, 8, 64)).decode_table
+    assert t.round_up and t.num_seqs == (1, 8, 64)
+    for i, (a, b, c) in enumerate(rows.values()):
+        if i == 0:      # one sequence: the sum is the longest, the two costs are one
+            assert t.intercept_s[0] == pytest.approx(a, rel=1e-6)
+            assert t.per_context_token_s[0] + t.per_longest_token_s[0] == pytest.approx(b, rel=1e-6)
+            continue
+        assert (t.intercept_s[i], t.per_context_token_s[i], t.per_longest_token_s[i]) == pytest.approx((a, b, c), rel=1e-6)
+    # the padded batches (2 and 9 sequences) were fitted into the rows of the graphs they run in
+    model = LinearCostModel(dict.fromkeys(LINEAR_FEATURES, 0.0), 1.0, 1.0, 1, t)
+    assert model.compute_time(BatchShape(num_decode=9, decode_context_tokens=9 * 500, num_sampled=9,
+                                         decode_context_max=500)) == pytest.approx(1.4e-3 + 8e-9 * 4500 + 5e-8 * 500)
+    # equal contexts only (no unequal batches): the table keeps one cost per context token
+    plain = fit([s for s in samples if s.kind == "decode"] + mixed, graph_sizes=(1, 8, 64)).decode_table
+    assert plain.per_longest_token_s == ()
+    assert plain.per_context_token_s[1] == pytest.approx((2e-8 + 8 * 1e-8) / 8, rel=1e-6)
 
 
 def test_default_sweep_times_every_decode_graph_size():
@@ -142,7 +179,7 @@ def test_shipped_fitted_profiles_describe_our_models(model):
     assert prof.model == model_dims(model).shape(2)           # the shape the real executor runs, in bf16
     assert prof.bytes_per_block == model_dims(model).kv_bytes_per_token(2) * prof.block_size
     assert all(v >= 0 for v in prof.cost.c.values())
-    a, b = prof.cost.decode_affine(64)
+    a, b, _ = prof.cost.decode_affine(64)
     assert a > 0 and b > 0                                   # decode time grows with the context read
 
 
@@ -164,15 +201,24 @@ def test_sweep_grows_decode_tables_in_place_as_serving_does():
             return self.inner.execute(plan)
 
     spy = Spy(TorchExecutor("tiny", device="cpu", num_gpu_blocks=256, num_host_blocks=0, max_model_len=512))
-    measure(spy, Sweep(decode_batches=(3,), decode_contexts=(30,), prefill_tokens=(), prefill_starts=(),
-                       prefill_batches=(), mixed=(), prefix_chunks=(), swap_groups=(), repeats=3, warmup=2),
-            log=lambda *a: None)
-    assert len(spy.decodes) == 5
-    assert len({d[0] for d in spy.decodes}) == 1 and len({tuple(d[1]) for d in spy.decodes}) == 1
-    # positions 30..34 staggered by sequence; each table covers exactly its position's block (16 tokens)
+    samples = measure(spy, Sweep(decode_batches=(1, 3), decode_contexts=(30,), prefill_tokens=(), prefill_starts=(),
+                                 prefill_batches=(), mixed=(), prefix_chunks=(), swap_groups=(), repeats=3, warmup=2),
+                      log=lambda *a: None)
+    # size 1: one batch; size 3: equal contexts, then 2 sequences (padded to the graph of 3), then
+    # 2 sequences at 30 and 1 at a quarter of it; each sample is the middle timed step's (the fourth:
+    # positions + 3, contexts + 4)
+    assert [(s.kind, s.features[4], s.features[5], s.decode_context_max) for s in samples] == [
+        ("decode", 1, 34, 34), ("decode", 3, 34 + 35 + 36, 36), ("decode_unequal", 2, 34 + 35, 35),
+        ("decode_unequal", 3, 34 + 35 + 13, 35)]
+    runs = [spy.decodes[i:i + 5] for i in range(0, 20, 5)]
+    assert len(spy.decodes) == 20
+    for run in runs:    # each batch: one set of sequences, one live list per sequence for all five steps
+        assert len({d[0] for d in run}) == 1 and len({tuple(d[1]) for d in run}) == 1
+    # positions staggered by sequence; each table covers exactly its position's block (16 tokens)
     for _, _, lens, pos in spy.decodes:
         assert lens == [p // 16 + 1 for p in pos]
-    assert [d[3] for d in spy.decodes] == [[30 + k, 31 + k, 32 + k] for k in range(5)]
+    assert [d[3] for d in runs[1]] == [[30 + k, 31 + k, 32 + k] for k in range(5)]
+    assert [d[3] for d in runs[3]] == [[30 + k, 31 + k, 9 + k] for k in range(5)]
 
 
 def test_older_samples_files_are_refitted_with_todays_features(tmp_path):

@@ -26,7 +26,7 @@ def test_fidelity_compares_identical_plans_and_whole_runs(tmp_path, capsys):
     out = tmp_path / "fid.json"
     args = build_parser().parse_args(
         ["fidelity", "--workload", "vtc-overload-2", "--model", "tiny", "--device", "cpu", "--profile", str(prof),
-         "-n", "4", "--num-gpu-blocks", "40", "--preemption", "swap", "--json", str(out)])
+         "-n", "4", "--num-gpu-blocks", "40", "--preemption", "swap", "--warmup-runs", "2", "--json", str(out)])
     assert args.func(args) == 0
     data = json.loads(out.read_text())
     assert data["num_gpu_blocks"] == 40 and data["num_host_blocks"] == 64
@@ -37,10 +37,19 @@ def test_fidelity_compares_identical_plans_and_whole_runs(tmp_path, capsys):
                                        "e2e_p99_s", "throughput_tok_s"}
     for v in data["end_to_end"].values():
         assert v["real"] > 0 and v["sim"] > 0 and v["error"] == abs(v["sim"] - v["real"]) / v["real"]
-    assert "per iteration" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "per iteration" in printed and "real again" in printed
     real = data["real_run"]
-    assert real["warmup_runs"] == 1 and len(real["records"]) == data["iterations"]["real"]
+    assert real["warmup_runs"] == 2 and len(real["records"]) == data["iterations"]["real"]
     assert all(r["s"] > 0 for r in real["records"])
+    decodes = [r for r in real["records"] if r["num_decode"]]
+    assert decodes and all(r["decode_context_max"] * r["num_decode"] >= r["decode_context_sum"] >= r["num_decode"]
+                           for r in decodes)
+    # the second warm-up repeats the recorded run: their spread is reported beside the errors
+    assert len(real["warmup_metrics"]) == 2
+    again_warm = real["warmup_metrics"][-1]
+    assert data["real_repeat"] == {k: abs(again_warm[k] - real["metrics"][k]) / real["metrics"][k]
+                                   for k in data["end_to_end"]}
 
     # the kept real run judges a profile again without the executor: the same report
     replayed = tmp_path / "replayed.json"
