@@ -40,7 +40,7 @@ from envs.records import EngineCounters, ItlLog, RunRecord
 from envs.request import RequestSpec
 from envs.scheduler import BatchScheduler, ScheduledWork
 from gpu_backend.kv_manager import KVCacheManager
-from gpu_backend.plan import BatchPlan, Executor
+from gpu_backend.plan import Executor
 
 _WAITING = RequestState.WAITING
 _RUNNING = RequestState.RUNNING

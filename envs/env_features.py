@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from envs.live_request import Request, RequestState
 
 REQUEST_FEATURES = (

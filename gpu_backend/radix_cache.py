@@ -263,7 +263,6 @@ class RadixCache:
         """Tree shape, counters and locks; ``expected_locks`` maps id(node) -> locks placed on it directly."""
         cached = 0
         locked = 0
-        direct: dict[int, int] = {}
         order: list[RadixNode] = []
         stack = [self.root]
         while stack:

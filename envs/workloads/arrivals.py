@@ -188,7 +188,7 @@ class Ramp(ArrivalProcess):
         _check_non_negative("Ramp", "rate_end", self.rate_end)
         _check_positive("Ramp", "duration_s", self.duration_s)
         if max(self.rate_start, self.rate_end) <= 0.0:
-            raise ValueError(f"Ramp: rate_start and rate_end are both 0; the client would never send")
+            raise ValueError("Ramp: rate_start and rate_end are both 0; the client would never send")
 
     def rate_at(self, t: np.ndarray | float) -> np.ndarray:
         frac = np.clip(np.asarray(t, dtype=np.float64) / self.duration_s, 0.0, 1.0)
