@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from gpu_backend.cost_model import LINEAR_FEATURES, BatchShape, DecodeTable, LinearCostModel, linear_features
-from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
+from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk, longest_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,8 +327,8 @@ def fit_decode_table(samples: list[Sample], graph_sizes: tuple[int, ...] | None 
     for s in decode:
         nd = int(s.features[nd_col])
         if s.kind == "decode" or round_up:
-            longest = s.decode_context_max or -(-s.features[ctx_col] // nd)
-            by_size.setdefault(_graph_size(nd, sizes), []).append((s.features[ctx_col], longest, s.duration_s))
+            by_size.setdefault(_graph_size(nd, sizes), []).append(
+                (s.features[ctx_col], longest_context(s.decode_context_max, s.features[ctx_col], nd), s.duration_s))
     rows = []
     for n in sorted(by_size):
         pts = np.array(by_size[n])
@@ -387,9 +387,9 @@ def _shape_args(sample: Sample) -> tuple:
     only whether there is one; a sample without its longest context: the mean)."""
     f = dict(zip(LINEAR_FEATURES, sample.features))
     nd, ctx = int(f["num_decode"]), int(f["decode_context_tokens"])
-    longest = sample.decode_context_max or (-(-ctx // nd) if nd else 0)
     return (int(f["prefill_tokens"]), f["prefill_attention_pairs"], int(f["prefill_kv_read_tokens"]),
-            nd, ctx, int(f["num_sampled"]), int(f["num_prefill_chunks"]), int(f["has_cached_chunk"]), longest)
+            nd, ctx, int(f["num_sampled"]), int(f["num_prefill_chunks"]), int(f["has_cached_chunk"]),
+            longest_context(sample.decode_context_max, ctx, nd))
 
 
 def _cost_model_json(f: Fit) -> dict:

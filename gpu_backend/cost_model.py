@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Protocol, Sequence
 
-from gpu_backend.plan import BatchPlan, DecodeStepTime, GroupMove
+from gpu_backend.plan import BatchPlan, DecodeStepTime, GroupMove, longest_context
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +141,8 @@ class BatchShape:
             sampled += c.samples
             cached += c.start > 0
         nd = plan.num_decode
-        longest = plan.decode_context_max
-        if not longest and nd:     # a plan that does not state it: the mean, the least the longest can be
-            longest = -(-plan.decode_context_sum // nd)
         return cls(p_tokens, pairs, kv_read, nd, plan.decode_context_sum, sampled + nd, len(plan.prefills), cached,
-                   longest)
+                   longest_context(plan.decode_context_max, plan.decode_context_sum, nd))
 
 
 def copy_time(moves: Sequence[GroupMove], latency_s: float, bytes_per_block: int, bandwidth: float) -> float:

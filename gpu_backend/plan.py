@@ -86,6 +86,14 @@ class StepResult:
     sampled_tokens: dict[int, int] | None = None   # seq_id -> token id, from real executors
 
 
+def longest_context(context_max: int, context_sum: float, num_decode: int) -> int:
+    """The longest decode context as stated, or, where a plan or sample does not state it (0), the
+    mean: the least the longest can be. 0 without decodes."""
+    if context_max or not num_decode:
+        return int(context_max)
+    return int(-(-context_sum // num_decode))
+
+
 class DecodeStepTime(NamedTuple):
     """How long a decode-only step takes, affine in what it reads: ``fixed_s + per_context_token_s *
     context_sum + per_longest_token_s * context_max``.

@@ -9,7 +9,7 @@ closed form, which is what makes the simulator fast enough to be an RL training 
 from __future__ import annotations
 
 from gpu_backend.cost_model import BatchShape
-from gpu_backend.plan import BatchPlan, DecodeStepTime, KVCapacity, StepResult
+from gpu_backend.plan import BatchPlan, DecodeStepTime, KVCapacity, StepResult, longest_context
 from gpu_backend.profiles import CostProfile, load_profile
 
 
@@ -50,8 +50,7 @@ class SimExecutor:
             raise ValueError(f"a {k}-step plan must be decode-only without swaps")
         n = plan.num_decode
         step = self.cost.decode_affine(n)
-        longest = plan.decode_context_max or -(-plan.decode_context_sum // n)   # unstated: the mean, as BatchShape
-        first = step.first(plan.decode_context_sum, longest)
+        first = step.first(plan.decode_context_sum, longest_context(plan.decode_context_max, plan.decode_context_sum, n))
         inc = step.increment(n)
         compute = k * first + inc * (k * (k - 1) / 2)
         return StepResult(compute, compute, 0.0, first, inc)
