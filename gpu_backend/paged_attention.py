@@ -119,9 +119,9 @@ def decode_attention_torch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 if triton is not None:
     # pieces shared with the paged prefill kernel (gpu_backend.paged_prefill); Triton inlines them
     @triton.jit
-    def split_range(last, sp, TILE: tl.constexpr, NUM_SPLITS: tl.constexpr):
+    def split_range(last, sp, TILE: tl.constexpr, num_splits):
         """Program ``sp``'s share of keys [0, last): whole tiles, split evenly (flash-decoding's split-K)."""
-        per = tl.cdiv(tl.cdiv(last, TILE), NUM_SPLITS) * TILE
+        per = tl.cdiv(tl.cdiv(last, TILE), num_splits) * TILE
         lo = sp * per
         return lo, tl.minimum(last, lo + per)
 
@@ -176,7 +176,7 @@ if triton is not None:
         if NUM_SPLITS == 1:
             out = acc / l_i[:, None]
             tl.store(O + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
-                     mask=g_ok[:, None])
+                     mask=(g_ok & (offs_g * 0 + ctx > 0))[:, None])
         else:   # partial results; _decode_reduce_kernel combines the splits
             row = ((b * tl.num_programs(1) + kvh) * NUM_SPLITS + sp) * GROUP_PAD + offs_g
             tl.store(PM + row, m_i)
@@ -184,7 +184,7 @@ if triton is not None:
             tl.store(PO + row[:, None] * HEAD_DIM + offs_d[None, :], acc)
 
     @triton.jit
-    def _decode_reduce_kernel(PO, PM, PL, O, stride_ob, stride_oh,
+    def _decode_reduce_kernel(PO, PM, PL, CL, O, stride_ob, stride_oh,
                               GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                               NUM_SPLITS: tl.constexpr):
         b = tl.program_id(0)
@@ -204,7 +204,8 @@ if triton is not None:
             acc += tl.load(PO + row[:, None] * HEAD_DIM + offs_d[None, :]) * w[:, None]
         heads = kvh * GROUP + offs_g
         tl.store(O + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :],
-                 (acc / l_all[:, None]).to(O.dtype.element_ty), mask=(offs_g < GROUP)[:, None])
+                 (acc / l_all[:, None]).to(O.dtype.element_ty),
+                 mask=((offs_g < GROUP) & (offs_g * 0 + tl.load(CL + b) > 0))[:, None])
 
 
 @functools.lru_cache(maxsize=None)
@@ -265,8 +266,9 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
                             out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
     """Paged decode attention with the Triton kernel; same contract as ``decode_attention_torch``.
 
-    Every sequence must have ``context_lens >= 1``. K and V caches must share strides
-    (views of one ``PagedKVStore`` tensor do).
+    A row with ``context_lens == 0`` is skipped: its ``out`` row is left as it was (the static
+    decode range of a captured mixed iteration holds such rows). K and V caches must share
+    strides (views of one ``PagedKVStore`` tensor do).
     """
     check_kernel_inputs(q, k_cache, v_cache, out, "decode_attention_triton")
     B, H, D = q.shape
@@ -288,7 +290,7 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=D, BLOCK_SIZE=bs, BLOCKS_PER_TILE=blocks_per_tile,
         NUM_SPLITS=splits, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if splits > 1:
-        _decode_reduce_kernel[(B, kvh)](part_o, part_m, part_l, out, out.stride(0), out.stride(1),
+        _decode_reduce_kernel[(B, kvh)](part_o, part_m, part_l, context_lens, out, out.stride(0), out.stride(1),
                                         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=D, NUM_SPLITS=splits,
                                         num_warps=4)
     return out

@@ -94,6 +94,15 @@ class DevicePrefillTiles:
 
 
 if triton is not None:
+    @triton.jit
+    def live_splits(last, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Splits a tile whose keys end at ``last`` uses: at most ``NUM_SPLITS``, two key tiles each at least
+        (an empty dummy tile: one). The launch's grid is fixed (a captured graph keeps it); a tile with few
+        keys leaves its other splits idle instead of writing empty partial results."""
+        s = tl.cdiv(last, 2 * BLOCK_N)
+        s = tl.where(s > NUM_SPLITS, NUM_SPLITS, s)
+        return tl.where(s < 1, 1, s)
+
     @triton.jit(do_not_specialize=["stride_bt"])
     def _paged_prefill_kernel(Q, K, V, O, PO, PM, PL, BT, TILE_SEG, TILE_ROW, SEG_ROW, SEG_START, SEG_LEN, scale,
                               stride_qt, stride_qh, stride_kb, stride_kh, stride_ks, stride_bt, stride_ot, stride_oh,
@@ -104,63 +113,71 @@ if triton is not None:
         sp = tl.program_id(2)
         seg = tl.load(TILE_SEG + tile)
         r0 = tl.load(TILE_ROW + tile)
-        row0 = tl.load(SEG_ROW + seg)
         start = tl.load(SEG_START + seg)
         n = tl.load(SEG_LEN + seg)
-        offs_m = r0 + tl.arange(0, BLOCK_M)
-        offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, HEAD_DIM)
-        m_ok = offs_m < n
-        qpos = start + offs_m
-        q = tl.load(Q + (row0 + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
-                    mask=m_ok[:, None], other=0.0)
-        kv_head = (h // GROUP) * stride_kh
-        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         last = start + tl.minimum(r0 + BLOCK_M, n)      # keys up to this tile's last query
-        # a split can start past some rows' positions: all their keys there are masked
-        lo, hi = split_range(last, sp, BLOCK_N, NUM_SPLITS)
-        qk_scale = scale * 1.4426950408889634            # softmax in base 2
-        for k0 in range(lo, hi, BLOCK_N):
-            tok = k0 + offs_n
-            ok = tok < hi
-            k, v = load_kv_tile(K, V, BT + seg * stride_bt, tok, ok, kv_head, stride_kb, stride_ks, offs_d, BLOCK_SIZE)
-            s = tl.dot(q, tl.trans(k)) * qk_scale
-            s = tl.where((tok[None, :] <= qpos[:, None]) & ok[None, :], s, float("-inf"))
-            m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc)
-        if NUM_SPLITS == 1:
-            out = acc / l_i[:, None]
-            tl.store(O + (row0 + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
-                     out.to(O.dtype.element_ty), mask=m_ok[:, None])
-        else:   # partial results; _prefill_reduce_kernel combines the splits
-            part = ((tile * tl.num_programs(1) + h) * NUM_SPLITS + sp) * BLOCK_M + tl.arange(0, BLOCK_M)
-            tl.store(PM + part, m_i)
-            tl.store(PL + part, l_i)
-            tl.store(PO + part[:, None] * HEAD_DIM + offs_d[None, :], acc)
+        splits = live_splits(last, NUM_SPLITS, BLOCK_N)
+        if sp < splits:
+            row0 = tl.load(SEG_ROW + seg)
+            offs_m = r0 + tl.arange(0, BLOCK_M)
+            offs_n = tl.arange(0, BLOCK_N)
+            offs_d = tl.arange(0, HEAD_DIM)
+            m_ok = offs_m < n
+            qpos = start + offs_m
+            q = tl.load(Q + (row0 + offs_m)[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+                        mask=m_ok[:, None], other=0.0)
+            kv_head = (h // GROUP) * stride_kh
+            m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            l_i = tl.zeros([BLOCK_M], tl.float32)
+            acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+            # a split can start past some rows' positions: all their keys there are masked
+            lo, hi = split_range(last, sp, BLOCK_N, splits)
+            qk_scale = scale * 1.4426950408889634            # softmax in base 2
+            for k0 in range(lo, hi, BLOCK_N):
+                tok = k0 + offs_n
+                ok = tok < hi
+                k, v = load_kv_tile(K, V, BT + seg * stride_bt, tok, ok, kv_head, stride_kb, stride_ks, offs_d,
+                                    BLOCK_SIZE)
+                s = tl.dot(q, tl.trans(k)) * qk_scale
+                s = tl.where((tok[None, :] <= qpos[:, None]) & ok[None, :], s, float("-inf"))
+                m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc)
+            if splits == 1:
+                out = acc / l_i[:, None]
+                tl.store(O + (row0 + offs_m)[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+                         out.to(O.dtype.element_ty), mask=m_ok[:, None])
+            else:   # partial results; _prefill_reduce_kernel combines the splits
+                part = ((tile * tl.num_programs(1) + h) * NUM_SPLITS + sp) * BLOCK_M + tl.arange(0, BLOCK_M)
+                tl.store(PM + part, m_i)
+                tl.store(PL + part, l_i)
+                tl.store(PO + part[:, None] * HEAD_DIM + offs_d[None, :], acc)
 
     @triton.jit
-    def _prefill_reduce_kernel(PO, PM, PL, O, TILE_SEG, TILE_ROW, SEG_ROW, SEG_LEN, stride_ot, stride_oh,
-                               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, NUM_SPLITS: tl.constexpr):
+    def _prefill_reduce_kernel(PO, PM, PL, O, TILE_SEG, TILE_ROW, SEG_ROW, SEG_START, SEG_LEN, stride_ot, stride_oh,
+                               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                               NUM_SPLITS: tl.constexpr):
         tile = tl.program_id(0)
         h = tl.program_id(1)
         seg = tl.load(TILE_SEG + tile)
-        offs_m = tl.load(TILE_ROW + tile) + tl.arange(0, BLOCK_M)
-        offs_d = tl.arange(0, HEAD_DIM)
-        first = (tile * tl.num_programs(1) + h) * NUM_SPLITS
-        m_all = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        for s in tl.static_range(NUM_SPLITS):
-            m_all = tl.maximum(m_all, tl.load(PM + (first + s) * BLOCK_M + tl.arange(0, BLOCK_M)))
-        l_all = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-        for s in tl.static_range(NUM_SPLITS):
-            part = (first + s) * BLOCK_M + tl.arange(0, BLOCK_M)
-            w = tl.exp2(tl.load(PM + part) - m_all)      # a split with no key for a row: m = -inf, weight 0
-            l_all += tl.load(PL + part) * w
-            acc += tl.load(PO + part[:, None] * HEAD_DIM + offs_d[None, :]) * w[:, None]
-        rows = tl.load(SEG_ROW + seg) + offs_m
-        tl.store(O + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
-                 (acc / l_all[:, None]).to(O.dtype.element_ty), mask=(offs_m < tl.load(SEG_LEN + seg))[:, None])
+        r0 = tl.load(TILE_ROW + tile)
+        n = tl.load(SEG_LEN + seg)
+        splits = live_splits(tl.load(SEG_START + seg) + tl.minimum(r0 + BLOCK_M, n), NUM_SPLITS, BLOCK_N)
+        if splits > 1:      # one split stored its result itself
+            offs_m = r0 + tl.arange(0, BLOCK_M)
+            offs_d = tl.arange(0, HEAD_DIM)
+            first = (tile * tl.num_programs(1) + h) * NUM_SPLITS
+            m_all = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            for s in range(splits):
+                m_all = tl.maximum(m_all, tl.load(PM + (first + s) * BLOCK_M + tl.arange(0, BLOCK_M)))
+            l_all = tl.zeros([BLOCK_M], tl.float32)
+            acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+            for s in range(splits):
+                part = (first + s) * BLOCK_M + tl.arange(0, BLOCK_M)
+                w = tl.exp2(tl.load(PM + part) - m_all)      # a split with no key for a row: m = -inf, weight 0
+                l_all += tl.load(PL + part) * w
+                acc += tl.load(PO + part[:, None] * HEAD_DIM + offs_d[None, :]) * w[:, None]
+            rows = tl.load(SEG_ROW + seg) + offs_m
+            tl.store(O + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
+                     (acc / l_all[:, None]).to(O.dtype.element_ty), mask=(offs_m < n)[:, None])
 
 
 def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -182,8 +199,9 @@ def paged_prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         num_warps=4, num_stages=2)
     if splits > 1:
         _prefill_reduce_kernel[(num_tiles, H)](part_o, part_m, part_l, out, tiles.tile_seg, tiles.tile_row,
-                                               tiles.seg_row, tiles.seg_len, out.stride(0), out.stride(1),
-                                               HEAD_DIM=D, BLOCK_M=BLOCK_M, NUM_SPLITS=splits, num_warps=4)
+                                               tiles.seg_row, tiles.seg_start, tiles.seg_len, out.stride(0),
+                                               out.stride(1), HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                                               NUM_SPLITS=splits, num_warps=4)
     return out
 
 

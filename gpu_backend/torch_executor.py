@@ -11,8 +11,10 @@ One iteration: (1) swap copies, one per ``GroupMove``, on a side stream (``Paged
 the compute waiting for them; (2) one forward over the packed tokens of every prefill
 chunk and decode (``LlamaForward``) — a pure-decode batch replays a captured CUDA graph
 (``DecodeGraphs``) instead; (3) greedy sampling for every decode and every chunk that
-completes its prompt. Batches with prefill chunks replay piecewise CUDA graphs around an
-eager attention (``MixedGraphs``) up to 2,048 tokens (the engine's default token budget). Host-side inputs travel in one pinned
+completes its prompt. Batches with prefill chunks replay one captured graph per token bucket,
+attention included (``FullGraphs``), where the model is small enough for the host's launches
+to dominate; otherwise piecewise CUDA graphs around an eager attention (``MixedGraphs``), up to
+2,048 tokens (the engine's default token budget). Host-side inputs travel in one pinned
 buffer and one copy.
 """
 
@@ -27,13 +29,28 @@ from gpu_backend.block_tables import DeviceBlockTables
 from gpu_backend.decode_graphs import DecodeGraphs, bucket_sizes
 from gpu_backend.kv_store import PagedKVStore
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward, PrefillSegment
-from gpu_backend.mixed_graphs import MixedGraphs
+from gpu_backend.full_graphs import FullGraphs
+from gpu_backend.mixed_graphs import MIXED_BUCKETS, MixedGraphs
 from gpu_backend.paged_prefill import DevicePrefillTiles, PrefillTiles, compile_kernel_variants, triton
 from gpu_backend.models import LlamaWeights, load_weights
 from gpu_backend.plan import BatchPlan, DecodeStepTime, KVCapacity, StepResult
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
+
+
+# Whole-iteration graphs (``FullGraphs``) pay where launching each layer's attention from the host costs
+# more than the GPU work: an H200 ran smollm2-135m's iterations with prefill 1.1-5.7x faster with them up
+# to 2,048 tokens, llama-1b's 1.1-2.2x up to 640 tokens but 0.94x at 2,048 fresh tokens, llama-8b's 1.07-1.4x
+# up to 288 tokens and 0.94-1.0x beyond (BENCHMARKS.md). So by default they take the token buckets up to
+# this many token-parameter products (matrix parameters x tokens).
+FULL_GRAPH_TOKEN_PARAMS = 2.5e12
+
+
+def auto_full_graph_tokens(weights: LlamaWeights) -> int:
+    """The largest iteration (tokens) the whole-iteration graphs take by default for this model."""
+    params = weights.num_bytes_read_per_step / weights.lm_head.element_size()
+    return int(FULL_GRAPH_TOKEN_PARAMS // params)
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
@@ -57,7 +74,9 @@ class TorchExecutor:
     to the model's context length. ``keep_logits`` keeps every row's logits of the last
     iteration in ``last_logits`` (seq id -> [rows, vocab]; for tests) and turns graphs off.
     ``random_weights`` gives a checkpoint model (``smollm2-135m``) random weights of its shape.
-    ``tune_gemms`` (CUDA with graphs; off by default) times cuBLAS against the split-K kernel for
+    ``full_graph_max_tokens``: iterations with prefill up to this many tokens replay one captured graph
+    each, attention included (``FullGraphs``; default ``auto_full_graph_tokens``, 0 turns them off);
+    larger ones replay the piecewise graphs. ``tune_gemms`` (CUDA with graphs; off by default) times cuBLAS against the split-K kernel for
     each decode batch size of 32 rows or more before capture and keeps the faster
     (``gpu_backend.skinny_gemm``): faster in isolation on some shapes, but on an H200 the whole
     ``llama-1b`` decode step at batch 256 came out 2% slower with it (BENCHMARKS.md).
@@ -73,7 +92,7 @@ class TorchExecutor:
                  max_num_seqs: int = 256, cuda_graphs: bool = True, gpu_memory_utilization: float = 0.9,
                  activation_reserve_bytes: int = 4 * 2**30, swap_space_bytes: int | None = None,
                  seed: int = 0, keep_logits: bool = False, random_weights: bool = False,
-                 tune_gemms: bool = False):
+                 tune_gemms: bool = False, full_graph_max_tokens: int | None = None):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -128,6 +147,7 @@ class TorchExecutor:
             compile_kernel_variants(*self.store.layers[0], self.dims.num_heads, self.store.scratch_block)
         self.graphs: DecodeGraphs | None = None
         self.mixed: MixedGraphs | None = None
+        self.full: FullGraphs | None = None
         if self.is_cuda and cuda_graphs and not keep_logits:
             if tune_gemms and triton is not None:   # before capture: graphs record the chosen kernels
                 w = self.weights
@@ -136,6 +156,11 @@ class TorchExecutor:
             self.graphs = DecodeGraphs(self.model, self.tables, max_num_seqs)
             self.tables.growable = False
             self.mixed = MixedGraphs(self.model)
+            if full_graph_max_tokens is None:
+                full_graph_max_tokens = auto_full_graph_tokens(self.weights)
+            sizes = tuple(n for n in MIXED_BUCKETS if n <= full_graph_max_tokens)
+            if sizes:
+                self.full = FullGraphs(self.model, self.tables, max_num_seqs, sizes)
         self.last_swap = None
 
     def _default_gpu_blocks(self, bytes_per_block: int, util: float, reserve: int) -> int:
@@ -254,29 +279,33 @@ class TorchExecutor:
         return self._staging[:total].to(self.device, non_blocking=True), offsets
 
     # ------------------------------------------------------------------ compute
-    def _decode_inputs(self, plan: BatchPlan):
-        """Decode ids, positions and the block-table update, checked (vectorised: this runs every step)."""
+    def _decode_inputs(self, plan: BatchPlan, with_chunks: bool = False):
+        """Decode ids, positions and the block-table update, checked (vectorised: this runs every step).
+        ``with_chunks``: the prefill chunks' sequences take device table slots too (after the decodes')."""
         bs = self.block_size
         sids = plan.decode_seq_ids
         pos = np.asarray(plan.decode_positions, dtype=np.int64)
-        ids = np.asarray(plan.decode_input_ids, dtype=np.int64)
+        ids = np.asarray(plan.decode_input_ids if sids else [], dtype=np.int64)
         self._check_range(ids, self.dims.vocab_size, "decode input token id")
-        upd = self.tables.prepare(sids, plan.decode_block_tables)
         bad = np.flatnonzero((pos >= self.max_model_len) | (pos < 0))
         if bad.size:
             i = int(bad[0])
             raise ValueError(f"sequence {sids[i]}: decode at position {int(pos[i])} exceeds the model's context "
                              f"length (max_model_len {self.max_model_len})")
-        bad = np.flatnonzero(upd.lens * bs <= pos)
-        if bad.size:
-            i = int(bad[0])
-            raise ValueError(f"sequence {sids[i]}: {int(upd.lens[i])} blocks cannot hold position {int(pos[i])}")
-        if upd.upd_vals.size:
-            try:
-                self._check_range(upd.upd_vals, self.store.num_gpu_blocks, "decode block id")
-            except ValueError:
-                self.tables.forget()    # the slots took entries that were never written: start over
-                raise
+        if with_chunks:
+            upd = self.tables.prepare(list(sids) + [c.seq_id for c in plan.prefills],
+                                      list(plan.decode_block_tables) + [c.block_table for c in plan.prefills])
+        else:
+            upd = self.tables.prepare(sids, plan.decode_block_tables)
+        try:
+            bad = np.flatnonzero(upd.lens[:len(sids)] * bs <= pos)
+            if bad.size:
+                i = int(bad[0])
+                raise ValueError(f"sequence {sids[i]}: {int(upd.lens[i])} blocks cannot hold position {int(pos[i])}")
+            self._check_range(upd.upd_vals, self.store.num_gpu_blocks, "decode block id")
+        except ValueError:
+            self.tables.forget()    # the slots took entries that were never written: start over
+            raise
         return ids, pos, upd
 
     def _compute(self, plan: BatchPlan) -> tuple[torch.Tensor, list[int]]:
@@ -297,7 +326,39 @@ class TorchExecutor:
             tokens = self.graphs.run(staged[:3 * bucket], nd, bucket)
             self._end_compute()
             return tokens, list(plan.decode_seq_ids)
+        if self.full is not None:
+            got = self._compute_full(plan)
+            if got is not None:
+                return got
         return self._compute_eager(plan)
+
+    def _compute_full(self, plan: BatchPlan) -> tuple[torch.Tensor, list[int]] | None:
+        """An iteration with prefill chunks as one graph replay (``FullGraphs``); None when no bucket takes it."""
+        nd = len(plan.decode_seq_ids)
+        chunks = plan.prefills
+        num_tokens = nd + sum(c.num_tokens for c in chunks)
+        sample_ids = [c.seq_id for c in chunks if c.samples]
+        bucket = self.full.bucket(num_tokens, nd, len(chunks), nd + len(sample_ids))
+        if bucket is None:
+            return None
+        chunk_tokens = []
+        for c in chunks:     # checked before any device-table slot is taken
+            tok = np.asarray(c.token_ids, dtype=np.int64)
+            self._check_range(tok, self.dims.vocab_size, "input token id")
+            self._check_range(np.asarray(c.block_table, dtype=np.int64), self.store.num_gpu_blocks, "block id")
+            chunk_tokens.append(tok)
+        ids, pos, upd = self._decode_inputs(plan, with_chunks=True)
+        packed_chunks = [(tok, c.start, slot, c.samples)
+                         for tok, c, slot in zip(chunk_tokens, chunks, upd.slots[nd:].tolist())]
+        layout = self.full.layouts[bucket]
+        vec, num_samples = layout.pack(ids, pos, upd.slots[:nd], packed_chunks, self.tables.pad_slot)
+        staged, offsets = self._stage([vec, upd.upd_slots, upd.upd_cols, upd.upd_vals])
+        u = upd.upd_vals.size
+        self.tables.apply(*(staged[o:o + u] for o in offsets[1:]))
+        self._start_compute()
+        tokens = self.full.run(bucket, staged[:layout.length], num_samples)
+        self._end_compute()
+        return tokens, list(plan.decode_seq_ids) + sample_ids
 
     def _compute_eager(self, plan: BatchPlan) -> tuple[torch.Tensor, list[int]]:
         bs = self.block_size

@@ -128,6 +128,30 @@ def test_decode_kernel_sharing_the_pieces_matches_the_torch_path(batch, heads, k
     torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
+@pytest.mark.parametrize("splits", [1, 4])
+def test_decode_kernel_leaves_rows_of_context_zero_untouched(splits):
+    """Captured mixed iterations run the decode kernel over a static row range; rows that are not decodes
+    there carry context 0 and must keep what the prefill kernel wrote."""
+    from gpu_backend.paged_attention import decode_attention_torch, decode_attention_triton
+
+    dev = kernel_device()
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    g = torch.Generator().manual_seed(2)
+    kc = torch.randn(16, 2, 16, 16, generator=g).to(dev, dtype)
+    vc = torch.randn(16, 2, 16, 16, generator=g).to(dev, dtype)
+    q = torch.randn(4, 4, 16, generator=g).to(dev, dtype)
+    ctx = torch.tensor([40, 0, 7, 0], device=dev)
+    tables = torch.stack([torch.randperm(16, generator=g)[:3] for _ in range(4)]).to(dev)
+    out = torch.full_like(q, 5.0)
+    decode_attention_triton(q, kc, vc, tables, ctx, 0.25, out=out, config={"num_splits": splits})
+    assert bool((out[1] == 5.0).all()) and bool((out[3] == 5.0).all())
+    want = decode_attention_torch(q.float(), kc.float(), vc.float(), tables, ctx.clamp(min=1), 0.25)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(out[[0, 2]].float(), want[[0, 2]], atol=tol, rtol=tol)
+
+
 def test_split_counts_fill_two_waves_and_keep_two_key_tiles_per_split(monkeypatch):
     import gpu_backend.paged_attention as pa
     from gpu_backend.paged_prefill import prefill_splits
