@@ -73,13 +73,16 @@ class Sweep:
     # one chunk (tokens x cached tokens before it) beside decodes (count x context): the with-prefill
     # iterations a chunked-prefill engine runs most; every combination is timed
     grid_chunk_tokens: tuple = (16, 128, 512, 2048)
-    grid_chunk_starts: tuple = (0, 2048)
+    grid_chunk_starts: tuple = (0, 2048, 8192)     # 8,192: a question over a long shared document
     grid_decodes: tuple = (1, 8, 64, 192)
-    grid_decode_contexts: tuple = (1024, 4096)
+    grid_decode_contexts: tuple = (1024, 4096, 8192)
     swap_groups: tuple = (1, 4, 16, 64, 256)
     swap_copies: tuple = (1, 8)
     repeats: int = 5
     warmup: int = 2
+    # decode steps of one or two sequences last about a millisecond, and a median of five moved by
+    # 5-8% from one context to the next (two leases): decode shapes take many more, cheap, steps
+    decode_repeats: int = 25
 
 
 def shape_features(plan: BatchPlan) -> tuple:
@@ -151,7 +154,7 @@ def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
                               decode_context_max=BatchShape.from_plan(plan).decode_context_max))
 
     limit = executor.max_model_len
-    steps = sweep.warmup + sweep.repeats
+    steps = sweep.warmup + sweep.decode_repeats
     next_seq = 0
 
     def decode_batch(kind: str, ctxs: list[int]) -> None:
@@ -182,7 +185,7 @@ def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
             times.append(executor.execute(plan).duration_s)
             shapes.append(shape_features(plan))
             longest.append(plan.decode_context_max)
-        mid = sweep.warmup + sweep.repeats // 2
+        mid = sweep.warmup + sweep.decode_repeats // 2
         samples.append(Sample(kind, shapes[mid], statistics.median(times[sweep.warmup:]),
                               decode_context_max=longest[mid]))
 
@@ -528,7 +531,7 @@ def run_profile(args: argparse.Namespace) -> int:
         sweep = Sweep(decode_batches=(1, 16, 256), decode_contexts=(128, 2048), prefill_tokens=(64, 1024, 4096),
                       prefill_starts=(0, 2048), prefill_batches=(8,), mixed=((32, 1024),),
                       prefix_chunks=((8, 64, 1024, 0), (4, 128, 1024, 64)), swap_groups=(1, 64),
-                      swap_copies=(1, 8), repeats=3, warmup=1)
+                      swap_copies=(1, 8), repeats=3, warmup=1, decode_repeats=3)
     graph_sizes = tuple(ex.graphs.sizes) if ex.graphs is not None else None
     if graph_sizes and not args.quick:
         sweep.decode_batches = graph_sizes      # one table row per captured decode graph

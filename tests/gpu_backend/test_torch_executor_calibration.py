@@ -139,7 +139,7 @@ def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):
                   prefill_starts=(0, 256), prefill_batches=(2,), mixed=((4, 64),),
                   prefix_chunks=((3, 32, 64, 0), (2, 16, 128, 4)), grid_chunk_tokens=(16,), grid_chunk_starts=(0, 64),
                   grid_decodes=(2,), grid_decode_contexts=(100, 2000), swap_groups=(1, 8), swap_copies=(1, 4),
-                  repeats=1, warmup=0)
+                  repeats=1, warmup=0, decode_repeats=1)
     samples = measure(ex, sweep, log=lambda *a: None)
     kinds = [s.kind for s in samples]
     # the grid's two chunks beside decodes at context 100 (context 2000 is past the 1024-token limit)
@@ -202,7 +202,8 @@ def test_sweep_grows_decode_tables_in_place_as_serving_does():
 
     spy = Spy(TorchExecutor("tiny", device="cpu", num_gpu_blocks=256, num_host_blocks=0, max_model_len=512))
     samples = measure(spy, Sweep(decode_batches=(1, 3), decode_contexts=(30,), prefill_tokens=(), prefill_starts=(),
-                                 prefill_batches=(), mixed=(), prefix_chunks=(), swap_groups=(), repeats=3, warmup=2),
+                                 prefill_batches=(), mixed=(), prefix_chunks=(), swap_groups=(), repeats=1, warmup=2,
+                                 decode_repeats=3),
                       log=lambda *a: None)
     # size 1: one batch; size 3: equal contexts, then 2 sequences (padded to the graph of 3), then
     # 2 sequences at 30 and 1 at a quarter of it; each sample is the middle timed step's (the fourth:
