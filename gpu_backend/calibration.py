@@ -131,6 +131,13 @@ def _tokens(n: int, vocab: int, rng: np.random.Generator) -> list[int]:
     return rng.integers(0, vocab, n).tolist()
 
 
+def _admitted(values: tuple, top: int) -> list[int]:
+    """``values`` with each one past ``top`` replaced by ``top``, without repeats: the sweep times the longest
+    context the executor admits instead of skipping it (smollm2's 8,192-token limit left its decode samples at
+    2,048 tokens while its prefix-heavy serving decoded at up to 8,000)."""
+    return sorted({min(v, top) for v in values if top >= 1})
+
+
 def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
     """Run the sweep on ``executor`` (a ``TorchExecutor``); returns the samples."""
     sweep = sweep or Sweep()
@@ -191,9 +198,7 @@ def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
 
     smaller = 0
     for b in sweep.decode_batches:
-        for ctx in sweep.decode_contexts:
-            if ctx + bs + steps >= limit:
-                continue
+        for ctx in _admitted(sweep.decode_contexts, limit - bs - steps - 1):
             decode_batch("decode", [ctx] * b)
             if sweep.decode_unequal and smaller and smaller + 1 < b:
                 decode_batch("decode_unequal", [ctx] * (smaller + 1))
@@ -239,11 +244,9 @@ def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
                                        decode_block_tables=tables, decode_input_ids=_tokens(nd, vocab, rng),
                                        decode_context_sum=nd * (ctx + 1)))
     for n in sweep.grid_chunk_tokens:
-        for start in sweep.grid_chunk_starts:
-            for ctx in sweep.grid_decode_contexts:
+        for start in _admitted(sweep.grid_chunk_starts, limit - n):
+            for ctx in _admitted(sweep.grid_decode_contexts, limit - 1):
                 for nd in sweep.grid_decodes:
-                    if start + n > limit or ctx + 1 > limit:
-                        continue
                     blocks.reset()
                     tables = [blocks.take(-(-(ctx + 1) // bs)) for _ in range(nd)]
                     table = blocks.take(-(-(start + n) // bs))

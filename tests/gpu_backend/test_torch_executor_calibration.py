@@ -142,8 +142,9 @@ def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):
                   repeats=1, warmup=0, decode_repeats=1)
     samples = measure(ex, sweep, log=lambda *a: None)
     kinds = [s.kind for s in samples]
-    # the grid's two chunks beside decodes at context 100 (context 2000 is past the 1024-token limit)
-    assert kinds.count("decode") == 6 and kinds.count("prefill") == 5 and kinds.count("mixed") == 3
+    # the grid's two chunks beside decodes at context 100, and at 1023 in place of 2000 (past the 1024-token
+    # limit: the longest context the executor admits)
+    assert kinds.count("decode") == 6 and kinds.count("prefill") == 5 and kinds.count("mixed") == 5
     chunked = [s.features for s in samples if s.kind == "prefix_chunks"]
     # (intercept, tokens, pairs, KV read, decodes, decode context, sampled, has_prefill, chunks, with decodes,
     #  has a chunk over cached tokens, that and decodes)
@@ -151,7 +152,9 @@ def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):
                        (1.0, 32.0, 2 * 16 * (128 + 8.5), 2 * 144.0, 4.0, 4 * 1024.0, 6.0, 1.0, 2.0, 1.0, 1.0, 1.0)]
     grid = [s.features for s in samples if s.kind == "mixed"][1:]
     assert grid == [(1.0, 16.0, 16 * 8.5, 16.0, 2.0, 2 * 101.0, 3.0, 1.0, 1.0, 1.0, 0.0, 0.0),
-                    (1.0, 16.0, 16 * (64 + 8.5), 80.0, 2.0, 2 * 101.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0)]
+                    (1.0, 16.0, 16 * 8.5, 16.0, 2.0, 2 * 1024.0, 3.0, 1.0, 1.0, 1.0, 0.0, 0.0),
+                    (1.0, 16.0, 16 * (64 + 8.5), 80.0, 2.0, 2 * 101.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0),
+                    (1.0, 16.0, 16 * (64 + 8.5), 80.0, 2.0, 2 * 1024.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0)]
     assert kinds.count("swap") == 4
     assert all(s.duration_s > 0 for s in samples if s.kind != "swap")
     assert all(s.swap_s > 0 and s.swap_bytes == s.swap_copies * (s.swap_bytes // s.swap_copies)
@@ -202,8 +205,8 @@ def test_sweep_grows_decode_tables_in_place_as_serving_does():
 
     spy = Spy(TorchExecutor("tiny", device="cpu", num_gpu_blocks=256, num_host_blocks=0, max_model_len=512))
     samples = measure(spy, Sweep(decode_batches=(1, 3), decode_contexts=(30,), prefill_tokens=(), prefill_starts=(),
-                                 prefill_batches=(), mixed=(), prefix_chunks=(), swap_groups=(), repeats=1, warmup=2,
-                                 decode_repeats=3),
+                                 prefill_batches=(), mixed=(), prefix_chunks=(), grid_chunk_tokens=(), swap_groups=(), repeats=1,
+                                 warmup=2, decode_repeats=3),
                       log=lambda *a: None)
     # size 1: one batch; size 3: equal contexts, then 2 sequences (padded to the graph of 3), then
     # 2 sequences at 30 and 1 at a quarter of it; each sample is the middle timed step's (the fourth:
