@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from gpu_backend.mixed_graphs import MIXED_BUCKETS  # noqa: E402
 from gpu_backend.models import load_weights  # noqa: E402
 from gpu_backend.plan import BatchPlan, PrefillChunk  # noqa: E402
 from gpu_backend.torch_executor import TorchExecutor  # noqa: E402
@@ -111,7 +112,10 @@ def timed(ex: TorchExecutor, plan: BatchPlan, repeats: int = 15) -> tuple[float,
 def speed(model: str, rng) -> list[dict]:
     weights = load_weights(model, "cuda", torch.bfloat16, random_weights=True)
     t0 = time.perf_counter()
-    ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=12_000, num_host_blocks=0, max_model_len=8192)
+    # every bucket gets a whole-iteration graph here, whatever the default threshold, so each row compares
+    # the two paths (a row past the threshold would otherwise time the piecewise path twice)
+    ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=12_000, num_host_blocks=0, max_model_len=8192,
+                       full_graph_max_tokens=max(MIXED_BUCKETS))
     print(f"   {model}: executor with graphs built in {time.perf_counter() - t0:.1f} s", flush=True)
     ex.store.gpu.normal_()
     full = ex.full

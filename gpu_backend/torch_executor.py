@@ -41,8 +41,8 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 
 # Whole-iteration graphs (``FullGraphs``) pay where launching each layer's attention from the host costs
 # more than the GPU work: an H200 ran smollm2-135m's iterations with prefill 1.1-5.7x faster with them up
-# to 2,048 tokens, llama-1b's 1.1-2.2x up to 640 tokens but 0.94x at 2,048 fresh tokens, llama-8b's 1.2-1.4x
-# up to 80 tokens and 0.94-1.07x beyond (BENCHMARKS.md). So by default they take the token buckets up to
+# to 2,048 tokens, llama-1b's 1.1-2.2x up to 640 tokens but 0.94x at 2,048 fresh tokens, llama-8b's 1.0-1.4x
+# up to 72 tokens and 0.94-1.03x from 288 up (BENCHMARKS.md). So by default they take the token buckets up to
 # this many token-parameter products (matrix parameters x tokens): smollm2 all, llama-1b up to 1,024 tokens,
 # llama-8b up to 128.
 FULL_GRAPH_TOKEN_PARAMS = 1.5e12
