@@ -17,6 +17,19 @@ from gpu_backend.block_tables import DeviceBlockTables
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward
 
 
+def capture_graph(body, pool, side: "torch.cuda.Stream") -> "torch.cuda.CUDAGraph":
+    """Run ``body`` once on the ``side`` stream (the warm-up compiles its kernels and must write only the
+    scratch block), then capture it into a graph drawing on the memory ``pool``."""
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        body()
+    return graph
+
+
 def bucket_sizes(max_batch: int) -> list[int]:
     """1, 2, 4, 8, then steps of 8 to 32, of 16 to 128, of 32 beyond (vLLM-like)."""
     sizes = [s for s in (1, 2, 4) if s < max_batch]
@@ -63,14 +76,7 @@ class DecodeGraphs:
         pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream()
         for n in reversed(self.sizes):      # largest first: the pool's blocks then fit the rest
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._body(n)               # warm-up (compiles the Triton kernels; writes scratch only)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._body(n)
-            self.graphs[n] = graph
+            self.graphs[n] = capture_graph(lambda: self._body(n), pool, side)
         torch.cuda.synchronize()
 
     def bucket(self, n: int) -> int:

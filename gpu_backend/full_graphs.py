@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from gpu_backend.block_tables import DeviceBlockTables
+from gpu_backend.decode_graphs import capture_graph
 from gpu_backend.fused_ops import add_rms_norm
 from gpu_backend.llama_forward import LlamaForward
 from gpu_backend.mixed_graphs import MIXED_BUCKETS
@@ -213,15 +214,8 @@ class FullGraphs:
         pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream()
         with torch.no_grad():
-            for n in reversed(self.keys):      # largest first: the pool's blocks then fit the rest
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    self._body(n)              # warm-up: compiles the kernels, writes only the scratch block
-                torch.cuda.current_stream().wait_stream(side)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, pool=pool):
-                    self._body(n)
-                self.graphs[n] = g
+            for key in reversed(self.keys):    # largest first: the pool's blocks then fit the rest
+                self.graphs[key] = capture_graph(lambda: self._body(key), pool, side)
         torch.cuda.synchronize()
 
     def bucket(self, num_tokens: int, num_decodes: int, num_chunks: int,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from gpu_backend.decode_graphs import capture_graph
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward
 
 MIXED_BUCKETS = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
@@ -74,14 +75,7 @@ class MixedGraphs:
             for n in reversed(self.sizes):
                 graphs = []
                 for i in range(pieces):
-                    side.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(side):
-                        self._piece(n, i)          # warm-up: compiles kernels, writes only the scratch block
-                    torch.cuda.current_stream().wait_stream(side)
-                    g = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(g, pool=pool):
-                        self._piece(n, i)
-                    graphs.append(g)
+                    graphs.append(capture_graph(lambda: self._piece(n, i), pool, side))
                 self.graphs[n] = graphs
         torch.cuda.synchronize()
 

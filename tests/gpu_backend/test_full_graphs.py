@@ -14,6 +14,7 @@ from gpu_backend.models import LlamaWeights
 from gpu_backend.paged_prefill import BLOCK_M
 from gpu_backend.plan import BatchPlan, PrefillChunk
 from gpu_backend.torch_executor import TorchExecutor
+from tests.gpu_backend.eager_replay import EagerReplay
 from tests.gpu_backend.tiny_model import perturbed_tiny_model
 
 
@@ -51,19 +52,11 @@ def test_layout_packs_decodes_first_then_chunks_with_padding_defaults():
     assert FullLayout.for_bucket(16, max_decodes=256, max_chunks=32).decodes == 16
 
 
-class _Replay:
-    def __init__(self, fn):
-        self.fn = fn
-
-    def replay(self):
-        self.fn()
-
-
 class _EagerFull(FullGraphs):
     """The whole-iteration graph path with eager "replays", on the CPU."""
 
     def _capture(self) -> None:
-        self.graphs = {k: _Replay(lambda k=k: self._body(k)) for k in self.keys}
+        self.graphs = {k: EagerReplay(lambda k=k: self._body(k)) for k in self.keys}
 
 
 def test_full_graph_path_samples_what_transformers_picks_and_pads_into_scratch(hf):

@@ -13,6 +13,7 @@ import torch
 from gpu_backend.decode_graphs import DecodeGraphs
 from gpu_backend.mixed_graphs import MixedGraphs
 from gpu_backend.models import LlamaWeights
+from tests.gpu_backend.eager_replay import EagerReplay
 from tests.gpu_backend.tiny_model import perturbed_tiny_model
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
 from gpu_backend.torch_executor import TorchExecutor
@@ -188,21 +189,11 @@ def test_bad_plans_are_refused_with_the_culprit_named(weights):
         ex.decode_step_affine(4)
 
 
-class _Replay:
-    """Stands in for a captured CUDA graph: ``replay`` runs the captured body eagerly."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def replay(self):
-        self.fn()
-
-
 class _EagerGraphs(DecodeGraphs):
     """The CUDA-graph decode path (static buffers, buckets, padding) with eager "replays", on the CPU."""
 
     def _capture(self) -> None:
-        self.graphs = {n: _Replay(lambda n=n: self._body(n)) for n in self.sizes}
+        self.graphs = {n: EagerReplay(lambda n=n: self._body(n)) for n in self.sizes}
 
 
 def test_graph_decode_path_pads_into_the_scratch_block_only(hf, weights):
@@ -231,7 +222,7 @@ class _EagerMixed(MixedGraphs):
     """The piecewise-graph path (static buffers, buckets, padding) with eager "replays", on the CPU."""
 
     def _capture(self) -> None:
-        self.graphs = {n: [_Replay(lambda n=n, i=i: self._piece(n, i)) for i in range(self.model.dims.num_layers + 1)]
+        self.graphs = {n: [EagerReplay(lambda n=n, i=i: self._piece(n, i)) for i in range(self.model.dims.num_layers + 1)]
                        for n in self.sizes}
 
 
