@@ -77,9 +77,9 @@ class TorchExecutor:
     ``random_weights`` gives a checkpoint model (``smollm2-135m``) random weights of its shape.
     ``full_graph_max_tokens``: iterations with prefill up to this many tokens replay one captured graph
     each, attention included (``FullGraphs``; default ``auto_full_graph_tokens``, 0 turns them off);
-    larger ones replay the piecewise graphs. ``tune_gemms`` (CUDA with graphs; off by default) times cuBLAS against the split-K kernel for
-    each decode batch size of 32 rows or more before capture and keeps the faster
-    (``gpu_backend.skinny_gemm``): faster in isolation on some shapes, but on an H200 the whole
+    larger ones replay the piecewise graphs. ``tune_gemms`` (CUDA with graphs; off by default) times
+    cuBLAS against the split-K kernel for each decode batch size of 32 rows or more before capture
+    and keeps the faster (``gpu_backend.skinny_gemm``): faster in isolation on some shapes, but on an H200 the whole
     ``llama-1b`` decode step at batch 256 came out 2% slower with it (BENCHMARKS.md).
     """
 
@@ -116,6 +116,9 @@ class TorchExecutor:
         if not 1 <= max_model_len <= dims.max_position_embeddings:
             raise ValueError(f"max_model_len {max_model_len} must be in [1, {dims.max_position_embeddings}] "
                              f"(model {dims.name!r})")
+        if full_graph_max_tokens is not None and full_graph_max_tokens < 0:
+            raise ValueError(f"full_graph_max_tokens must be >= 0 (0 turns whole-iteration graphs off), "
+                             f"got {full_graph_max_tokens}")
         if max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
         self.max_model_len = max_model_len

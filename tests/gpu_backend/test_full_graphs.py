@@ -100,3 +100,9 @@ def test_each_bucket_has_a_graph_for_a_few_decodes_and_one_for_many(hf):
     assert full.bucket(10, 3, 1, 4) == (16, 8) and full.bucket(16, 12, 1, 13) == (16, 16)
     assert full.bucket(30, 5, 1, 6) == (64, 8) and full.bucket(30, 12, 1, 13) == (64, 16)
     assert full.bucket(30, 17, 1, 18) is None        # more decodes than the executor takes
+
+
+def test_a_negative_token_limit_for_the_graphs_is_refused():
+    with pytest.raises(ValueError, match=r"full_graph_max_tokens must be >= 0 .* got -1"):
+        TorchExecutor("tiny", device="cpu", num_gpu_blocks=8, num_host_blocks=0, max_model_len=64,
+                      full_graph_max_tokens=-1)
