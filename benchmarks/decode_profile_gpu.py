@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from gpu_backend.cuda_timing import cuda_seconds, graph_seconds  # noqa: E402
-from gpu_backend.models import LlamaWeights, build_hf_model  # noqa: E402
-from gpu_backend.paged_attention import decode_attention_triton  # noqa: E402
+from gpu_backend.models import LlamaWeights, build_hf_model, rope_inv_freq  # noqa: E402
+from gpu_backend.paged_attention import DECODE_CONFIG  # noqa: E402
 from gpu_backend.plan import BatchPlan  # noqa: E402
 from gpu_backend.torch_executor import TorchExecutor  # noqa: E402
 
@@ -45,7 +45,7 @@ def bandwidths() -> dict:
     dst = torch.empty_like(src)
     acc = torch.empty((), dtype=torch.float32, device="cuda")
     copy_s = statistics.median(cuda_seconds(lambda: dst.copy_(src), 15))
-    read_s = statistics.median(cuda_seconds(lambda: torch.sum(src, dtype=torch.float32, out=acc), 15))
+    read_s = statistics.median(cuda_seconds(lambda: torch.sum(src, dim=0, dtype=torch.float32, out=acc), 15))
     return {"copy_bytes_per_s": 2 * 2 * n / copy_s, "read_bytes_per_s": 2 * n / read_s}
 
 
@@ -87,22 +87,58 @@ def profile_steps(ex: TorchExecutor, plan: BatchPlan, steps: int) -> dict:
             "busy_us": statistics.median(busy), "wall_us": statistics.median(walls) * 1e6}
 
 
-def attention_configs(ex: TorchExecutor, batch: int, context: int, tables: torch.Tensor) -> dict:
+def step_times(executors: dict, plan: BatchPlan, rounds: int = 8, per_round: int = 10) -> dict:
+    """Median wall and device seconds of ``execute(plan)`` per executor, the executors taking turns."""
+    walls: dict = {k: [] for k in executors}
+    devs: dict = {k: [] for k in executors}
+    for ex in executors.values():
+        for _ in range(5):
+            ex.execute(plan)
+    for _ in range(rounds):
+        for name, ex in executors.items():
+            for _ in range(per_round):
+                r = ex.execute(plan)
+                walls[name].append(r.duration_s)
+                devs[name].append(r.compute_s)
+    return {k: {"wall_s": statistics.median(walls[k]), "device_s": statistics.median(devs[k])} for k in executors}
+
+
+DEFAULT = f"{DECODE_CONFIG['tile_tokens']}/{DECODE_CONFIG['num_warps']}/{DECODE_CONFIG['num_stages']}"
+CONFIGS = [{"tile_tokens": t, "num_warps": w, "num_stages": st}
+           for t in (32, 64, 128) for w in (1, 2, 4) for st in (2, 3, 4)]
+
+
+def attention_configs(ex: TorchExecutor, shapes: list[tuple[int, int]]) -> dict:
+    """The fused decode kernel (one layer, graph-timed) per launch configuration, at (batch, context) shapes."""
+    from gpu_backend.fused_decode import decode_attention_rope
+
     d = ex.model.dims
-    q = torch.randn(batch, d.num_heads, d.head_dim, dtype=torch.bfloat16, device="cuda")
-    cl = torch.full((batch,), context, device="cuda")
     kc, vc = ex.store.layers[0]
+    longest = max(ctx for _, ctx in shapes)
+    angles = torch.arange(longest, dtype=torch.float32, device="cuda")[:, None] * rope_inv_freq(d).cuda()[None, :]
+    emb = torch.cat((angles, angles), dim=-1)
+    cos, sin = emb.cos().to(torch.bfloat16), emb.sin().to(torch.bfloat16)
     out = {}
-    for tile in (32, 64, 128):
-        for warps in (1, 2, 4):
-            for stages in (2, 3, 4):
-                cfg = {"tile_tokens": tile, "num_warps": warps, "num_stages": stages}
-                o = torch.empty_like(q)
-                try:
-                    out[f"{tile}/{warps}/{stages}"] = graph_seconds(
-                        lambda: decode_attention_triton(q, kc, vc, tables, cl, d.head_dim ** -0.5, o, cfg))
-                except Exception as e:  # a configuration the compiler refuses (shared memory): record it
-                    out[f"{tile}/{warps}/{stages}"] = f"{type(e).__name__}"
+    for B, ctx in shapes:
+        per_seq = -(-ctx // 16)
+        if B * per_seq > ex.store.num_gpu_blocks:
+            continue
+        tables = torch.arange(B * per_seq, device="cuda").view(B, per_seq)
+        cl = torch.full((B,), ctx, device="cuda")
+        wb = tables[:, (ctx - 1) // 16].contiguous()
+        ws = torch.full((B,), (ctx - 1) % 16, device="cuda")
+        qkv = torch.randn(B, (d.num_heads + 2 * d.num_kv_heads) * d.head_dim, dtype=torch.bfloat16, device="cuda")
+        o = torch.empty(B, d.num_heads, d.head_dim, dtype=torch.bfloat16, device="cuda")
+        row = {}
+        for cfg in CONFIGS:
+            key = f"{cfg['tile_tokens']}/{cfg['num_warps']}/{cfg['num_stages']}"
+            try:
+                row[key] = graph_seconds(lambda: decode_attention_rope(
+                    qkv, cos, sin, wb, ws, kc, vc, tables, cl, d.num_heads, d.num_kv_heads, d.head_dim ** -0.5,
+                    out=o, config=cfg))
+            except Exception as e:  # a configuration the compiler refuses (shared memory): record it
+                row[key] = f"{type(e).__name__}"
+        out[f"{B}x{ctx}"] = row
     return out
 
 
@@ -117,8 +153,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("decode_profile_gpu: needs a CUDA device", file=sys.stderr)
         return 2
-    res: dict = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "args": vars(args)}
-    res["args"]["out"] = str(args.out)
+    res: dict = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "args": {k: str(v) for k, v in vars(args).items()}}
     res["bandwidth"] = bw = bandwidths()
     hf = build_hf_model(args.model, torch.bfloat16, "cuda", seed=3)
     weights = LlamaWeights.from_hf(hf, args.model)
@@ -128,11 +163,20 @@ def main() -> int:
     ids = [(7 * i) % 1000 + 1 for i in range(B)]
     plan = BatchPlan(decode_seq_ids=list(range(B)), decode_positions=[ctx - 1] * B, decode_block_tables=tables,
                      decode_input_ids=ids)
-    ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=B * per_seq + 64, num_host_blocks=0,
-                       max_model_len=4096, max_num_seqs=B)
-    ex.store.gpu.normal_()
-    prof = profile_steps(ex, plan, args.steps)
-    res["profile"] = prof
+    executors = {fused: TorchExecutor(weights, device="cuda", num_gpu_blocks=max(B * per_seq + 64, 33000),
+                                      num_host_blocks=0, max_model_len=4096, max_num_seqs=B,
+                                      fuse_decode_rope=fused)
+                 for fused in (True, False)}
+    executors[True].store.gpu.normal_()
+    executors[False].store.gpu.copy_(executors[True].store.gpu)
+    # the same step from the same cache through both: tokens sampled, and the KV each wrote
+    got = {k: executors[k].execute(plan).sampled_tokens for k in executors}
+    res["fused_check"] = {
+        "tokens_equal": sum(got[True][s] == got[False][s] for s in got[True]) / B,
+        "cache_max_abs_diff": float((executors[True].store.gpu - executors[False].store.gpu).abs().max())}
+    times = step_times({"fused" if k else "unfused": ex for k, ex in executors.items()}, plan)
+    res["step_times"] = times
+    res["profile"] = {("fused" if k else "unfused"): profile_steps(ex, plan, args.steps) for k, ex in executors.items()}
     d = weights.dims
     kv_bytes = B * ctx * d.kv_bytes_per_token(2)
     w_bytes = weights.num_bytes_read_per_step
@@ -140,23 +184,36 @@ def main() -> int:
     res["roofline_copy_us"] = (w_bytes + kv_bytes) / bw["copy_bytes_per_s"] * 1e6
     res["roofline_read_us"] = (w_bytes + kv_bytes) / bw["read_bytes_per_s"] * 1e6
     res["attention_floor_copy_us"] = kv_bytes / bw["copy_bytes_per_s"] * 1e6 / d.num_layers
-    res["attention_configs_s"] = attention_configs(ex, B, ctx, torch.tensor(tables, device="cuda"))
+    del executors[False]
+    torch.cuda.empty_cache()
+    res["fused_attention_configs_s"] = attention_configs(
+        executors[True], [(B, ctx), (256, 2048), (64, 4096), (16, 8192), (4, 8192), (1, 8192)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2, default=str))
 
     print(f"\n{res['device']}, {res['date']}: {args.model} decode step, batch {B}, context {ctx}")
     print(f"copy {bw['copy_bytes_per_s'] / 1e12:.2f} TB/s, read {bw['read_bytes_per_s'] / 1e12:.2f} TB/s; "
           f"roofline {res['roofline_copy_us']:.0f} us (copy bw) / {res['roofline_read_us']:.0f} us (read bw)")
-    print(f"wall {prof['wall_us']:.0f} us, device span {prof['span_us']:.0f} us, kernels busy {prof['busy_us']:.0f} us, "
-          f"idle inside the span {prof['span_us'] - prof['busy_us']:.0f} us ({prof['steps_seen']} steps seen)")
-    print("| kernel | launches/step | us/step |")
-    print("|---|---|---|")
-    for r in prof["kernels"][:25]:
-        print(f"| {r['kernel'][:90]} | {r['launches_per_step']:.1f} | {r['us_per_step']:.1f} |")
-    timed = {k: v for k, v in res["attention_configs_s"].items() if isinstance(v, float)}
-    best = sorted(timed, key=timed.get)[:8]
-    print(f"attention per layer (floor at copy bw {res['attention_floor_copy_us']:.1f} us), tile/warps/stages: "
-          + ", ".join(f"{k} {timed[k] * 1e6:.1f}" for k in best))
+    print(f"fused against unfused, same step from the same cache: tokens equal "
+          f"{res['fused_check']['tokens_equal']:.1%}, cache max |diff| {res['fused_check']['cache_max_abs_diff']:.3g}")
+    for name, t in times.items():
+        print(f"{name}: wall {t['wall_s'] * 1e6:.0f} us ({t['wall_s'] * 1e6 / res['roofline_copy_us']:.2f}x roofline), "
+              f"device {t['device_s'] * 1e6:.0f} us ({t['device_s'] * 1e6 / res['roofline_copy_us']:.2f}x)")
+    print(f"fused / unfused device time: {times['fused']['device_s'] / times['unfused']['device_s']:.3f}")
+    for name, prof in res["profile"].items():
+        print(f"\n{name} under the profiler: wall {prof['wall_us']:.0f} us, device span {prof['span_us']:.0f} us, "
+              f"kernels busy {prof['busy_us']:.0f} us, idle inside the span {prof['span_us'] - prof['busy_us']:.0f} us")
+        print("| kernel | launches/step | us/step |")
+        print("|---|---|---|")
+        for r in prof["kernels"][:12]:
+            print(f"| {r['kernel'][:80]} | {r['launches_per_step']:.1f} | {r['us_per_step']:.1f} |")
+    print(f"\nfused kernel per layer, tile/warps/stages (floor at copy bw {res['attention_floor_copy_us']:.1f} us "
+          f"at {B}x{ctx}); default {DEFAULT}:")
+    for shape, row in res["fused_attention_configs_s"].items():
+        timed = {k: v for k, v in row.items() if isinstance(v, float)}
+        best = sorted(timed, key=timed.get)[:5]
+        print(f"  {shape}: default {timed.get(DEFAULT, float('nan')) * 1e6:.1f} us; "
+              + ", ".join(f"{k} {timed[k] * 1e6:.1f}" for k in best))
     return 0
 
 
