@@ -173,7 +173,8 @@ def main() -> int:
     got = {k: executors[k].execute(plan).sampled_tokens for k in executors}
     res["fused_check"] = {
         "tokens_equal": sum(got[True][s] == got[False][s] for s in got[True]) / B,
-        "cache_max_abs_diff": float((executors[True].store.gpu - executors[False].store.gpu).abs().max())}
+        "cache_max_abs_diff": float((executors[True].store.gpu[:B * per_seq].float()
+                                     - executors[False].store.gpu[:B * per_seq].float()).abs().max())}
     times = step_times({"fused" if k else "unfused": ex for k, ex in executors.items()}, plan)
     res["step_times"] = times
     res["profile"] = {("fused" if k else "unfused"): profile_steps(ex, plan, args.steps) for k, ex in executors.items()}
