@@ -104,42 +104,98 @@ def step_times(executors: dict, plan: BatchPlan, rounds: int = 8, per_round: int
 
 
 DEFAULT = f"{DECODE_CONFIG['tile_tokens']}/{DECODE_CONFIG['num_warps']}/{DECODE_CONFIG['num_stages']}"
-CONFIGS = [{"tile_tokens": t, "num_warps": w, "num_stages": st}
-           for t in (32, 64, 128) for w in (1, 2, 4) for st in (2, 3, 4)]
+CONFIGS = [{"tile_tokens": 64, "num_warps": 2, "num_stages": 2}] + [
+    {"tile_tokens": t, "num_warps": w, "num_stages": 3} for t in (32, 64, 128) for w in (1, 2, 4)]
+
+
+def rope_tables(d, length: int):
+    angles = torch.arange(length, dtype=torch.float32, device="cuda")[:, None] * rope_inv_freq(d).cuda()[None, :]
+    emb = torch.cat((angles, angles), dim=-1)
+    return emb.cos().to(torch.bfloat16), emb.sin().to(torch.bfloat16)
+
+
+def decode_inputs(d, B: int, ctx: int):
+    """Disjoint block tables of ``B`` sequences at ``ctx`` tokens, the new token's slot, a random QKV row each."""
+    per_seq = -(-ctx // 16)
+    tables = torch.arange(B * per_seq, device="cuda").view(B, per_seq)
+    cl = torch.full((B,), ctx, device="cuda")
+    wb = tables[:, (ctx - 1) // 16].contiguous()
+    ws = torch.full((B,), (ctx - 1) % 16, device="cuda")
+    qkv = torch.randn(B, (d.num_heads + 2 * d.num_kv_heads) * d.head_dim, dtype=torch.bfloat16, device="cuda")
+    return tables, cl, wb, ws, qkv
 
 
 def attention_configs(ex: TorchExecutor, shapes: list[tuple[int, int]]) -> dict:
-    """The fused decode kernel (one layer, graph-timed) per launch configuration, at (batch, context) shapes."""
+    """Both decode kernels (one layer, graph-timed) per launch configuration at (batch, context) shapes: the fused
+    kernel, and RoPE-and-cache followed by the paged decode kernel."""
     from gpu_backend.fused_decode import decode_attention_rope
+    from gpu_backend.fused_ops import rope_and_cache
+    from gpu_backend.paged_attention import decode_attention_triton
 
     d = ex.model.dims
     kc, vc = ex.store.layers[0]
-    longest = max(ctx for _, ctx in shapes)
-    angles = torch.arange(longest, dtype=torch.float32, device="cuda")[:, None] * rope_inv_freq(d).cuda()[None, :]
-    emb = torch.cat((angles, angles), dim=-1)
-    cos, sin = emb.cos().to(torch.bfloat16), emb.sin().to(torch.bfloat16)
-    out = {}
+    cos, sin = rope_tables(d, max(ctx for _, ctx in shapes))
+    scale = d.head_dim ** -0.5
+    out = {"fused": {}, "rope_then_decode": {}, "rope_alone": {}}
     for B, ctx in shapes:
-        per_seq = -(-ctx // 16)
-        if B * per_seq > ex.store.num_gpu_blocks:
+        if B * -(-ctx // 16) > ex.store.num_gpu_blocks:
             continue
-        tables = torch.arange(B * per_seq, device="cuda").view(B, per_seq)
-        cl = torch.full((B,), ctx, device="cuda")
-        wb = tables[:, (ctx - 1) // 16].contiguous()
-        ws = torch.full((B,), (ctx - 1) % 16, device="cuda")
-        qkv = torch.randn(B, (d.num_heads + 2 * d.num_kv_heads) * d.head_dim, dtype=torch.bfloat16, device="cuda")
+        tables, cl, wb, ws, qkv = decode_inputs(d, B, ctx)
+        pos = cl - 1
         o = torch.empty(B, d.num_heads, d.head_dim, dtype=torch.bfloat16, device="cuda")
-        row = {}
-        for cfg in CONFIGS:
-            key = f"{cfg['tile_tokens']}/{cfg['num_warps']}/{cfg['num_stages']}"
-            try:
-                row[key] = graph_seconds(lambda: decode_attention_rope(
-                    qkv, cos, sin, wb, ws, kc, vc, tables, cl, d.num_heads, d.num_kv_heads, d.head_dim ** -0.5,
-                    out=o, config=cfg))
-            except Exception as e:  # a configuration the compiler refuses (shared memory): record it
-                row[key] = f"{type(e).__name__}"
-        out[f"{B}x{ctx}"] = row
+        q, _, _ = rope_and_cache(qkv, cos, sin, pos, wb, ws, kc, vc, d.num_heads, d.num_kv_heads, d.head_dim,
+                                 want_kv=False)
+        out["rope_alone"][f"{B}x{ctx}"] = graph_seconds(lambda: rope_and_cache(
+            qkv, cos, sin, pos, wb, ws, kc, vc, d.num_heads, d.num_kv_heads, d.head_dim, want_kv=False))
+        for kind in ("fused", "rope_then_decode"):
+            row = {}
+            for cfg in CONFIGS:
+                key = f"{cfg['tile_tokens']}/{cfg['num_warps']}/{cfg['num_stages']}"
+                if kind == "fused":
+                    fn = lambda: decode_attention_rope(qkv, cos, sin, wb, ws, kc, vc, tables, cl, d.num_heads,  # noqa: E731
+                                                       d.num_kv_heads, scale, out=o, config=cfg)
+                else:
+                    fn = lambda: decode_attention_triton(q, kc, vc, tables, cl, scale, o, cfg)  # noqa: E731
+                try:
+                    row[key] = graph_seconds(fn)
+                except Exception as e:  # a configuration the compiler refuses (shared memory): record it
+                    row[key] = f"{type(e).__name__}"
+            out[kind][f"{B}x{ctx}"] = row
     return out
+
+
+def attention_accuracy(ex: TorchExecutor, B: int, ctx: int) -> dict:
+    """Both kernels' outputs (bf16) against a float32 reference of the same layer: relative error."""
+    from gpu_backend.fused_decode import decode_attention_rope
+    from gpu_backend.fused_ops import apply_rope_torch, rope_and_cache
+    from gpu_backend.paged_attention import decode_attention_torch, decode_attention_triton
+
+    d = ex.model.dims
+    kc, vc = ex.store.layers[0]
+    cos, sin = rope_tables(d, ctx)
+    scale = d.head_dim ** -0.5
+    tables, cl, wb, ws, qkv = decode_inputs(d, B, ctx)
+    pos = cl - 1
+    n = B * tables.shape[1]
+    k0, v0 = kc[:n].clone(), vc[:n].clone()
+    qn, kvn = d.num_heads * d.head_dim, d.num_kv_heads * d.head_dim
+    c, s = cos[pos].float().unsqueeze(1), sin[pos].float().unsqueeze(1)
+    q_ref = apply_rope_torch(qkv[:, :qn].float().view(B, d.num_heads, d.head_dim), c, s)
+    kr, vr = k0.float(), v0.float()
+    kr.permute(0, 2, 1, 3)[wb, ws] = apply_rope_torch(qkv[:, qn:qn + kvn].float().view(B, d.num_kv_heads, d.head_dim), c, s)
+    vr.permute(0, 2, 1, 3)[wb, ws] = qkv[:, qn + kvn:].float().view(B, d.num_kv_heads, d.head_dim)
+    ref = decode_attention_torch(q_ref, kr, vr, tables, cl, scale)
+
+    def rel(x):
+        return float((x.float() - ref).norm() / ref.norm())
+
+    fused = decode_attention_rope(qkv, cos, sin, wb, ws, kc, vc, tables, cl, d.num_heads, d.num_kv_heads, scale)
+    kc[:n].copy_(k0)
+    vc[:n].copy_(v0)
+    q, _, _ = rope_and_cache(qkv, cos, sin, pos, wb, ws, kc, vc, d.num_heads, d.num_kv_heads, d.head_dim, want_kv=False)
+    unfused = decode_attention_triton(q, kc, vc, tables, cl, scale)
+    return {"fused_rel_err": rel(fused), "unfused_rel_err": rel(unfused),
+            "fused_vs_unfused_rel": float((fused.float() - unfused.float()).norm() / unfused.float().norm())}
 
 
 def main() -> int:
@@ -187,7 +243,8 @@ def main() -> int:
     res["attention_floor_copy_us"] = kv_bytes / bw["copy_bytes_per_s"] * 1e6 / d.num_layers
     del executors[False]
     torch.cuda.empty_cache()
-    res["fused_attention_configs_s"] = attention_configs(
+    res["accuracy"] = attention_accuracy(executors[True], B, ctx)
+    res["attention_configs_s"] = attention_configs(
         executors[True], [(B, ctx), (256, 2048), (64, 4096), (16, 8192), (4, 8192), (1, 8192)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2, default=str))
@@ -208,13 +265,20 @@ def main() -> int:
         print("|---|---|---|")
         for r in prof["kernels"][:12]:
             print(f"| {r['kernel'][:80]} | {r['launches_per_step']:.1f} | {r['us_per_step']:.1f} |")
-    print(f"\nfused kernel per layer, tile/warps/stages (floor at copy bw {res['attention_floor_copy_us']:.1f} us "
+    acc = res["accuracy"]
+    print(f"\none layer's attention against float32, relative error: fused {acc['fused_rel_err']:.2e}, "
+          f"unfused {acc['unfused_rel_err']:.2e}; fused against unfused {acc['fused_vs_unfused_rel']:.2e}")
+    print(f"per layer, us, tile/warps/stages (attention floor at copy bw {res['attention_floor_copy_us']:.1f} us "
           f"at {B}x{ctx}); default {DEFAULT}:")
-    for shape, row in res["fused_attention_configs_s"].items():
-        timed = {k: v for k, v in row.items() if isinstance(v, float)}
-        best = sorted(timed, key=timed.get)[:5]
-        print(f"  {shape}: default {timed.get(DEFAULT, float('nan')) * 1e6:.1f} us; "
-              + ", ".join(f"{k} {timed[k] * 1e6:.1f}" for k in best))
+    cfgs = res["attention_configs_s"]
+    for shape, rope_s in cfgs["rope_alone"].items():
+        line = f"  {shape}: rope_and_cache {rope_s * 1e6:.1f}"
+        for kind in ("rope_then_decode", "fused"):
+            timed = {k: v for k, v in cfgs[kind][shape].items() if isinstance(v, float)}
+            best = sorted(timed, key=timed.get)[:3]
+            line += (f" | {kind}: default {timed.get(DEFAULT, float('nan')) * 1e6:.1f}; "
+                     + ", ".join(f"{k} {timed[k] * 1e6:.1f}" for k in best))
+        print(line)
     return 0
 
 

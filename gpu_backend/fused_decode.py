@@ -28,15 +28,12 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def rope_row(X, c, s, offs_d, HEAD_DIM: tl.constexpr, mask):
-        """RoPE of head rows at pointers ``X`` ([rows, 1] bases): ``x*cos + rotate_half(x)*sin``, rounded to
-        the input dtype after each product and after the sum."""
-        partner = (offs_d + HEAD_DIM // 2) % HEAD_DIM
-        x = tl.load(X + offs_d[None, :], mask=mask, other=0.0)
-        xp = tl.load(X + partner[None, :], mask=mask, other=0.0)
-        a = (x.to(tl.float32) * c[None, :]).to(x.dtype).to(tl.float32)
-        b = (xp.to(tl.float32) * s[None, :]).to(x.dtype).to(tl.float32)
-        return tl.where(offs_d[None, :] < HEAD_DIM // 2, a - b, a + b).to(x.dtype)
+    def rope_values(x, xp, c, s, first_half):
+        """RoPE ``x*cos + rotate_half(x)*sin`` of loaded values ``x`` and their rotation partners ``xp`` (the other
+        half of the head), rounded to the input dtype after each product and after the sum."""
+        a = (x.to(tl.float32) * c).to(x.dtype).to(tl.float32)
+        b = (xp.to(tl.float32) * s).to(x.dtype).to(tl.float32)
+        return tl.where(first_half, a - b, a + b).to(x.dtype)
 
     @triton.jit
     def _decode_rope_kernel(QKV, COS, SIN, BT, CL, WB, WS, K, V, O, PO, PM, PL, scale,
@@ -59,16 +56,19 @@ if triton is not None:
         c = tl.load(COS + pos * stride_cos + offs_d).to(tl.float32)
         s = tl.load(SIN + pos * stride_cos + offs_d).to(tl.float32)
         row = QKV + b * stride_qkv
-        q = rope_row(row + heads[:, None] * HEAD_DIM, c, s, offs_d, HEAD_DIM, g_ok[:, None])
-        k_off = (NUM_HEADS + kvh) * HEAD_DIM
-        k_new = rope_row(row + k_off + offs_g[:, None] * 0, c, s, offs_d, HEAD_DIM, (offs_g == 0)[:, None])
-        v_new = tl.load(row + (NUM_HEADS + NUM_KV_HEADS + kvh) * HEAD_DIM + offs_g[:, None] * 0 + offs_d[None, :],
-                        mask=(offs_g == 0)[:, None], other=0.0)
+        partner = (offs_d + HEAD_DIM // 2) % HEAD_DIM
+        first = offs_d < HEAD_DIM // 2
+        q_ptr = row + heads[:, None] * HEAD_DIM
+        q = rope_values(tl.load(q_ptr + offs_d[None, :], mask=g_ok[:, None], other=0.0),
+                        tl.load(q_ptr + partner[None, :], mask=g_ok[:, None], other=0.0),
+                        c[None, :], s[None, :], first[None, :])
+        k_ptr = row + (NUM_HEADS + kvh) * HEAD_DIM
+        k_new = rope_values(tl.load(k_ptr + offs_d), tl.load(k_ptr + partner), c, s, first)
+        v_new = tl.load(row + (NUM_HEADS + NUM_KV_HEADS + kvh) * HEAD_DIM + offs_d)
         kv_base = kvh * stride_kh
-        # split 0 writes the new token's K and V (row 0 of the [GROUP_PAD, HEAD_DIM] tiles above)
-        dst = tl.load(WB + b).to(tl.int64) * stride_kb + kv_base + tl.load(WS + b) * stride_ks \
-            + offs_g[:, None] * 0 + offs_d[None, :]
-        w_ok = ((offs_g == 0) & ((offs_g * 0 + sp) == 0) & live)[:, None]
+        # split 0 writes the new token's K and V
+        dst = tl.load(WB + b).to(tl.int64) * stride_kb + kv_base + tl.load(WS + b) * stride_ks + offs_d
+        w_ok = ((offs_d * 0 + sp) == 0) & ((offs_d * 0 + ctx) > 0)
         tl.store(K + dst, k_new, mask=w_ok)
         tl.store(V + dst, v_new, mask=w_ok)
         m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
@@ -82,17 +82,15 @@ if triton is not None:
             sc = tl.dot(q, tl.trans(k)) * (scale * 1.4426950408889634)          # [GROUP_PAD, TILE], base 2
             sc = tl.where(ok[None, :], sc, float("-inf"))
             m_i, l_i, acc = online_softmax_step(sc, v, m_i, l_i, acc)
-        # the new token (split 0 only): its key and value are row 0 of k_new / v_new
-        k_row = tl.sum(k_new.to(tl.float32), 0)
-        v_row = tl.sum(v_new.to(tl.float32), 0)
-        s_new = tl.sum(q.to(tl.float32) * k_row[None, :], 1) * (scale * 1.4426950408889634)
+        # the new token (split 0 only), from registers
+        s_new = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * (scale * 1.4426950408889634)
         s_new = tl.where((offs_g * 0 + sp) == 0, s_new, float("-inf"))
         m_new = tl.maximum(m_i, s_new)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s_new - m_safe)
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + p
-        acc = acc * alpha[:, None] + p.to(v_new.dtype).to(tl.float32)[:, None] * v_row[None, :]
+        acc = acc * alpha[:, None] + p.to(v_new.dtype).to(tl.float32)[:, None] * v_new.to(tl.float32)[None, :]
         m_i = m_new
         if NUM_SPLITS == 1:
             out = acc / l_i[:, None]
