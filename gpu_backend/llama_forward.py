@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from gpu_backend.fused_decode import decode_attention_rope, fused_decode_available
 from gpu_backend.fused_ops import add_rms_norm, rope_and_cache, silu_mul
 from gpu_backend.kv_store import PagedKVStore
 from gpu_backend.models import LlamaWeights, rope_inv_freq
@@ -75,8 +74,6 @@ class LlamaForward:
         self.sin = emb.sin().to(weights.dtype)
         self._q = d.num_heads * d.head_dim
         self.linear = LinearPlan()     # F.linear unless tuned (``TorchExecutor(tune_gemms=True)``)
-        # iterations of decodes only: RoPE, the KV write and attention in one kernel (``fused_decode``)
-        self.fuse_decode_rope = store.is_cuda and fused_decode_available()
 
     @staticmethod
     def _groups(prefills: list[PrefillSegment]):
@@ -138,15 +135,6 @@ class LlamaForward:
             decode_attention(q[P:], k_cache, v_cache, b.decode_block_tables, b.decode_context_lens,
                              self.scale, out=attn[P:])
 
-    def decode_only_attention(self, layer: int, x: torch.Tensor, b: ForwardBatch) -> torch.Tensor:
-        """QKV projection, RoPE, KV write and paged attention of a batch of decodes only (one fused kernel)."""
-        d = self.dims
-        k_cache, v_cache = self.store.layers[layer]
-        qkv = self.linear(x, self.w.qkv[layer])
-        return decode_attention_rope(qkv, self.cos, self.sin, b.write_blocks, b.write_slots, k_cache, v_cache,
-                                     b.decode_block_tables, b.decode_context_lens, d.num_heads, d.num_kv_heads,
-                                     self.scale)
-
     def post_attention(self, layer: int, attn: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Output projection and MLP, both added to ``h`` in place; returns the next layer's normalised
         input (after the last layer: the final norm's output)."""
@@ -165,13 +153,9 @@ class LlamaForward:
         """Logits ``[rows, vocab]`` of ``b.logit_rows`` (all rows when None); writes the batch's KV."""
         h = F.embedding(b.input_ids, self.w.embed)             # the residual stream, updated in place
         x = add_rms_norm(None, h, self.w.input_norm[0], self.dims.rms_norm_eps)
-        fused = self.fuse_decode_rope and b.num_prefill_rows == 0 and not b.prefills
         for layer in range(self.dims.num_layers):
-            if fused:
-                attn = self.decode_only_attention(layer, x, b)
-            else:
-                q, k, v = self.pre_attention(layer, x, b.positions, b.write_blocks, b.write_slots, bool(b.prefills))
-                attn = torch.empty_like(q)
-                self.attention(layer, q, k, v, b, attn)
+            q, k, v = self.pre_attention(layer, x, b.positions, b.write_blocks, b.write_slots, bool(b.prefills))
+            attn = torch.empty_like(q)
+            self.attention(layer, q, k, v, b, attn)
             x = self.post_attention(layer, attn, h)
         return self.logits(x, b.logit_rows)

@@ -256,9 +256,26 @@ def split_buffers(lead: tuple[int, ...], rows: int, head_dim: int, splits: int, 
             torch.empty_like(part_m))
 
 
-# Launch configuration: context tokens per loop iteration, warps, pipeline stages (best of a sweep on an
-# H200 at batch 256); "num_splits" (context splits per sequence) defaults to decode_splits().
+# Launch configurations of the decode kernel: context tokens per loop iteration, warps, pipeline stages.
+# From sweeps of one layer of the ~1B shape (head_dim 64) on an H200 (BENCHMARKS.md, session 9): with many
+# programs per SM (batch 256, one split: 15 per SM) one-warp programs over small tiles keep the most loads in
+# flight; with few (small batches split over long contexts: 1-4 per SM) each program needs wide tiles and four
+# warps (one sequence of 8,192 tokens: 22% faster than the batch-256 choice). A head_dim of 128 (llama-8b)
+# keeps the earlier default, which no sweep there has replaced.
 DECODE_CONFIG = {"tile_tokens": 64, "num_warps": 2, "num_stages": 2}
+MANY_PROGRAMS_CONFIG = {"tile_tokens": 32, "num_warps": 1, "num_stages": 3}
+FEW_PROGRAMS_CONFIG = {"tile_tokens": 128, "num_warps": 4, "num_stages": 3}
+MANY_PROGRAMS_PER_SM = 8
+
+
+def decode_launch(programs: int, head_dim: int, device: torch.device) -> dict:
+    """The decode kernel's launch configuration for a grid of ``programs`` (sequences x KV heads x splits).
+    A function of the batch shape only, so a captured graph keeps it."""
+    if head_dim > 64 or device.type != "cuda":
+        return dict(DECODE_CONFIG)
+    if programs >= MANY_PROGRAMS_PER_SM * _num_sms(device.index or 0):
+        return dict(MANY_PROGRAMS_CONFIG)
+    return dict(FEW_PROGRAMS_CONFIG)
 
 
 def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -275,13 +292,14 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     kvh, bs = k_cache.shape[1], k_cache.shape[2]
     group = H // kvh
     group_pad = max(16, triton.next_power_of_2(group))
-    cfg = {**DECODE_CONFIG, **(config or {})}
-    blocks_per_tile = max(1, cfg["tile_tokens"] // bs)
+    config = config or {}
     if out is None:
         out = torch.empty_like(q)
     if B == 0:
         return out
-    splits = cfg.get("num_splits") or decode_splits(B, kvh, q.device)
+    splits = config.get("num_splits") or decode_splits(B, kvh, q.device)
+    cfg = {**decode_launch(B * kvh * splits, D, q.device), **config}
+    blocks_per_tile = max(1, cfg["tile_tokens"] // bs)
     part_o, part_m, part_l = split_buffers((B, kvh), group_pad, D, splits, out)
     _paged_decode_kernel[(B, kvh, splits)](
         q, k_cache, v_cache, block_tables, context_lens, out, part_o, part_m, part_l, scale,

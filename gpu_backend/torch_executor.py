@@ -81,8 +81,6 @@ class TorchExecutor:
     cuBLAS against the split-K kernel for each decode batch size of 32 rows or more before capture
     and keeps the faster (``gpu_backend.skinny_gemm``): faster in isolation on some shapes, but on an H200 the whole
     ``llama-1b`` decode step at batch 256 came out 2% slower with it (BENCHMARKS.md).
-    ``fuse_decode_rope`` (CUDA): iterations of decodes only run RoPE, the KV write and attention as one
-    kernel per layer (``gpu_backend.fused_decode``); False keeps them apart, for comparison.
     """
 
     supports_multi_step = False
@@ -95,7 +93,7 @@ class TorchExecutor:
                  max_num_seqs: int = 256, cuda_graphs: bool = True, gpu_memory_utilization: float = 0.9,
                  activation_reserve_bytes: int = 4 * 2**30, swap_space_bytes: int | None = None,
                  seed: int = 0, keep_logits: bool = False, random_weights: bool = False,
-                 tune_gemms: bool = False, full_graph_max_tokens: int | None = None, fuse_decode_rope: bool = True):
+                 tune_gemms: bool = False, full_graph_max_tokens: int | None = None):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -136,7 +134,6 @@ class TorchExecutor:
             num_host_blocks = swap_space_bytes // bytes_per_block
         self.store = PagedKVStore(dims, num_gpu_blocks, num_host_blocks, block_size, self.dtype, self.device)
         self.model = LlamaForward(self.weights, self.store, max_model_len)
-        self.model.fuse_decode_rope = self.model.fuse_decode_rope and fuse_decode_rope
         self.is_cuda = self.device.type == "cuda"
         self.keep_logits = keep_logits
         self.last_logits: dict[int, torch.Tensor] = {}
