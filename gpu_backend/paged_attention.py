@@ -257,15 +257,18 @@ def split_buffers(lead: tuple[int, ...], rows: int, head_dim: int, splits: int, 
 
 
 # Launch configurations of the decode kernel: context tokens per loop iteration, warps, pipeline stages.
-# From sweeps of one layer of the ~1B shape (head_dim 64) on an H200 (BENCHMARKS.md, session 9): with many
-# programs per SM (batch 256, one split: 15 per SM) one-warp programs over small tiles keep the most loads in
-# flight; with few (small batches split over long contexts: 1-4 per SM) each program needs wide tiles and four
-# warps (one sequence of 8,192 tokens: 22% faster than the batch-256 choice). A head_dim of 128 (llama-8b)
-# keeps the earlier default, which no sweep there has replaced.
+# From sweeps of one layer on an H200 (``benchmarks/decode_profile_gpu.py``, BENCHMARKS.md session 9) at 17
+# shapes of the two head_dim-64 models, from 1 x 8,192 to 256 x 2,048 tokens; at every one of them the rule
+# picks the fastest configuration or one within 0.2% of it. With many programs per SM (batch 256, one split:
+# 15 per SM) one-warp programs over small tiles keep the most loads in flight; with few (small batches split
+# over long contexts: 1-4 per SM) each program needs wide tiles and four warps (one sequence of 8,192 tokens:
+# 20-23% faster than the middle configuration, which was the only one before). head_dim 128 (llama-8b) keeps
+# the middle one everywhere: its best choices differ, and its fitted profile was measured with this one.
 DECODE_CONFIG = {"tile_tokens": 64, "num_warps": 2, "num_stages": 2}
 MANY_PROGRAMS_CONFIG = {"tile_tokens": 32, "num_warps": 1, "num_stages": 3}
 FEW_PROGRAMS_CONFIG = {"tile_tokens": 128, "num_warps": 4, "num_stages": 3}
 MANY_PROGRAMS_PER_SM = 8
+FEW_PROGRAMS_PER_SM = 4
 
 
 def decode_launch(programs: int, head_dim: int, device: torch.device) -> dict:
@@ -273,9 +276,12 @@ def decode_launch(programs: int, head_dim: int, device: torch.device) -> dict:
     A function of the batch shape only, so a captured graph keeps it."""
     if head_dim > 64 or device.type != "cuda":
         return dict(DECODE_CONFIG)
-    if programs >= MANY_PROGRAMS_PER_SM * _num_sms(device.index or 0):
+    sms = _num_sms(device.index or 0)
+    if programs >= MANY_PROGRAMS_PER_SM * sms:
         return dict(MANY_PROGRAMS_CONFIG)
-    return dict(FEW_PROGRAMS_CONFIG)
+    if programs <= FEW_PROGRAMS_PER_SM * sms:
+        return dict(FEW_PROGRAMS_CONFIG)
+    return dict(DECODE_CONFIG)
 
 
 def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

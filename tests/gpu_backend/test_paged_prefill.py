@@ -167,18 +167,23 @@ def test_split_counts_fill_two_waves_and_keep_two_key_tiles_per_split(monkeypatc
     assert prefill_splits(18, 7940, torch.device("cpu")) == 1
 
 
-def test_decode_launch_takes_small_tiles_for_many_programs_and_wide_ones_for_few(monkeypatch):
+def test_decode_launch_follows_programs_per_sm(monkeypatch):
     import gpu_backend.paged_attention as pa
 
     monkeypatch.setattr(pa, "_num_sms", lambda index: 132)
     cuda = torch.device("cuda", 0)
     many = {"tile_tokens": 32, "num_warps": 1, "num_stages": 3}
+    middle = {"tile_tokens": 64, "num_warps": 2, "num_stages": 2}
     few = {"tile_tokens": 128, "num_warps": 4, "num_stages": 3}
     assert pa.decode_launch(256 * 8 * 1, 64, cuda) == many        # 15.5 programs per SM
-    assert pa.decode_launch(8 * 132, 64, cuda) == many            # the threshold: 8 per SM
-    assert pa.decode_launch(8 * 132 - 1, 64, cuda) == few
+    assert pa.decode_launch(8 * 132, 64, cuda) == many            # 8 per SM
+    assert pa.decode_launch(8 * 132 - 1, 64, cuda) == middle
+    assert pa.decode_launch(256 * 3 * 1, 64, cuda) == middle      # smollm2 at batch 256: 5.8 per SM
+    assert pa.decode_launch(4 * 132 + 1, 64, cuda) == middle
+    assert pa.decode_launch(4 * 132, 64, cuda) == few             # 4 per SM
+    assert pa.decode_launch(64 * 8 * 1, 64, cuda) == few
     assert pa.decode_launch(1 * 8 * 16, 64, cuda) == few          # one sequence, 16 splits
-    assert pa.decode_launch(256 * 8, 128, cuda) == pa.DECODE_CONFIG   # head_dim 128: the earlier default
-    assert pa.decode_launch(256 * 8, 64, torch.device("cpu")) == pa.DECODE_CONFIG
+    assert pa.decode_launch(1 * 8 * 16, 128, cuda) == middle      # head_dim 128: the middle one everywhere
+    assert pa.decode_launch(256 * 8, 64, torch.device("cpu")) == middle
     pa.decode_launch(256 * 8, 64, cuda)["num_warps"] = 99          # a copy: the table stays as it was
     assert pa.MANY_PROGRAMS_CONFIG["num_warps"] == 1
