@@ -141,7 +141,7 @@ def static_attention(model: LlamaForward, layer: int, q: torch.Tensor, out: torc
         paged_prefill_attention(q, k_cache, v_cache, tiles, model.scale, out)
         # the fixed launch, not decode_launch's pick: rows past the iteration's decodes exit at once, so the
         # static range's program count says nothing about the live ones (64 decodes at 2,048 tokens beside 16
-        # chunks, in a 256-row range: 0.89x the piecewise path with the pick for 2,048 programs, 1.11x with this)
+        # chunks, in a 256-row range: 0.89x the piecewise path with the pick for 2,048 programs, 1.06x with this)
         decode_attention_triton(q[:nd], k_cache, v_cache, decode_tables, decode_ctx, model.scale, out=out[:nd],
                                 config={"num_splits": decode_splits_, **DECODE_CONFIG})
         return

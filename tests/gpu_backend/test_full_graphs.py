@@ -106,3 +106,22 @@ def test_a_negative_token_limit_for_the_graphs_is_refused():
     with pytest.raises(ValueError, match=r"full_graph_max_tokens must be >= 0 .* got -1"):
         TorchExecutor("tiny", device="cpu", num_gpu_blocks=8, num_host_blocks=0, max_model_len=64,
                       full_graph_max_tokens=-1)
+
+
+def test_static_attention_launches_the_decode_kernel_with_the_fixed_configuration(monkeypatch):
+    """The static decode range's program count says nothing about the live decodes, so the captured iteration
+    keeps the fixed launch instead of ``decode_launch``'s pick (a CUDA-only path: the kernels are recorded)."""
+    from types import SimpleNamespace
+
+    import gpu_backend.full_graphs as fg
+    from gpu_backend.paged_attention import DECODE_CONFIG
+
+    calls = []
+    monkeypatch.setattr(fg, "paged_prefill_attention", lambda *a, **k: calls.append(("prefill", k)))
+    monkeypatch.setattr(fg, "decode_attention_triton", lambda *a, **k: calls.append(("decode", k)))
+    monkeypatch.setattr(fg, "triton", object())
+    q = type("CudaRows", (), {"is_cuda": True, "__getitem__": lambda self, s: self})()
+    model = SimpleNamespace(store=SimpleNamespace(layers=[(None, None)]), scale=0.125)
+    fg.static_attention(model, 0, q, q, tiles=None, decode_tables=None, decode_ctx=torch.zeros(256), decode_splits_=2)
+    assert [c[0] for c in calls] == ["prefill", "decode"]
+    assert calls[1][1]["config"] == {"num_splits": 2, **DECODE_CONFIG}
