@@ -5,11 +5,8 @@ bytes it must read; this script takes the same step (``--batch`` sequences at ``
 tokens, random weights and KV, bf16) apart. It replays the step through
 ``TorchExecutor.execute`` under ``torch.profiler`` and reports, per kernel name, the launches
 and device time per step, the step's span on the device and the time no kernel ran. It times
-two executors' steps in turns: ``--compare down-layout`` (default) the down projections stored
-as transformers keeps them against stored transposed (``LlamaWeights.with_down_transposed``),
-with a prefill iteration (``--prefill``) timed the same way; ``--compare launch-rule`` the decode
-kernel's launch rule (``paged_attention.decode_launch``) against the same executor pinned to the
-single earlier configuration. It measures the device's
+the step with the decode kernel's launch rule (``paged_attention.decode_launch``) against the
+same executor pinned to the single earlier configuration, in turns. It measures the device's
 read-only bandwidth beside its copy bandwidth, and sweeps the decode kernel's launch
 configurations (one layer, graph-timed) over ``--shapes``. ``--sweep-only`` skips the step.
 
@@ -38,7 +35,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from gpu_backend.cuda_timing import cuda_seconds, graph_seconds  # noqa: E402
 from gpu_backend.models import LlamaWeights, build_hf_model, model_dims  # noqa: E402
 from gpu_backend.paged_attention import DECODE_CONFIG, decode_attention_triton  # noqa: E402
-from gpu_backend.plan import BatchPlan, PrefillChunk  # noqa: E402
+from gpu_backend.plan import BatchPlan  # noqa: E402
 from gpu_backend.torch_executor import TorchExecutor  # noqa: E402
 
 
@@ -149,50 +146,28 @@ def attention_configs(d, shapes: list[tuple[int, int]]) -> dict:
     return out
 
 
-def build_executor(weights, B: int, blocks: int) -> TorchExecutor:
-    ex = TorchExecutor(weights, device=weights.device, num_gpu_blocks=blocks, num_host_blocks=0, max_model_len=4096,
-                       max_num_seqs=B)
-    ex.store.gpu.normal_(generator=torch.Generator(weights.device).manual_seed(0))
-    return ex
-
-
-def prefill_plan(chunks: int, tokens: int, first_block: int, vocab: int) -> BatchPlan:
-    """``chunks`` fresh prompts of ``tokens`` tokens each, in blocks from ``first_block`` on."""
-    per = -(-tokens // 16)
-    return BatchPlan(prefills=[PrefillChunk(1000 + c, 0, tokens, list(range(first_block + c * per,
-                                                                            first_block + (c + 1) * per)),
-                                            True, [(31 * c + 7 * t) % vocab for t in range(tokens)])
-                               for c in range(chunks)])
-
-
-def step_comparison(weights, plan: BatchPlan, B: int, blocks: int, steps: int, compare: str,
-                    prefill: BatchPlan | None = None) -> dict:
-    """The decode step of two executors timed in turns, then the first one's step profiled.
-
-    ``compare="down-layout"``: down projections stored ``[hidden, intermediate]`` (``F.linear``) against
-    stored transposed (``torch.mm``), both with the launch rule; ``prefill`` is timed the same way.
-    ``compare="launch-rule"``: the decode kernel's launch rule against the same executor pinned to
-    ``DECODE_CONFIG`` (graphs record the launch, so the pin holds for the capture)."""
+def step_comparison(weights, plan: BatchPlan, B: int, blocks: int, steps: int) -> dict:
+    """The decode step with the launch rule against the same executor pinned to ``DECODE_CONFIG`` (graphs
+    record the launch, so the pin holds for the capture), timed in turns; then the rule's step profiled."""
     import gpu_backend.paged_attention as pa
 
-    if compare == "down-layout":
-        executors = {"down_transposed": build_executor(weights.with_down_transposed(), B, blocks),
-                     "down_as_stored": build_executor(weights, B, blocks)}
-    else:
-        executors = {"launch_rule": build_executor(weights, B, blocks)}
-        rule = pa.decode_launch
-        pa.decode_launch = lambda programs, head_dim, device: dict(pa.DECODE_CONFIG)
-        try:
-            executors["earlier_fixed_config"] = build_executor(weights, B, blocks)
-        finally:
-            pa.decode_launch = rule
-    first, second = executors
+    def build():
+        ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=blocks, num_host_blocks=0, max_model_len=4096,
+                           max_num_seqs=B)
+        ex.store.gpu.normal_(generator=torch.Generator("cuda").manual_seed(0))
+        return ex
+
+    executors = {"launch_rule": build()}
+    rule = pa.decode_launch
+    pa.decode_launch = lambda programs, head_dim, device: dict(pa.DECODE_CONFIG)
+    try:
+        executors["earlier_fixed_config"] = build()
+    finally:
+        pa.decode_launch = rule
     got = {k: ex.execute(plan).sampled_tokens for k, ex in executors.items()}
-    res = {"compare": compare, "tokens_equal": sum(got[first][s] == got[second][s] for s in range(B)) / B,
+    res = {"tokens_equal": sum(got["launch_rule"][s] == got["earlier_fixed_config"][s] for s in range(B)) / B,
            "times": step_times(executors, plan)}
-    if prefill is not None:
-        res["prefill_times"] = step_times(executors, prefill, rounds=4, per_round=3)
-    res["profile"] = profile_steps(executors[first], plan, steps)
+    res["profile"] = profile_steps(executors["launch_rule"], plan, steps)
     return res
 
 
@@ -212,10 +187,6 @@ def main() -> int:
     ap.add_argument("--shapes", default="256x513,256x2048,192x1024,128x1024,96x1024,64x4096,32x2048,16x8192,4x8192,"
                                         "1x8192", help="BATCHxCONTEXT shapes of the configuration sweep")
     ap.add_argument("--sweep-only", action="store_true", help="skip the whole decode step")
-    ap.add_argument("--compare", choices=("down-layout", "launch-rule"), default="down-layout",
-                    help="the two executors whose decode steps are timed in turns")
-    ap.add_argument("--prefill", default="8x512", help="CHUNKSxTOKENS: the prefill iteration timed for "
-                                                       "--compare down-layout")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "decode_profile_gpu.json")
     args = ap.parse_args()
     shapes = parse_shapes(args.shapes)
@@ -234,11 +205,7 @@ def main() -> int:
         tables = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(B)]
         plan = BatchPlan(decode_seq_ids=list(range(B)), decode_positions=[ctx - 1] * B, decode_block_tables=tables,
                          decode_input_ids=[(7 * i) % 1000 + 1 for i in range(B)])
-        (chunks, chunk_tokens), = parse_shapes(args.prefill)
-        prefill = prefill_plan(chunks, chunk_tokens, B * per_seq + 1, d.vocab_size)
-        blocks = B * per_seq + chunks * -(-chunk_tokens // 16) + 64
-        res["step"] = step_comparison(weights, plan, B, blocks, args.steps, args.compare,
-                                      prefill if args.compare == "down-layout" else None)
+        res["step"] = step_comparison(weights, plan, B, B * per_seq + 64, args.steps)
         kv_bytes = B * ctx * d.kv_bytes_per_token(2)
         w_bytes = weights.num_bytes_read_per_step
         res["bytes"] = {"weights": w_bytes, "kv": kv_bytes}
@@ -259,11 +226,8 @@ def main() -> int:
         for name, t in st["times"].items():
             print(f"  {name}: wall {t['wall_s'] * 1e6:.0f} us ({t['wall_s'] * 1e6 / res['roofline_copy_us']:.2f}x "
                   f"roofline), device {t['device_s'] * 1e6:.0f} us ({t['device_s'] * 1e6 / res['roofline_copy_us']:.2f}x)")
-        a, b = st["times"]
         t = st["times"]
-        print(f"  {a} / {b}, device: {t[a]['device_s'] / t[b]['device_s']:.3f}, wall: {t[a]['wall_s'] / t[b]['wall_s']:.3f}")
-        for name, t in st.get("prefill_times", {}).items():
-            print(f"  prefill {args.prefill}, {name}: wall {t['wall_s'] * 1e3:.2f} ms, device {t['device_s'] * 1e3:.2f} ms")
+        print(f"  rule / fixed, device: {t['launch_rule']['device_s'] / t['earlier_fixed_config']['device_s']:.3f}")
         prof = st["profile"]
         print(f"under the profiler: device span {prof['span_us']:.0f} us, kernels busy {prof['busy_us']:.0f} us, "
               f"idle inside the span {prof['span_us'] - prof['busy_us']:.0f} us")

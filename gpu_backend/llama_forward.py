@@ -143,8 +143,7 @@ class LlamaForward:
         x = add_rms_norm(self.linear(attn.view(attn.shape[0], self._q), w.o_proj[layer]), h, w.post_norm[layer], eps)
         a = silu_mul(self.linear(x, w.gate_up[layer]))
         nxt = w.input_norm[layer + 1] if layer + 1 < self.dims.num_layers else w.final_norm
-        down = torch.mm(a, w.down[layer]) if w.down_transposed else self.linear(a, w.down[layer])
-        return add_rms_norm(down, h, nxt, eps)
+        return add_rms_norm(self.linear(a, w.down[layer]), h, nxt, eps)
 
     def logits(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         return self.linear(x if rows is None else x[rows], self.w.lm_head)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gpu_backend.cost_model import ModelShape
@@ -249,8 +249,7 @@ class LlamaWeights:
     qkv: list                          # per layer [(heads + 2 kv_heads) * head_dim, hidden]
     o_proj: list                       # per layer [hidden, heads * head_dim]
     gate_up: list                      # per layer [2 * intermediate, hidden]
-    down: list                         # per layer [hidden, intermediate]; [intermediate, hidden] when transposed
-    down_transposed: bool = False      # ``with_down_transposed``: the down projections stored as ``W.T``
+    down: list                         # per layer [hidden, intermediate]
 
     @property
     def dtype(self):
@@ -259,16 +258,6 @@ class LlamaWeights:
     @property
     def device(self):
         return self.embed.device
-
-    def with_down_transposed(self) -> "LlamaWeights":
-        """The same model with each down projection stored transposed (``[intermediate, hidden]``, contiguous).
-
-        Why: at decode batch sizes cuBLAS picks a faster kernel for ``x @ W.T`` with ``W.T``
-        contiguous than for ``F.linear(x, W)`` on the ~1B shape's 8192 -> 2048 down projection
-        (BENCHMARKS.md, session 10). The other weights are shared with ``self``, not copied."""
-        if self.down_transposed:
-            return self
-        return replace(self, down=[w.t().contiguous() for w in self.down], down_transposed=True)
 
     @classmethod
     def from_hf(cls, model, name: str | None = None) -> "LlamaWeights":
