@@ -40,6 +40,7 @@ class IterationRecord:
 
     plan_copy: Any          # a BatchPlan with the counts and moves of the real one (tables not kept)
     measured_s: float
+    device_s: float = 0.0   # the executor's device time inside it (``StepResult.compute_s``); the rest is host work
 
 
 class RecordingExecutor:
@@ -66,7 +67,7 @@ class RecordingExecutor:
             prefills=[PrefillChunk(c.seq_id, c.start, c.num_tokens, [], c.samples) for c in plan.prefills],
             num_decode=plan.num_decode, decode_context_sum=plan.decode_context_sum,
             decode_context_max=plan.decode_context_max, swap_in=list(plan.swap_in), swap_out=list(plan.swap_out))
-        self.records.append(IterationRecord(copy, res.duration_s))
+        self.records.append(IterationRecord(copy, res.duration_s, res.compute_s))
         return res
 
 
@@ -94,7 +95,7 @@ def _rel(sim: float, real: float) -> float | None:
 def _plan_record(r: IterationRecord) -> dict:
     """One real iteration as JSON: what the simulator needs to time it again, and the measured time."""
     plan = r.plan_copy
-    return {"s": r.measured_s, "prefills": [[c.start, c.num_tokens, int(c.samples)] for c in plan.prefills],
+    return {"s": r.measured_s, "device_s": r.device_s, "prefills": [[c.start, c.num_tokens, int(c.samples)] for c in plan.prefills],
             "num_decode": plan.num_decode, "decode_context_sum": plan.decode_context_sum,
             "decode_context_max": plan.decode_context_max,
             "swap_in": [[m.src_start, m.dst_start, m.num_blocks] for m in plan.swap_in],
@@ -184,6 +185,7 @@ def judge(real: dict, profile) -> dict:
     per_iteration = _ape_stats(pred, measured)
     kinds = {"decode": [not p.prefills for p in plans], "with_prefill": [bool(p.prefills) for p in plans]}
     by_kind = {k: _ape_stats(pred[np.array(m)], measured[np.array(m)]) for k, m in kinds.items() if any(m)}
+    host = host_time(real["records"], kinds)
     specs = _workload(settings)
     sim_engine = ServingEngine(SimExecutor(profile, num_gpu_blocks=gpu_blocks, num_host_blocks=host_blocks),
                                make_policy(settings["policy"]), _config(settings, gpu_blocks, host_blocks))
@@ -198,7 +200,24 @@ def judge(real: dict, profile) -> dict:
             "per_iteration": per_iteration, "per_iteration_by_kind": by_kind, "end_to_end": end_to_end,
             "preemptions": {"real": m_real.get("preemptions"), "sim": m_sim.get("preemptions")},
             "iterations": {"real": real["iterations"], "sim": sim_engine.iteration},
-            "real_repeat": real_repeat(real)}
+            "real_repeat": real_repeat(real), **({"host_time": host} if host else {})}
+
+
+def host_time(records: list[dict], kinds: dict[str, list[bool]]) -> dict | None:
+    """Per kind of iteration, the median host time (measured minus device time) and its share of the
+    iteration. Host work is what moves with the lent machine's CPU rather than its GPU. None for runs
+    recorded before device times were kept."""
+    if not records or "device_s" not in records[0]:
+        return None
+    s = np.array([r["s"] for r in records])
+    dev = np.array([r["device_s"] for r in records])
+    out = {}
+    for k, mask in kinds.items():
+        m = np.array(mask) & (dev > 0)
+        if m.any():
+            out[k] = {"host_s_p50": float(np.median(s[m] - dev[m])), "device_s_p50": float(np.median(dev[m])),
+                      "host_share_p50": float(np.median((s[m] - dev[m]) / s[m])), "iterations": int(m.sum())}
+    return out
 
 
 def real_repeat(real: dict) -> dict | None:
@@ -232,6 +251,9 @@ def _print_report(out: dict) -> None:
         print("real again: the last unrecorded warm-up run against the recorded one (the hardware's own spread)")
     print(f"preemptions real {out['preemptions']['real']}, sim {out['preemptions']['sim']}; iterations real "
           f"{out['iterations']['real']}, sim {out['iterations']['sim']}")
+    for k, v in (out.get("host_time") or {}).items():
+        print(f"{k} iterations, real run (p50): device {v['device_s_p50'] * 1e3:.3f} ms, host "
+              f"{v['host_s_p50'] * 1e3:.3f} ms ({v['host_share_p50']:.0%} of the iteration)")
 
 
 def run_fidelity(args: argparse.Namespace) -> int:

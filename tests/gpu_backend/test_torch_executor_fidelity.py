@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from gpu_backend.calibration import Sweep, fit, measure, profile_json
@@ -42,6 +43,14 @@ def test_fidelity_compares_identical_plans_and_whole_runs(tmp_path, capsys):
     real = data["real_run"]
     assert real["warmup_runs"] == 2 and len(real["records"]) == data["iterations"]["real"]
     assert all(r["s"] > 0 for r in real["records"])
+    # every iteration computes here, so each keeps its device time, inside its measured time
+    assert all(0 < r["device_s"] < r["s"] for r in real["records"] if r["prefills"] or r["num_decode"])
+    host = data["host_time"]
+    decode_rows = [r for r in real["records"] if not r["prefills"] and r["device_s"] > 0]
+    assert host["decode"]["iterations"] == len(decode_rows)
+    assert host["decode"]["host_s_p50"] == float(np.median([r["s"] - r["device_s"] for r in decode_rows]))
+    assert host["decode"]["device_s_p50"] == float(np.median([r["device_s"] for r in decode_rows]))
+    assert "decode iterations, real run (p50): device " in printed
     decodes = [r for r in real["records"] if r["num_decode"]]
     assert decodes and all(r["decode_context_max"] * r["num_decode"] >= r["decode_context_sum"] >= r["num_decode"]
                            for r in decodes)
