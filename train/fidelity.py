@@ -16,8 +16,9 @@ The simulator run uses eager block ids, so its block groups and swap copies are 
 run's. The real run needs a GPU (or the CPU with the tiny model, for tests); it follows
 ``--warmup-runs`` unrecorded runs of the same workload, so the first use of a kernel shape
 (Triton compilation, cuBLAS heuristics, allocator growth) is not timed. ``--json`` keeps the
-real run (settings, metrics, every iteration's plan and measured time), and ``--replay`` judges
-another profile against it on any machine — a cost model can be improved without the GPU.
+real run (settings, metrics, every iteration's plan, measured time and device time), and
+``--replay`` judges another profile against it on any machine — a cost model can be improved
+without the GPU.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def _rel(sim: float, real: float) -> float | None:
 def _plan_record(r: IterationRecord) -> dict:
     """One real iteration as JSON: what the simulator needs to time it again, and the measured time."""
     plan = r.plan_copy
-    return {"s": r.measured_s, "device_s": r.device_s, "prefills": [[c.start, c.num_tokens, int(c.samples)] for c in plan.prefills],
+    return {"s": r.measured_s, "device_s": r.device_s,
+            "prefills": [[c.start, c.num_tokens, int(c.samples)] for c in plan.prefills],
             "num_decode": plan.num_decode, "decode_context_sum": plan.decode_context_sum,
             "decode_context_max": plan.decode_context_max,
             "swap_in": [[m.src_start, m.dst_start, m.num_blocks] for m in plan.swap_in],
