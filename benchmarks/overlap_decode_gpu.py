@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from gpu_backend.cuda_timing import cuda_seconds  # noqa: E402
+from gpu_backend.decode_graphs import capture_graph  # noqa: E402
 from gpu_backend.fused_ops import add_rms_norm  # noqa: E402
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward  # noqa: E402
 from gpu_backend.models import load_weights  # noqa: E402
@@ -78,20 +79,6 @@ def two_streams(model: LlamaForward, halves: list[ForwardBatch], outs: list[torc
         main.wait_stream(s)
 
 
-def capture(body) -> torch.cuda.CUDAGraph:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        body()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        body()
-    torch.cuda.synchronize()
-    return g
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama-1b")
@@ -122,6 +109,11 @@ def main() -> int:
 
     def split(name):
         return [outs[name][:B // 2], outs[name][B // 2:]]
+
+    side = torch.cuda.Stream()
+
+    def capture(body) -> torch.cuda.CUDAGraph:
+        return capture_graph(body, None, side)
 
     with torch.no_grad():
         graphs = {
