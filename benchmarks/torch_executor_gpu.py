@@ -7,11 +7,13 @@ One call does everything the issue asks to measure on the GPU, writes full resul
   (a) checks   bf16 on CUDA: the Triton decode kernel against the torch reference; the tiny
                model's logits against transformers' float32 forward (plain, chunked and
                prefix-hit prefill, mixed decode batches, after a swap round trip, whose KV must
-               come back bit-identical); llama-1b logits (eager) and CUDA-graph tokens
+               come back bit-identical); llama-1b logits (eager) and CUDA-graph tokens; a
+               128-row llama-1b decode with ``split_gemms=True`` against float32
   (b) speed    the ~1B Llama shape in bf16, N requests x P prompt x O output tokens: the serving
                engine over our executor against transformers' ``generate`` (padded batch) and
                ``generate_batch`` (continuous batching), output tokens per second
-  (c) roofline decode-iteration time at batch 256 against (weight + KV bytes) / copy bandwidth;
+  (c) roofline decode-iteration time at batch 256 against (weight + KV bytes) / copy bandwidth,
+               for the executor as shipped, with ``tune_gemms=True`` and with ``split_gemms=True``;
                prefill throughput against the measured matmul rate
   (d) swap     block-group copies against per-block copies and one bulk copy of the same bytes
 
@@ -43,7 +45,7 @@ from gpu_backend.models import LlamaWeights, build_hf_model  # noqa: E402
 from gpu_backend.paged_attention import decode_attention_triton  # noqa: E402
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk  # noqa: E402
 from gpu_backend.torch_executor import TorchExecutor  # noqa: E402
-from torch_executor_gpu_checks import check_1b, check_tiny, check_triton  # noqa: E402
+from torch_executor_gpu_checks import check_1b, check_split_gemms, check_tiny, check_triton  # noqa: E402
 from torch_executor_gpu_common import RESULTS, log, measure_ceilings, section, toks  # noqa: E402
 
 # ---------------------------------------------------------------------- ceilings
@@ -195,12 +197,17 @@ def roofline(weights, ceil, args) -> dict:
     ids = toks(B, 77)
     plan = BatchPlan(decode_seq_ids=list(range(B)), decode_positions=[ctx] * B, decode_block_tables=tables,
                      decode_input_ids=ids)
-    # the executor as shipped (cuBLAS for every GEMM) and with tune_gemms=True (split-K where it timed faster)
-    timings = {}
-    for tuned in (False, True):
+    # the executor as shipped (cuBLAS for every GEMM), with tune_gemms=True (our split-K kernel where it timed
+    # faster alone) and with split_gemms=True (K split into batched cuBLAS products, the partials summed by the
+    # fused kernel after them); each variant's sampled tokens are compared with the shipped one's, which runs
+    # last and stays for the stage timings below
+    variants = {"tune_gemms": {"tune_gemms": True}, "split_gemms": {"split_gemms": True}, "cublas": {}}
+    timings, sampled = {}, {}
+    for name, kw in variants.items():
         ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=B * per_seq + 16 * 80, num_host_blocks=0,
-                           max_model_len=4096, max_num_seqs=B, tune_gemms=tuned)
-        ex.store.gpu.normal_()                       # never time on zeros
+                           max_model_len=4096, max_num_seqs=B, **kw)
+        torch.manual_seed(5)
+        ex.store.gpu.normal_()                       # never time on zeros; the same KV for every variant
         for _ in range(5):
             ex.execute(plan)
         walls, dev = [], []
@@ -208,25 +215,33 @@ def roofline(weights, ceil, args) -> dict:
             r = ex.execute(plan)
             walls.append(r.duration_s)
             dev.append(r.compute_s)
-        timings[tuned] = (statistics.median(walls), statistics.median(dev))
-        if not tuned:
+        timings[name] = (statistics.median(walls), statistics.median(dev))
+        sampled[name] = r.sampled_tokens
+        if name == "tune_gemms":
+            tuned_linear = ex.model.linear       # holds only the choices; used alone below
+            choices = {f"{c.rows}x{c.n}x{c.k}": {"cublas_us": c.cublas_s * 1e6, "best_us": c.best_s * 1e6,
+                                                 "config": c.config.label() if c.config else "cublas"}
+                       for c in ex.model.linear.choices.values()}
+        if name != "cublas":
             del ex
             torch.cuda.empty_cache()
-    choices = {f"{c.rows}x{c.n}x{c.k}": {"cublas_us": c.cublas_s * 1e6, "best_us": c.best_s * 1e6,
-                                         "config": c.config.label() if c.config else "cublas"}
-               for c in ex.model.linear.choices.values()}
     log("   GEMM tuning (rows x n x k: cuBLAS -> best): " + "; ".join(
         f"{k} {v['cublas_us']:.1f}->{v['best_us']:.1f} {v['config']}" for k, v in choices.items() if k.startswith("256x")))
+    same = {name: sum(sampled[name][i] == sampled["cublas"][i] for i in range(B)) / B for name in variants}
     d = weights.dims
     kv_bytes = B * (ctx + 1) * d.kv_bytes_per_token(2)
     w_bytes = weights.num_bytes_read_per_step
     bw = ceil["d2d_bytes_per_s"]
     floor = (w_bytes + kv_bytes) / bw
     res = {"batch": B, "context": ctx + 1, "weight_bytes": w_bytes, "kv_bytes": kv_bytes, "roofline_s": floor,
-           "decode_wall_s": timings[False][0], "decode_device_s": timings[False][1],
-           "split_k_decode_wall_s": timings[True][0], "split_k_decode_device_s": timings[True][1],
-           "gemm_choices": choices}
-    log(f"   decode with tuned split-K GEMMs: wall {timings[True][0] * 1e3:.2f} ms, device {timings[True][1] * 1e3:.2f} ms")
+           "decode_wall_s": timings["cublas"][0], "decode_device_s": timings["cublas"][1],
+           "split_k_decode_wall_s": timings["tune_gemms"][0], "split_k_decode_device_s": timings["tune_gemms"][1],
+           "split_gemms_decode_wall_s": timings["split_gemms"][0],
+           "split_gemms_decode_device_s": timings["split_gemms"][1],
+           "tokens_equal_to_cublas": same, "gemm_choices": choices}
+    for name in ("tune_gemms", "split_gemms"):
+        log(f"   decode with {name}=True: wall {timings[name][0] * 1e3:.2f} ms, device {timings[name][1] * 1e3:.2f} ms, "
+            f"{same[name]:.1%} of tokens equal to cuBLAS's")
     res["wall_over_roofline"] = res["decode_wall_s"] / floor
     res["device_over_roofline"] = res["decode_device_s"] / floor
     log(f"   decode B={B} ctx={ctx + 1}: wall {res['decode_wall_s'] * 1e3:.2f} ms, device "
@@ -271,7 +286,7 @@ def roofline(weights, ceil, args) -> dict:
             row["mm_transposed_cublaslt"] = graph_time(lambda: torch.mm(inp, wt_t))
         finally:
             torch.backends.cuda.preferred_blas_library(prev)
-        row["tuned"] = graph_time(lambda: ex.model.linear(inp, wt))
+        row["tuned"] = graph_time(lambda: tuned_linear(inp, wt))
         row["floor"] = wt.numel() * 2 / bw
         gemms[name] = row
         del wt_t
@@ -382,6 +397,7 @@ def main() -> int:
         RESULTS["a_triton"] = check_triton()
         RESULTS["a_tiny"] = check_tiny()
         RESULTS["a_1b"] = check_1b()
+        RESULTS["a_split_gemms"] = check_split_gemms()
     hf = build_hf_model("llama-1b", torch.bfloat16, "cuda", seed=3)
     weights = LlamaWeights.from_hf(hf, "llama-1b")   # shares the HF model's tensors (fused ones are copies)
     hf.generation_config.eos_token_id = None           # every request generates exactly --output tokens
@@ -448,6 +464,11 @@ def table(r: dict, args) -> None:
             rows.append(("decode with tune_gemms=True (split-K): wall / device",
                          f"{rf['split_k_decode_wall_s'] * 1e3:.2f} / {rf['split_k_decode_device_s'] * 1e3:.2f} ms",
                          f"{rf['decode_device_s'] / rf['split_k_decode_device_s']:.2f}x the speed of cuBLAS (device)"))
+        if "split_gemms_decode_device_s" in rf:
+            rows.append(("decode with split_gemms=True (batched K slices): wall / device",
+                         f"{rf['split_gemms_decode_wall_s'] * 1e3:.2f} / {rf['split_gemms_decode_device_s'] * 1e3:.2f} ms",
+                         f"{rf['decode_device_s'] / rf['split_gemms_decode_device_s']:.2f}x the speed, "
+                         f"{rf['split_gemms_decode_device_s'] / rf['roofline_s']:.2f}x roofline"))
         rows.append(("prefill 16x512 tokens", f"{rf['prefill_flops_per_s'] / 1e12:.0f} TFLOP/s",
                      f"{rf['prefill_over_matmul_rate']:.0%} of matmul rate"))
     sw = r.get("d_swap")

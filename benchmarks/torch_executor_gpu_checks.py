@@ -161,3 +161,36 @@ def check_1b() -> dict:
                              f"transformers' bf16 has {res['hf_bf16_logits_rel_err']:.2e}")
     del ref, hf_bf16
     return res
+
+
+@section("a4 llama-1b bf16: a decode of 128 rows with split_gemms=True against float32")
+def check_split_gemms() -> dict:
+    """The QKV, output and down products of a 128-row decode cut into batched K slices (the partials
+    summed by the fused kernels): logits against transformers' float32 forward, beside transformers'
+    own bf16 forward as the yardstick."""
+    weights, ref, hf_bf16 = bf16_pair("llama-1b", 2)
+    n, plen = 128, 24
+    prompts = [toks(plen, 300 + i) for i in range(n)]
+    tables = [[2 * i, 2 * i + 1] for i in range(n)]
+    ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=2 * n + 16, num_host_blocks=0, max_model_len=2048,
+                       max_num_seqs=n, keep_logits=True, split_gemms=True)
+    r = ex.execute(BatchPlan(prefills=[PrefillChunk(i, 0, plen, tables[i], True, p) for i, p in enumerate(prompts)]))
+    nxt = [r.sampled_tokens[i] for i in range(n)]
+    ex.execute(BatchPlan(decode_seq_ids=list(range(n)), decode_positions=[plen] * n, decode_block_tables=tables,
+                         decode_input_ids=nxt))
+    mine = torch.cat([ex.last_logits[i] for i in range(n)]).float().cpu()
+    split = ex.model.linear.split_sms
+    del ex
+    with torch.no_grad():
+        ids = torch.tensor([p + [t] for p, t in zip(prompts, nxt)], device="cuda")
+        full = ref(ids).logits[:, -1].float().cpu()
+        theirs = hf_bf16(ids).logits[:, -1].float().cpu()
+    res = {"split_sms": split, "split_logits_rel_err": rel_err(mine, full),
+           "hf_bf16_logits_rel_err": rel_err(theirs, full),
+           "tokens_equal_fp32_argmax": float((mine.argmax(-1) == full.argmax(-1)).float().mean())}
+    log("   " + ", ".join(f"{k} {v:.3g}" for k, v in res.items()))
+    if not res["split_logits_rel_err"] <= 1.5 * res["hf_bf16_logits_rel_err"]:
+        raise AssertionError(f"split_gemms logits relative error {res['split_logits_rel_err']:.2e}, "
+                             f"transformers' bf16 has {res['hf_bf16_logits_rel_err']:.2e}")
+    del ref, hf_bf16
+    return res

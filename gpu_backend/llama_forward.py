@@ -11,8 +11,9 @@ The arithmetic follows the Llama architecture as transformers implements it (RMS
 float32 then cast, rotate-half RoPE with float32 angles, GQA, SwiGLU), so that its logits
 match ``LlamaForCausalLM`` to rounding; the layout is ours (fused QKV and gate/up
 matrices, the KV written straight into the paged cache, the residual add fused with the
-next norm: ``gpu_backend.fused_ops``; optionally, few-row products by split-K where that
-measured faster: ``gpu_backend.skinny_gemm``).
+next norm: ``gpu_backend.fused_ops``; optionally, few-row products split over K, either by our
+Triton kernel or as batched cuBLAS products whose partials the fused kernels sum:
+``gpu_backend.skinny_gemm``).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class LlamaForward:
         self.cos = emb.cos().to(weights.dtype)
         self.sin = emb.sin().to(weights.dtype)
         self._q = d.num_heads * d.head_dim
-        self.linear = LinearPlan()     # F.linear unless tuned (``TorchExecutor(tune_gemms=True)``)
+        self.linear = LinearPlan()     # F.linear unless ``TorchExecutor(tune_gemms=True)`` or ``split_gemms=True``
 
     @staticmethod
     def _groups(prefills: list[PrefillSegment]):
@@ -108,7 +109,7 @@ class LlamaForward:
         """QKV projection and RoPE; K and V written into the cache. Returns (q, k, v)."""
         d = self.dims
         k_cache, v_cache = self.store.layers[layer]
-        return rope_and_cache(self.linear(x, self.w.qkv[layer]), self.cos, self.sin, positions, write_blocks,
+        return rope_and_cache(self.linear.partials(x, self.w.qkv[layer]), self.cos, self.sin, positions, write_blocks,
                               write_slots, k_cache, v_cache, d.num_heads, d.num_kv_heads, d.head_dim,
                               want_kv=want_kv)
 
@@ -140,10 +141,11 @@ class LlamaForward:
         input (after the last layer: the final norm's output)."""
         w = self.w
         eps = self.dims.rms_norm_eps
-        x = add_rms_norm(self.linear(attn.view(attn.shape[0], self._q), w.o_proj[layer]), h, w.post_norm[layer], eps)
+        x = add_rms_norm(self.linear.partials(attn.view(attn.shape[0], self._q), w.o_proj[layer]), h,
+                         w.post_norm[layer], eps)
         a = silu_mul(self.linear(x, w.gate_up[layer]))
         nxt = w.input_norm[layer + 1] if layer + 1 < self.dims.num_layers else w.final_norm
-        return add_rms_norm(self.linear(a, w.down[layer]), h, nxt, eps)
+        return add_rms_norm(self.linear.partials(a, w.down[layer]), h, nxt, eps)
 
     def logits(self, x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         return self.linear(x if rows is None else x[rows], self.w.lm_head)

@@ -1,4 +1,4 @@
-"""Linear layers for few-row batches: a Triton split-K matrix product, picked per shape only where it beats cuBLAS.
+"""Linear layers for few-row batches: products split over K, where that fills a GPU that one product leaves idle.
 
 Why: a decode step multiplies ``M`` rows (one per sequence, 256 at most here) by each weight
 matrix. When the weight has few output columns (the ~1B shape's down projection: 8192 -> 2048),
@@ -8,9 +8,16 @@ the reduction dimension ``K`` over ``S`` programs per tile fills the machine; a 
 the ``S`` float32 partial products and rounds once to the model's dtype (the split-K scheme of
 CUTLASS's "parallel split-K" GEMMs).
 
-Nothing is assumed about which side wins: ``LinearPlan.tune`` times cuBLAS and every
-``GemmConfig`` candidate on the GPU for each (rows, weight shape) the executor will replay in a
-CUDA graph and keeps the fastest; shapes it never tuned, and every CPU call, go to ``F.linear``.
+Two ways, both off by default (the shipped fitted profiles timed the executor without them):
+
+- ``LinearPlan.tune`` times cuBLAS and every ``GemmConfig`` candidate of our Triton kernel on the
+  GPU for each (rows, weight shape) the executor will replay in a CUDA graph and keeps the
+  fastest (faster alone on some shapes, 2% slower inside the whole decode step);
+- ``LinearPlan.partials`` (``split_sms``) cuts K into 2 or 4 slices by ``batched_split_count`` and
+  lets cuBLAS multiply them as one batched product; the fused kernel after the product
+  (``gpu_backend.fused_ops``) sums the partials, so no reduction kernel runs.
+
+Shapes neither picks, and every CPU call, go to ``F.linear``.
 """
 
 from __future__ import annotations
@@ -120,6 +127,38 @@ def split_k_linear(x: torch.Tensor, weight: torch.Tensor, cfg: GemmConfig) -> to
     return out
 
 
+def batched_split_linear(x: torch.Tensor, weight: torch.Tensor, splits: int) -> torch.Tensor:
+    """The ``splits`` partial products of ``x @ weight.T`` over equal slices of K, as one batched cuBLAS
+    call: [splits, M, N] in ``x``'s dtype. Both operands are strided views, nothing is copied; the
+    consumer sums the partials (``gpu_backend.fused_ops`` does so on the way in)."""
+    m, k = x.shape
+    n, k_w = weight.shape
+    if k != k_w:
+        raise ValueError(f"batched_split_linear: x has {k} columns but the weight has {k_w}")
+    if splits < 1 or k % (8 * splits):
+        raise ValueError(f"batched_split_linear: {splits} splits of K={k} are not whole multiples of 8 columns")
+    if x.stride(1) != 1 or weight.stride(1) != 1 or weight.stride(0) != k:
+        raise ValueError("batched_split_linear: x and weight must be contiguous along K (weight fully contiguous)")
+    ks = k // splits
+    return torch.bmm(x.view(m, splits, ks).transpose(0, 1), weight.view(n, splits, ks).permute(1, 2, 0))
+
+
+def batched_split_count(m: int, n: int, k: int, sms: int) -> int:
+    """How many K slices ``batched_split_linear`` should cut an ``m``-row product by ``n x k`` into (1: none).
+
+    The rule fills the GPU with output tiles: the most slices, 4 or 2, for which the product's 128 x 128
+    tiles times the slices still fit the ``sms`` multiprocessors in one wave, with at least 768 columns of
+    K per slice. It stays within the shapes where it was measured (``benchmarks/batched_split_gpu.py``,
+    64-512 rows, BENCHMARKS.md): there it picks the fastest option or one within 3% of it."""
+    if not 64 <= m <= 512:
+        return 1
+    tiles = -(-m // 128) * -(-n // 128)
+    for s in (4, 2):
+        if tiles * s <= sms and k % (8 * s) == 0 and k // s >= 768:
+            return s
+    return 1
+
+
 @dataclass(slots=True)
 class ShapeChoice:
     """What tuning measured for one (rows, n, k): cuBLAS's time and the best kernel's, if it won."""
@@ -140,6 +179,16 @@ class LinearPlan:
     """Which implementation multiplies each tuned (rows, weight shape); ``F.linear`` for everything else."""
 
     choices: dict[tuple[int, int, int], ShapeChoice] = field(default_factory=dict)
+    split_sms: int = 0      # > 0: ``partials`` splits K by ``batched_split_count`` for this many SMs
+
+    def partials(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The product for a consumer that sums split-K partials (``gpu_backend.fused_ops``): [T, N], or
+        [S, T, N] when splitting is on (``split_sms``), ``x`` is on CUDA and the rule splits this shape."""
+        if self.split_sms and x.is_cuda and x.dim() == 2:
+            s = batched_split_count(x.shape[0], weight.shape[0], weight.shape[1], self.split_sms)
+            if s > 1:
+                return batched_split_linear(x, weight, s)
+        return self(x, weight)
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.choices and x.is_cuda and x.dim() == 2:

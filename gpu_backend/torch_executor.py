@@ -81,6 +81,10 @@ class TorchExecutor:
     cuBLAS against the split-K kernel for each decode batch size of 32 rows or more before capture
     and keeps the faster (``gpu_backend.skinny_gemm``): faster in isolation on some shapes, but on an H200 the whole
     ``llama-1b`` decode step at batch 256 came out 2% slower with it (BENCHMARKS.md).
+    ``split_gemms`` (CUDA; off by default, because the shipped fitted profiles timed the executor
+    without it) cuts the QKV, output and down products of 64-512 rows into K slices multiplied as
+    one batched cuBLAS call, summed by the fused kernel that follows
+    (``gpu_backend.skinny_gemm.batched_split_count``).
     """
 
     supports_multi_step = False
@@ -93,7 +97,7 @@ class TorchExecutor:
                  max_num_seqs: int = 256, cuda_graphs: bool = True, gpu_memory_utilization: float = 0.9,
                  activation_reserve_bytes: int = 4 * 2**30, swap_space_bytes: int | None = None,
                  seed: int = 0, keep_logits: bool = False, random_weights: bool = False,
-                 tune_gemms: bool = False, full_graph_max_tokens: int | None = None):
+                 tune_gemms: bool = False, full_graph_max_tokens: int | None = None, split_gemms: bool = False):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -134,6 +138,8 @@ class TorchExecutor:
             num_host_blocks = swap_space_bytes // bytes_per_block
         self.store = PagedKVStore(dims, num_gpu_blocks, num_host_blocks, block_size, self.dtype, self.device)
         self.model = LlamaForward(self.weights, self.store, max_model_len)
+        if split_gemms and self.device.type == "cuda":
+            self.model.linear.split_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         self.is_cuda = self.device.type == "cuda"
         self.keep_logits = keep_logits
         self.last_logits: dict[int, torch.Tensor] = {}

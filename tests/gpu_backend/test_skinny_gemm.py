@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpu_backend.skinny_gemm import CANDIDATES, GemmConfig, LinearPlan, ShapeChoice, split_k_linear
+from gpu_backend.skinny_gemm import (CANDIDATES, GemmConfig, LinearPlan, ShapeChoice, batched_split_count,
+                                      batched_split_linear, split_k_linear)
 from tests.gpu_backend.kernel_device import kernel_device
 
 
@@ -63,3 +64,38 @@ def test_split_k_refuses_shapes_it_cannot_run():
         split_k_linear(x, w, GemmConfig(16, 32, 64, 1))
     with pytest.raises(ValueError, match="x has 96 columns but the weight has 64"):
         split_k_linear(x, torch.randn(32, 64, device=dev), GemmConfig(16, 32, 32, 1))
+
+
+def test_batched_split_partials_sum_to_the_product():
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(6, 64, generator=g), torch.randn(24, 64, generator=g)
+    parts = batched_split_linear(x, w, 4)
+    assert parts.shape == (4, 6, 24)
+    for s in range(4):      # partial s is the product over K columns [16 s, 16 s + 16)
+        torch.testing.assert_close(parts[s], F.linear(x[:, 16 * s:16 * s + 16], w[:, 16 * s:16 * s + 16]))
+    torch.testing.assert_close(parts.sum(0), F.linear(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_batched_split_refuses_bad_splits_and_layouts():
+    x, w = torch.randn(6, 64), torch.randn(24, 64)
+    with pytest.raises(ValueError, match="3 splits of K=64 are not whole multiples of 8 columns"):
+        batched_split_linear(x, w, 3)
+    with pytest.raises(ValueError, match="x has 64 columns but the weight has 32"):
+        batched_split_linear(x, w[:, :32].contiguous(), 2)
+    with pytest.raises(ValueError, match="contiguous along K"):
+        batched_split_linear(x, torch.randn(64, 24).t(), 2)
+
+
+def test_split_count_fills_one_wave_of_tiles_with_long_enough_slices():
+    sms = 132
+    assert batched_split_count(256, 2048, 8192, sms) == 4     # llama-1b down: 32 tiles -> 128
+    assert batched_split_count(512, 2048, 8192, sms) == 2     # 64 tiles: 4 slices would need 256 SMs
+    assert batched_split_count(256, 2048, 2048, sms) == 2     # output: 4 slices of 512 columns are too short
+    assert batched_split_count(512, 3072, 2048, sms) == 1     # QKV: 96 tiles, no room for a second slice
+    assert batched_split_count(64, 16384, 2048, sms) == 1     # gate/up: 128 tiles already
+    assert batched_split_count(256, 576, 1536, sms) == 2      # smollm2 down: 1536 / 4 < 768
+    assert batched_split_count(256, 960, 576, sms) == 1       # 576 columns cannot be cut
+    assert batched_split_count(32, 2048, 8192, sms) == 1      # outside the measured 64-512 rows
+    assert batched_split_count(513, 2048, 8192, sms) == 1
+    assert batched_split_count(256, 2048, 8192, 64) == 2      # a smaller GPU: 32 tiles x 2 slices fill 64 SMs
+    assert batched_split_count(256, 2048, 8192, 48) == 1

@@ -16,6 +16,7 @@ from gpu_backend.models import LlamaWeights
 from tests.gpu_backend.eager_replay import EagerReplay
 from tests.gpu_backend.tiny_model import perturbed_tiny_model
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
+from gpu_backend.skinny_gemm import batched_split_linear
 from gpu_backend.torch_executor import TorchExecutor
 
 ATOL = 2e-5
@@ -117,6 +118,27 @@ def test_mixed_batch_prefill_chunk_beside_decodes(hf, weights):
     close(ex.last_logits[2], reference(hf, b)[32:33])
     close(ex.last_logits[3], reference(hf, c)[:30])
     assert set(res.sampled_tokens) == {1, 2}   # the unfinished chunk samples nothing
+
+
+def test_products_split_over_k_are_summed_by_every_consumer(hf, weights):
+    """With each QKV, output and down product handed on as 2 split-K partials (what ``split_gemms``
+    does on CUDA), prefill chunks and decodes still match transformers."""
+    ex = make_executor(weights)
+    split = []
+
+    def two_partials(x, w):
+        split.append(w.shape)
+        return batched_split_linear(x, w, 2)
+
+    ex.model.linear.partials = two_partials
+    a, c = tokens(40, 7), tokens(50, 9)
+    ex.execute(BatchPlan(prefills=[PrefillChunk(1, 0, 39, [0, 1, 2], True, a[:39])]))
+    ex.execute(BatchPlan(prefills=[PrefillChunk(3, 0, 30, [20, 21], False, c[:30])], decode_seq_ids=[1],
+                         decode_positions=[39], decode_block_tables=[[0, 1, 2]], decode_input_ids=[a[39]]))
+    close(ex.last_logits[1], reference(hf, a)[39:40])
+    close(ex.last_logits[3], reference(hf, c)[:30])
+    w = weights
+    assert split == [w.qkv[0].shape, w.o_proj[0].shape, w.down[0].shape] * 4    # 2 layers x 2 iterations
 
 
 def test_swap_round_trip_restores_kv_bit_for_bit(hf, weights):
