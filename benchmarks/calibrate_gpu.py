@@ -58,7 +58,10 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="llama-1b,smollm2-135m,llama-8b")
     p.add_argument("--skip-profile", action="store_true",
                    help="judge the profiles already in --out (or the shipped ones) instead of fitting new ones")
+    p.add_argument("--split-gemms", action="store_true",
+                   help="profile and judge the executor with split_gemms=True (few-row products cut into K slices)")
     args = p.parse_args(argv)
+    split = ["--split-gemms"] if args.split_gemms else []
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in args.models.split(","):
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
         if not args.skip_profile:
             t0 = time.perf_counter()
             _cli(["profile", "--model", model, "--random-weights", "--out", str(prof),
-                  "--samples", str(args.out / f"samples-{model}.json")])
+                  "--samples", str(args.out / f"samples-{model}.json"), *split])
             print(f"   profile {model}: {time.perf_counter() - t0:.0f} s", flush=True)
         elif not prof.exists():
             prof = ROOT / "gpu_backend" / "profiles" / "fitted" / prof.name
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
             fid = args.out / f"fid-{model}-{label}.json"
             # two warm-ups: the first compiles kernels, the second is a clean repeat of the recorded run
             _cli(["fidelity", "--device", "cuda", "--model", model, "--random-weights", "--profile", str(prof),
-                  "--warmup-runs", "2", "--json", str(fid), *workload_args(model, label, extra)])
+                  "--warmup-runs", "2", "--json", str(fid), *workload_args(model, label, extra), *split])
             d = json.loads(fid.read_text())
             e2e = d["end_to_end"]
             rows.append((model, label, d["per_iteration"]["mape"], d["per_iteration"]["p50"],

@@ -442,7 +442,7 @@ def table(r: dict, args) -> None:
     if r.get("a_1b"):
         rows.append(("llama-1b bf16 logits vs fp32 HF", f"{r['a_1b']['eager_logits_rel_err']:.1e}",
                      f"HF bf16: {r['a_1b']['hf_bf16_logits_rel_err']:.1e}"))
-        rows.append(("llama-1b graph tokens == eager tokens", f"{r['a_1b']['graph_tokens_equal_eager']:.1%}", ""))
+        rows.append(("llama-1b graph tokens == eager (teacher-forced)", f"{r['a_1b']['graph_tokens_equal_eager']:.1%}", ""))
     ours = (r.get("b_ours") or {}).get("output_tok_s")
     wl = f"{args.requests}x{args.prompt}+{args.output}"
     if ours:

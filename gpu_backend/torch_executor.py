@@ -125,6 +125,9 @@ class TorchExecutor:
                              f"got {full_graph_max_tokens}")
         if max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
+        if split_gemms and self.device.type != "cuda":
+            raise ValueError(f"split_gemms=True needs a CUDA device (the split products run on cuBLAS), "
+                             f"device is {self.device.type!r}")
         self.max_model_len = max_model_len
         self.block_size = block_size
         elt = torch.empty((), dtype=self.dtype).element_size()
@@ -138,7 +141,7 @@ class TorchExecutor:
             num_host_blocks = swap_space_bytes // bytes_per_block
         self.store = PagedKVStore(dims, num_gpu_blocks, num_host_blocks, block_size, self.dtype, self.device)
         self.model = LlamaForward(self.weights, self.store, max_model_len)
-        if split_gemms and self.device.type == "cuda":
+        if split_gemms:
             self.model.linear.split_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         self.is_cuda = self.device.type == "cuda"
         self.keep_logits = keep_logits

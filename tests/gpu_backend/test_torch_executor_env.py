@@ -64,6 +64,16 @@ def test_simulate_cli_refuses_an_unknown_model(capsys):
     assert "servegym simulate: error: unknown model 'gpt-5'" in capsys.readouterr().err
 
 
+def test_split_gemms_is_refused_off_cuda_and_off_the_torch_backend(capsys):
+    rc = main(["simulate", "--backend", "torch", "--model", "tiny", "--device", "cpu", "-n", "1", "--split-gemms"])
+    assert rc == 2
+    assert ("servegym simulate: error: split_gemms=True needs a CUDA device (the split products run on cuBLAS), "
+            "device is 'cpu'") in capsys.readouterr().err
+    rc = main(["simulate", "-n", "1", "--split-gemms"])
+    assert rc == 2
+    assert "--split-gemms changes the real executor; it needs --backend torch, got --backend sim" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_smollm2_real_weights_answer_and_match_transformers():
     pytest.importorskip("gguf", reason="smollm2-135m is read through the gguf package (the torch extra)")

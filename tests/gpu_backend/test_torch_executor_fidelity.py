@@ -78,6 +78,10 @@ def test_fidelity_rejects_bad_arguments(tmp_path):
     args = parse(["fidelity", "--profile", prof])
     with pytest.raises(ValueError, match="needs --workload and --model"):
         args.func(args)
+    args = parse(["fidelity", "-w", "vtc-overload-2", "--model", "tiny", "--device", "cpu", "--profile", prof,
+                  "-n", "2", "--split-gemms"])
+    with pytest.raises(ValueError, match="split_gemms=True needs a CUDA device"):
+        args.func(args)
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     args = parse(["fidelity", "--replay", str(bad), "--profile", prof])
