@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from gpu_backend.block_tables import DeviceBlockTables
+from gpu_backend.fused_ops import greedy_tokens
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward
 
 
@@ -69,7 +70,7 @@ class DecodeGraphs:
         tables = self.tables.table.index_select(0, self.slots[:n])
         blocks = tables.gather(1, (pos // self.block_size).unsqueeze(1)).squeeze(1)
         batch = ForwardBatch(self.ids[:n], pos, blocks, pos % self.block_size, [], 0, tables, pos + 1, None)
-        self.out[:n] = self.model(batch).argmax(-1)
+        greedy_tokens(self.model(batch), self.out[:n])
 
     def _capture(self) -> None:
         torch.cuda.synchronize()

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from gpu_backend.block_tables import DeviceBlockTables
 from gpu_backend.decode_graphs import capture_graph
-from gpu_backend.fused_ops import add_rms_norm
+from gpu_backend.fused_ops import add_rms_norm, greedy_tokens
 from gpu_backend.llama_forward import LlamaForward
 from gpu_backend.mixed_graphs import MIXED_BUCKETS
 from gpu_backend.paged_attention import (DECODE_CONFIG, decode_attention_torch, decode_attention_triton, decode_splits,
@@ -210,7 +210,7 @@ class FullGraphs:
             attn = torch.zeros_like(q) if not q.is_cuda else torch.empty_like(q)
             static_attention(m, layer, q, attn, tiles, decode_tables, v["dctx"], self.decode_splits[n])
             x = m.post_attention(layer, attn, h)
-        self.out[n].copy_(m.logits(x, v["logit_rows"]).argmax(-1))
+        greedy_tokens(m.logits(x, v["logit_rows"]), self.out[n])
 
     def _capture(self) -> None:
         torch.cuda.synchronize()

@@ -7,7 +7,9 @@ Each function here is one kernel:
 
 - ``add_rms_norm``: the residual add and the next RMSNorm (``h += x; return norm(h)``);
 - ``rope_and_cache``: RoPE on Q and K, and K and V written into their paged-cache slots;
-- ``silu_mul``: SwiGLU's ``silu(gate) * up``.
+- ``silu_mul``: SwiGLU's ``silu(gate) * up``;
+- ``greedy_tokens``: each row's argmax written straight into the caller's token buffer (torch's
+  argmax is a generic reduction plus a copy, 14 us on a 256 x 32,000 batch on an H200).
 
 Each also takes the product it follows as ``[S, T, N]`` split-K partials
 (``gpu_backend.skinny_gemm.LinearPlan.partials``): they are summed in float32 and rounded
@@ -153,6 +155,23 @@ if triton is not None:
         tl.store(OUT + row * stride_o + offs, (s.to(tl.float32) * u.to(tl.float32)).to(g.dtype), mask=ok)
 
 
+    @triton.jit
+    def _argmax_kernel(X, OUT, stride_x, N, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        best_v = tl.full([], float("-inf"), tl.float32)
+        best_i = tl.full([], 0, tl.int32)
+        for start in range(0, N, BLOCK):
+            o = start + offs
+            x = tl.load(X + row * stride_x + o, mask=o < N, other=float("-inf")).to(tl.float32)
+            m = tl.max(x, axis=0)
+            i = tl.min(tl.where(x == m, o, N), axis=0)     # the first index holding the maximum, as torch
+            take = m > best_v                               # strictly: an earlier block keeps a tie
+            best_i = tl.where(take, i, best_i)
+            best_v = tl.where(take, m, best_v)
+        tl.store(OUT + row, best_i.to(tl.int64))
+
+
 # ---------------------------------------------------------------------- public functions
 def add_rms_norm(x: torch.Tensor | None, h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``h += x`` in place (when ``x`` is given), then RMSNorm of ``h`` [T, hidden].
@@ -238,4 +257,19 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
         _silu_mul_kernel[(T, triton.cdiv(inter, block))](gu, out, gu.stride(0) if splits > 1 else 0, gu.stride(-2),
                                                           out.stride(0), inter, SPLITS=splits, BLOCK=block,
                                                           num_warps=4)
+    return out
+
+
+def greedy_tokens(logits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out[i] = argmax(logits[i])`` (the first index of the maximum, as ``torch.argmax``) for ``logits``
+    [T, vocab] and ``out`` [T] int64; returns ``out``."""
+    if logits.dim() != 2 or out.shape != logits.shape[:1] or out.dtype != torch.long:
+        raise ValueError(f"greedy_tokens: logits {tuple(logits.shape)} need an int64 out of shape "
+                         f"({logits.shape[0]},), got {out.dtype} {tuple(out.shape)}")
+    if not _use_triton(logits):
+        return out.copy_(logits.argmax(-1))
+    if logits.shape[0]:
+        if logits.stride(1) != 1:
+            raise ValueError("greedy_tokens: logits must be contiguous along the vocabulary")
+        _argmax_kernel[(logits.shape[0],)](logits, out, logits.stride(0), logits.shape[1], BLOCK=4096, num_warps=8)
     return out

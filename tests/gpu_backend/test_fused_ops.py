@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from gpu_backend import fused_ops
-from gpu_backend.fused_ops import add_rms_norm, rms_norm_torch, rope_and_cache, silu_mul
+from gpu_backend.fused_ops import add_rms_norm, greedy_tokens, rms_norm_torch, rope_and_cache, silu_mul
 from tests.gpu_backend.kernel_device import kernel_device
 
 needs_kernel = pytest.mark.skipif(kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
@@ -143,3 +143,36 @@ def test_silu_kernel_matches_torch_path(splits, monkeypatch):
     monkeypatch.setattr(fused_ops, "_use_triton", lambda t: False)
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(got, silu_mul(gu_in), rtol=tol, atol=tol)
+
+
+def _tied_logits(dtype=torch.float32):
+    """Three rows over 9,000 tokens (three 4,096-token blocks of the kernel) with their maximum tied."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 9000, generator=g).to(dtype)
+    x[0, [7, 4100, 8999]] = 9.0          # tied across blocks: the first wins
+    x[1, [5000, 5001]] = 9.0             # tied inside one block
+    x[2, 8999] = 9.0                     # in the last, partial block
+    return x
+
+
+def test_greedy_tokens_writes_the_first_maximum_into_out():
+    x = _tied_logits()
+    out = torch.full((3,), -1, dtype=torch.long)
+    assert greedy_tokens(x, out) is out
+    assert out.tolist() == [7, 5000, 8999] == x.argmax(-1).tolist()
+    with pytest.raises(ValueError, match=r"logits \(3, 9000\) need an int64 out of shape \(3,\), "
+                                         r"got torch.int32 \(3,\)"):
+        greedy_tokens(x, torch.zeros(3, dtype=torch.int32))
+
+
+@needs_kernel
+def test_argmax_kernel_matches_torch_including_ties(monkeypatch):
+    dev = kernel_device()
+    x = _tied_logits(torch.bfloat16 if dev == "cuda" else torch.float32).to(dev)
+    g = torch.Generator().manual_seed(9)
+    x = torch.cat([x, torch.randn(5, 9000, generator=g).to(x.device, x.dtype)])
+    out = torch.full((8,), -1, dtype=torch.long, device=dev)
+    monkeypatch.setattr(fused_ops, "_use_triton", lambda t: True)
+    greedy_tokens(x, out)
+    assert out.tolist() == x.argmax(-1).tolist()
+    assert out[:3].tolist() == [7, 5000, 8999]
