@@ -91,10 +91,13 @@ def test_split_count_fills_one_wave_of_tiles_with_long_enough_slices():
     assert batched_split_count(256, 2048, 8192, sms) == 4     # llama-1b down: 32 tiles -> 128
     assert batched_split_count(512, 2048, 8192, sms) == 2     # 64 tiles: 4 slices would need 256 SMs
     assert batched_split_count(256, 2048, 2048, sms) == 2     # output: 4 slices of 512 columns are too short
+    assert batched_split_count(128, 4096, 14336, sms) == 4    # llama-8b down: 32 tiles, slices of 3,584
     assert batched_split_count(512, 3072, 2048, sms) == 1     # QKV: 96 tiles, no room for a second slice
     assert batched_split_count(64, 16384, 2048, sms) == 1     # gate/up: 128 tiles already
-    assert batched_split_count(256, 576, 1536, sms) == 2      # smollm2 down: 1536 / 4 < 768
-    assert batched_split_count(256, 960, 576, sms) == 1       # 576 columns cannot be cut
+    assert batched_split_count(256, 576, 1536, sms) == 2      # smollm2 down: 1536 / 4 < 2048
+    assert batched_split_count(256, 960, 576, sms) == 2       # smollm2 QKV: two slices of 288
+    assert batched_split_count(256, 960, 480, sms) == 1       # 240 columns a slice are too few
+    assert batched_split_count(256, 960, 584, sms) == 1       # 584 is not two whole multiples of 8
     assert batched_split_count(32, 2048, 8192, sms) == 1      # outside the measured 64-512 rows
     assert batched_split_count(513, 2048, 8192, sms) == 1
     assert batched_split_count(256, 2048, 8192, 64) == 2      # a smaller GPU: 32 tiles x 2 slices fill 64 SMs
