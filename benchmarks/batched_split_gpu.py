@@ -18,11 +18,8 @@ compared with the pair as cuBLAS alone runs it (``F.linear`` then the follower) 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,7 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gemm_cold_gpu import cold_seconds  # noqa: E402
+from gemm_cold_gpu import cold_bench_setup, cold_seconds  # noqa: E402
 from gemm_gpu import weight_shapes  # noqa: E402
 from print_table import print_table  # noqa: E402
 
@@ -75,20 +72,13 @@ def follower(kind: str, d, m: int):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="llama-1b")
-    ap.add_argument("--rows", default="64,128,256,512")
-    ap.add_argument("--kinds", default="qkv,o,gate_up,down")
-    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "batched_split_gpu.json")
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("batched_split_gpu.py: needs a CUDA device", file=sys.stderr)
+    setup = cold_bench_setup("batched_split_gpu", __doc__, "64,128,256,512")
+    if setup is None:
         return 2
+    args, res = setup
     d = MODELS[args.model].dims
     layers = d.num_layers
     shapes = weight_shapes(args.model)
-    res = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "model": args.model,
-           "layers": layers, "sms": torch.cuda.get_device_properties(0).multi_processor_count, "results": []}
     table = []
     for kind in args.kinds.split(","):
         n, k = shapes[kind]

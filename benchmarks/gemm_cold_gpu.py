@@ -63,20 +63,30 @@ def cold_seconds(fn_per_layer, layers: int) -> float:
     return graph_seconds(lambda: [fn_per_layer(i) for i in range(layers)], calls=2, reps=7) / layers
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cold_bench_setup(script: str, doc: str, rows: str):
+    """The command line the cold-weight GEMM benchmarks share, and their results' header:
+    ``(args, results dict)``, or None (with a message) without a CUDA device."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--model", default="llama-1b")
-    ap.add_argument("--rows", default="256,128")
+    ap.add_argument("--rows", default=rows)
     ap.add_argument("--kinds", default="qkv,o,gate_up,down")
-    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "gemm_cold_gpu.json")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / f"{script}.json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
-        print("gemm_cold_gpu.py: needs a CUDA device", file=sys.stderr)
+        print(f"{script}.py: needs a CUDA device", file=sys.stderr)
+        return None
+    return args, {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "model": args.model,
+                  "layers": MODELS[args.model].dims.num_layers,
+                  "sms": torch.cuda.get_device_properties(0).multi_processor_count, "results": []}
+
+
+def main() -> int:
+    setup = cold_bench_setup("gemm_cold_gpu", __doc__, "256,128")
+    if setup is None:
         return 2
-    layers = MODELS[args.model].dims.num_layers
+    args, res = setup
+    layers = res["layers"]
     shapes = weight_shapes(args.model)
-    res = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "model": args.model,
-           "layers": layers, "results": []}
     table = []
     for kind in args.kinds.split(","):
         n, k = shapes[kind]

@@ -110,6 +110,15 @@ def check_tiny() -> dict:
     return res
 
 
+def logged_within_hf_bf16(res: dict, key: str, what: str) -> dict:
+    """Log ``res``; refuse a logits error ``res[key]`` above 1.5x transformers' own bf16 error."""
+    log("   " + ", ".join(f"{k} {v:.3g}" for k, v in res.items()))
+    if not res[key] <= 1.5 * res["hf_bf16_logits_rel_err"]:
+        raise AssertionError(f"{what} logits relative error {res[key]:.2e}, "
+                             f"transformers' bf16 has {res['hf_bf16_logits_rel_err']:.2e}")
+    return res
+
+
 @section("a3 llama-1b bf16: eager logits and graph tokens")
 def check_1b() -> dict:
     weights, ref, hf_bf16 = bf16_pair("llama-1b", 1)
@@ -160,12 +169,7 @@ def check_1b() -> dict:
     g = runs["graph"][0]
     res["graph_tokens_equal_eager"] = (sum(a == b for s, t, p in zip(seqs, g, prompts) for a, b in zip(s[len(p):], t[len(p):]))
                                        / sum(len(t) - len(p) for t, p in zip(g, prompts)))
-    log("   " + ", ".join(f"{k} {v:.3g}" for k, v in res.items()))
-    if not res["eager_logits_rel_err"] <= 1.5 * res["hf_bf16_logits_rel_err"]:
-        raise AssertionError(f"llama-1b bf16 logits relative error {res['eager_logits_rel_err']:.2e}, "
-                             f"transformers' bf16 has {res['hf_bf16_logits_rel_err']:.2e}")
-    del ref, hf_bf16
-    return res
+    return logged_within_hf_bf16(res, "eager_logits_rel_err", "llama-1b bf16")
 
 
 @section("a4 llama-1b bf16: a decode of 128 rows with split_gemms=True against float32")
@@ -193,9 +197,4 @@ def check_split_gemms() -> dict:
     res = {"split_sms": split, "split_logits_rel_err": rel_err(mine, full),
            "hf_bf16_logits_rel_err": rel_err(theirs, full),
            "tokens_equal_fp32_argmax": float((mine.argmax(-1) == full.argmax(-1)).float().mean())}
-    log("   " + ", ".join(f"{k} {v:.3g}" for k, v in res.items()))
-    if not res["split_logits_rel_err"] <= 1.5 * res["hf_bf16_logits_rel_err"]:
-        raise AssertionError(f"split_gemms logits relative error {res['split_logits_rel_err']:.2e}, "
-                             f"transformers' bf16 has {res['hf_bf16_logits_rel_err']:.2e}")
-    del ref, hf_bf16
-    return res
+    return logged_within_hf_bf16(res, "split_logits_rel_err", "split_gemms")
