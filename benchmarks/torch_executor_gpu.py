@@ -240,7 +240,8 @@ def roofline(weights, ceil, args) -> dict:
            "split_gemms_decode_device_s": timings["split_gemms"][1],
            "tokens_equal_to_cublas": same, "gemm_choices": choices}
     for name in ("tune_gemms", "split_gemms"):
-        log(f"   decode with {name}=True: wall {timings[name][0] * 1e3:.2f} ms, device {timings[name][1] * 1e3:.2f} ms, "
+        log(f"   decode with {name}=True: wall {timings[name][0] * 1e3:.2f} ms, "
+            f"device {timings[name][1] * 1e3:.2f} ms, "
             f"{same[name]:.1%} of tokens equal to cuBLAS's")
     res["wall_over_roofline"] = res["decode_wall_s"] / floor
     res["device_over_roofline"] = res["decode_device_s"] / floor
@@ -442,7 +443,8 @@ def table(r: dict, args) -> None:
     if r.get("a_1b"):
         rows.append(("llama-1b bf16 logits vs fp32 HF", f"{r['a_1b']['eager_logits_rel_err']:.1e}",
                      f"HF bf16: {r['a_1b']['hf_bf16_logits_rel_err']:.1e}"))
-        rows.append(("llama-1b graph tokens == eager (teacher-forced)", f"{r['a_1b']['graph_tokens_equal_eager']:.1%}", ""))
+        rows.append(("llama-1b graph tokens == eager (teacher-forced)",
+                     f"{r['a_1b']['graph_tokens_equal_eager']:.1%}", ""))
     ours = (r.get("b_ours") or {}).get("output_tok_s")
     wl = f"{args.requests}x{args.prompt}+{args.output}"
     if ours:
@@ -466,7 +468,8 @@ def table(r: dict, args) -> None:
                          f"{rf['decode_device_s'] / rf['split_k_decode_device_s']:.2f}x the speed of cuBLAS (device)"))
         if "split_gemms_decode_device_s" in rf:
             rows.append(("decode with split_gemms=True (batched K slices): wall / device",
-                         f"{rf['split_gemms_decode_wall_s'] * 1e3:.2f} / {rf['split_gemms_decode_device_s'] * 1e3:.2f} ms",
+                         f"{rf['split_gemms_decode_wall_s'] * 1e3:.2f} / "
+                         f"{rf['split_gemms_decode_device_s'] * 1e3:.2f} ms",
                          f"{rf['decode_device_s'] / rf['split_gemms_decode_device_s']:.2f}x the speed, "
                          f"{rf['split_gemms_decode_device_s'] / rf['roofline_s']:.2f}x roofline"))
         rows.append(("prefill 16x512 tokens", f"{rf['prefill_flops_per_s'] / 1e12:.0f} TFLOP/s",

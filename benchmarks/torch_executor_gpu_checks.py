@@ -167,8 +167,8 @@ def check_1b() -> dict:
     res["hf_bf16_logits_rel_err"] = max(hf_errs)    # transformers' own bf16 forward: the yardstick
     res["eager_tokens_equal_fp32_argmax"] = agree / total
     g = runs["graph"][0]
-    res["graph_tokens_equal_eager"] = (sum(a == b for s, t, p in zip(seqs, g, prompts) for a, b in zip(s[len(p):], t[len(p):]))
-                                       / sum(len(t) - len(p) for t, p in zip(g, prompts)))
+    sampled = [(s[len(p):], t[len(p):]) for s, t, p in zip(seqs, g, prompts)]     # past each prompt
+    res["graph_tokens_equal_eager"] = sum(a == b for s, t in sampled for a, b in zip(s, t)) / sum(len(t) for _, t in sampled)
     return logged_within_hf_bf16(res, "eager_logits_rel_err", "llama-1b bf16")
 
 

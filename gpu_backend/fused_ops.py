@@ -177,7 +177,7 @@ def add_rms_norm(x: torch.Tensor | None, h: torch.Tensor, weight: torch.Tensor, 
     """``h += x`` in place (when ``x`` is given), then RMSNorm of ``h`` [T, hidden].
 
     ``x`` is [T, hidden], or [S, T, hidden]: the S split-K partials of one product
-    (``gpu_backend.skinny_gemm.BatchedSplitLinear``), summed in float32 and rounded once
+    (``gpu_backend.skinny_gemm.batched_split_linear``), summed in float32 and rounded once
     before the add, so the split costs no kernel of its own."""
     if x is not None and x.shape[-2:] != h.shape:
         raise ValueError(f"add_rms_norm: x has shape {tuple(x.shape)}, the residual {tuple(h.shape)}")
@@ -234,7 +234,8 @@ def rope_and_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, posi
         _rope_cache_kernel[(T,)](
             qkv, cos, sin, positions, write_blocks, write_slots, q, k_cache, v_cache,
             k if want_kv else q, v if want_kv else q,
-            qkv.stride(0) if qkv.dim() == 3 else 0, qkv.stride(-2), q.stride(0), cos.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            qkv.stride(0) if qkv.dim() == 3 else 0, qkv.stride(-2), q.stride(0), cos.stride(0),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             k.stride(0) if want_kv else 0,
             NH=num_heads, NKV=num_kv_heads, HALF=head_dim // 2,
             HEADS_PAD=triton.next_power_of_2(num_heads + 2 * num_kv_heads), WRITE_KV=want_kv,

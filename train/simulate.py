@@ -128,7 +128,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.num_gpu_blocks is not None and args.num_gpu_blocks < 1:
         raise ValueError(f"--num-gpu-blocks must be >= 1, got {args.num_gpu_blocks}")
     if args.split_gemms and args.backend != "torch":
-        raise ValueError(f"--split-gemms changes the real executor; it needs --backend torch, got --backend {args.backend}")
+        raise ValueError(f"--split-gemms changes the real executor; it needs --backend torch, "
+                         f"got --backend {args.backend}")
     executor = None
     kv_bytes_per_token = profile.model.kv_bytes_per_token
     source = f"profile {profile.name}"

@@ -71,7 +71,8 @@ def test_split_gemms_is_refused_off_cuda_and_off_the_torch_backend(capsys):
             "device is 'cpu'") in capsys.readouterr().err
     rc = main(["simulate", "-n", "1", "--split-gemms"])
     assert rc == 2
-    assert "--split-gemms changes the real executor; it needs --backend torch, got --backend sim" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--split-gemms changes the real executor; it needs --backend torch, got --backend sim" in err
 
 
 @pytest.mark.slow
