@@ -28,8 +28,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gemm_cold_gpu import cold_bench_setup, cold_seconds  # noqa: E402
-from gemm_gpu import weight_shapes  # noqa: E402
+from gemm_cold_gpu import cold_bench_setup, cold_cases, cold_seconds  # noqa: E402
 from print_table import print_table  # noqa: E402
 
 from gpu_backend.fused_ops import add_rms_norm, rope_and_cache, silu_mul  # noqa: E402
@@ -78,36 +77,28 @@ def main() -> int:
     args, res = setup
     d = MODELS[args.model].dims
     layers = d.num_layers
-    shapes = weight_shapes(args.model)
     table = []
-    for kind in args.kinds.split(","):
-        n, k = shapes[kind]
-        ws = [torch.randn((n, k), dtype=torch.bfloat16, device="cuda") * 0.02 for _ in range(layers)]
-        for m in (int(r) for r in args.rows.split(",")):
-            x = torch.randn((m, k), dtype=torch.bfloat16, device="cuda")
-            then = follower(kind, d, m)
-            ref = then(F.linear(x, ws[0])).float()
-            base = cold_seconds(lambda i: then(F.linear(x, ws[i])), layers)
-            row = {"kind": kind, "rows": m, "n": n, "k": k, "cublas_us": base * 1e6, "splits": {}}
-            best = (base, "1")
-            cells = []
-            for s in SPLITS:
-                if k % (s * 8):
-                    cells += ["-", "-"]
-                    continue
-                got = then(batched_split_linear(x, ws[0], s)).float()
-                err = ((got - ref).abs().max() / ref.abs().max()).item()
-                view = cold_seconds(lambda i: then(batched_split_linear(x, ws[i], s)), layers)
-                wsl = [sliced(w, s) for w in ws]
-                cut = cold_seconds(lambda i: then(sliced_partials(x, wsl[i])), layers)
-                row["splits"][s] = {"view_us": view * 1e6, "sliced_us": cut * 1e6, "max_rel_err": err}
-                best = min(best, (view, f"{s}"), (cut, f"{s} sliced"))
-                cells += [f"{view * 1e6:.1f}", f"{cut * 1e6:.1f}"]
-            res["results"].append(row)
-            table.append((kind, str(m), f"{n}x{k}", f"{base * 1e6:.1f}", *cells, best[1], f"{base / best[0]:.2f}x"))
-            print(f"{kind} {m}: done", flush=True)
-        ws.clear()
-        torch.cuda.empty_cache()
+    for kind, n, k, ws, m, x in cold_cases(args, layers):
+        then = follower(kind, d, m)
+        ref = then(F.linear(x, ws[0])).float()
+        base = cold_seconds(lambda i: then(F.linear(x, ws[i])), layers)
+        row = {"kind": kind, "rows": m, "n": n, "k": k, "cublas_us": base * 1e6, "splits": {}}
+        best = (base, "1")
+        cells = []
+        for s in SPLITS:
+            if k % (s * 8):
+                cells += ["-", "-"]
+                continue
+            got = then(batched_split_linear(x, ws[0], s)).float()
+            err = ((got - ref).abs().max() / ref.abs().max()).item()
+            view = cold_seconds(lambda i: then(batched_split_linear(x, ws[i], s)), layers)
+            wsl = [sliced(w, s) for w in ws]
+            cut = cold_seconds(lambda i: then(sliced_partials(x, wsl[i])), layers)
+            row["splits"][s] = {"view_us": view * 1e6, "sliced_us": cut * 1e6, "max_rel_err": err}
+            best = min(best, (view, f"{s}"), (cut, f"{s} sliced"))
+            cells += [f"{view * 1e6:.1f}", f"{cut * 1e6:.1f}"]
+        res["results"].append(row)
+        table.append((kind, str(m), f"{n}x{k}", f"{base * 1e6:.1f}", *cells, best[1], f"{base / best[0]:.2f}x"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))
     print(f"\n{res['device']} ({res['date']}), {args.model}: us per product + the kernel after it, each of "

@@ -80,50 +80,56 @@ def cold_bench_setup(script: str, doc: str, rows: str):
                   "sms": torch.cuda.get_device_properties(0).multi_processor_count, "results": []}
 
 
+def cold_cases(args, layers: int):
+    """For each weight kind in ``--kinds`` and row count in ``--rows``: ``(kind, n, k, weights, m, x)``, with
+    one random bf16 weight per layer and a random [m, k] input; each kind's weights are freed after it."""
+    shapes = weight_shapes(args.model)
+    for kind in args.kinds.split(","):
+        n, k = shapes[kind]
+        ws = [torch.randn((n, k), dtype=torch.bfloat16, device="cuda") * 0.02 for _ in range(layers)]
+        for m in (int(r) for r in args.rows.split(",")):
+            yield kind, n, k, ws, m, torch.randn((m, k), dtype=torch.bfloat16, device="cuda")
+            print(f"{kind} {m}: done", flush=True)
+        ws.clear()
+        torch.cuda.empty_cache()
+
+
 def main() -> int:
     setup = cold_bench_setup("gemm_cold_gpu", __doc__, "256,128")
     if setup is None:
         return 2
     args, res = setup
     layers = res["layers"]
-    shapes = weight_shapes(args.model)
     table = []
-    for kind in args.kinds.split(","):
-        n, k = shapes[kind]
-        ws = [torch.randn((n, k), dtype=torch.bfloat16, device="cuda") * 0.02 for _ in range(layers)]
-        for m in (int(r) for r in args.rows.split(",")):
-            x = torch.randn((m, k), dtype=torch.bfloat16, device="cuda")
-            ref = F.linear(x, ws[0])
-            outs = [torch.empty((m, n), dtype=torch.bfloat16, device="cuda") for _ in range(layers)]
-            cublas = cold_seconds(lambda i: torch.matmul(x, ws[i].t(), out=outs[i]), layers)
-            rows = []
-            partials = torch.empty((8, m, n), dtype=torch.float32, device="cuda")
-            for cfg in CONFIGS:
-                if not cfg.fits(m, n, k):
+    for kind, n, k, ws, m, x in cold_cases(args, layers):
+        ref = F.linear(x, ws[0])
+        outs = [torch.empty((m, n), dtype=torch.bfloat16, device="cuda") for _ in range(layers)]
+        cublas = cold_seconds(lambda i: torch.matmul(x, ws[i].t(), out=outs[i]), layers)
+        rows = []
+        partials = torch.empty((8, m, n), dtype=torch.float32, device="cuda")
+        for cfg in CONFIGS:
+            if not cfg.fits(m, n, k):
+                continue
+            try:
+                split_k_parts(x, ws[0], cfg, partials, outs[0])
+                if not torch.allclose(outs[0].float(), ref.float(), rtol=2e-2, atol=2e-2):
+                    rows.append({"config": cfg.label(), "error": "mismatch"})
                     continue
-                try:
-                    split_k_parts(x, ws[0], cfg, partials, outs[0])
-                    if not torch.allclose(outs[0].float(), ref.float(), rtol=2e-2, atol=2e-2):
-                        rows.append({"config": cfg.label(), "error": "mismatch"})
-                        continue
-                    summed = cold_seconds(lambda i: split_k_parts(x, ws[i], cfg, partials, outs[i]), layers)
-                    unsummed = (summed if cfg.split_k == 1 else
-                                cold_seconds(lambda i: split_k_parts(x, ws[i], cfg, partials, None), layers))
-                except Exception as e:  # a configuration the compiler refuses (shared memory): record it, go on
-                    rows.append({"config": cfg.label(), "error": f"{type(e).__name__}: {str(e)[:120]}"})
-                    continue
-                rows.append({"config": cfg.label(), "summed_us": summed * 1e6, "unsummed_us": unsummed * 1e6})
-            ok = [r for r in rows if "summed_us" in r]
-            best = min(ok, key=lambda r: r["summed_us"])
-            best_unsummed = min(ok, key=lambda r: r["unsummed_us"])
-            res["results"].append({"kind": kind, "rows": m, "n": n, "k": k, "cublas_us": cublas * 1e6,
-                                   "configs": rows})
-            table.append((kind, str(m), f"{n}x{k}", f"{cublas * 1e6:.1f}", best["config"], f"{best['summed_us']:.1f}",
-                          f"{cublas * 1e6 / best['summed_us']:.2f}x", best_unsummed["config"],
-                          f"{best_unsummed['unsummed_us']:.1f}", f"{cublas * 1e6 / best_unsummed['unsummed_us']:.2f}x"))
-            print(f"{kind} {m}: done", flush=True)
-        ws.clear()
-        torch.cuda.empty_cache()
+                summed = cold_seconds(lambda i: split_k_parts(x, ws[i], cfg, partials, outs[i]), layers)
+                unsummed = (summed if cfg.split_k == 1 else
+                            cold_seconds(lambda i: split_k_parts(x, ws[i], cfg, partials, None), layers))
+            except Exception as e:  # a configuration the compiler refuses (shared memory): record it, go on
+                rows.append({"config": cfg.label(), "error": f"{type(e).__name__}: {str(e)[:120]}"})
+                continue
+            rows.append({"config": cfg.label(), "summed_us": summed * 1e6, "unsummed_us": unsummed * 1e6})
+        ok = [r for r in rows if "summed_us" in r]
+        best = min(ok, key=lambda r: r["summed_us"])
+        best_unsummed = min(ok, key=lambda r: r["unsummed_us"])
+        res["results"].append({"kind": kind, "rows": m, "n": n, "k": k, "cublas_us": cublas * 1e6,
+                               "configs": rows})
+        table.append((kind, str(m), f"{n}x{k}", f"{cublas * 1e6:.1f}", best["config"], f"{best['summed_us']:.1f}",
+                      f"{cublas * 1e6 / best['summed_us']:.2f}x", best_unsummed["config"],
+                      f"{best_unsummed['unsummed_us']:.1f}", f"{cublas * 1e6 / best_unsummed['unsummed_us']:.2f}x"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))
     print(f"\n{res['device']} ({res['date']}), {args.model}: us per product, each of {layers} layers' weights in turn")
