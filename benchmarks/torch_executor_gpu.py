@@ -13,8 +13,8 @@ One call does everything the issue asks to measure on the GPU, writes full resul
                engine over our executor against transformers' ``generate`` (padded batch) and
                ``generate_batch`` (continuous batching), output tokens per second
   (c) roofline decode-iteration time at batch 256 against (weight + KV bytes) / copy bandwidth,
-               for the executor as shipped, with ``tune_gemms=True`` and with ``split_gemms=True``;
-               prefill throughput against the measured matmul rate
+               for the executor as shipped and for each of ``--variants`` (``tune_gemms``,
+               ``split_gemms``, or both); prefill throughput against the measured matmul rate
   (d) swap     block-group copies against per-block copies and one bulk copy of the same bytes
 
 Part (a) lives in ``torch_executor_gpu_checks.py``, shared helpers in ``torch_executor_gpu_common.py``.
@@ -197,12 +197,15 @@ def roofline(weights, ceil, args) -> dict:
     ids = toks(B, 77)
     plan = BatchPlan(decode_seq_ids=list(range(B)), decode_positions=[ctx] * B, decode_block_tables=tables,
                      decode_input_ids=ids)
-    # the executor as shipped (cuBLAS for every GEMM), with tune_gemms=True (our split-K kernel where it timed
-    # faster alone) and with split_gemms=True (K split into batched cuBLAS products, the partials summed by the
-    # fused kernel after them); each variant's sampled tokens are compared with the shipped one's, which runs
-    # last and stays for the stage timings below
-    variants = {"tune_gemms": {"tune_gemms": True}, "split_gemms": {"split_gemms": True}, "cublas": {}}
+    # the executor as shipped (cuBLAS for every GEMM) against each variant of --variants: tune_gemms=True (our
+    # split-K kernel where it timed faster alone), split_gemms=True (K split into batched cuBLAS products, the
+    # partials summed by the fused kernel after them) and "+"-joined combinations; each variant's sampled tokens
+    # are compared with the shipped one's, which runs last and stays for the stage timings below
+    variants = {name: {flag: True for flag in name.split("+")} for name in args.variants}
+    variants["shipped"] = {}
     timings, sampled = {}, {}
+    choices = {}
+    tuned_linear = None
     for name, kw in variants.items():
         ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=B * per_seq + 16 * 80, num_host_blocks=0,
                            max_model_len=4096, max_num_seqs=B, **kw)
@@ -222,27 +225,27 @@ def roofline(weights, ceil, args) -> dict:
             choices = {f"{c.rows}x{c.n}x{c.k}": {"cublas_us": c.cublas_s * 1e6, "best_us": c.best_s * 1e6,
                                                  "config": c.config.label() if c.config else "cublas"}
                        for c in ex.model.linear.choices.values()}
-        if name != "cublas":
+            log("   GEMM tuning (rows x n x k: cuBLAS -> best): " + "; ".join(
+                f"{k} {v['cublas_us']:.1f}->{v['best_us']:.1f} {v['config']}" for k, v in choices.items()
+                if k.startswith("256x")))
+        if name != "shipped":
             del ex
             torch.cuda.empty_cache()
-    log("   GEMM tuning (rows x n x k: cuBLAS -> best): " + "; ".join(
-        f"{k} {v['cublas_us']:.1f}->{v['best_us']:.1f} {v['config']}" for k, v in choices.items() if k.startswith("256x")))
-    same = {name: sum(sampled[name][i] == sampled["cublas"][i] for i in range(B)) / B for name in variants}
+    same = {name: sum(sampled[name][i] == sampled["shipped"][i] for i in range(B)) / B for name in variants}
     d = weights.dims
     kv_bytes = B * (ctx + 1) * d.kv_bytes_per_token(2)
     w_bytes = weights.num_bytes_read_per_step
     bw = ceil["d2d_bytes_per_s"]
     floor = (w_bytes + kv_bytes) / bw
     res = {"batch": B, "context": ctx + 1, "weight_bytes": w_bytes, "kv_bytes": kv_bytes, "roofline_s": floor,
-           "decode_wall_s": timings["cublas"][0], "decode_device_s": timings["cublas"][1],
-           "split_k_decode_wall_s": timings["tune_gemms"][0], "split_k_decode_device_s": timings["tune_gemms"][1],
-           "split_gemms_decode_wall_s": timings["split_gemms"][0],
-           "split_gemms_decode_device_s": timings["split_gemms"][1],
-           "tokens_equal_to_cublas": same, "gemm_choices": choices}
-    for name in ("tune_gemms", "split_gemms"):
-        log(f"   decode with {name}=True: wall {timings[name][0] * 1e3:.2f} ms, "
+           "decode_wall_s": timings["shipped"][0], "decode_device_s": timings["shipped"][1],
+           "variants": {name: {"wall_s": timings[name][0], "device_s": timings[name][1],
+                               "tokens_equal_to_shipped": same[name]} for name in args.variants},
+           "gemm_choices": choices}
+    for name in args.variants:
+        log(f"   decode with {name}: wall {timings[name][0] * 1e3:.2f} ms, "
             f"device {timings[name][1] * 1e3:.2f} ms, "
-            f"{same[name]:.1%} of tokens equal to cuBLAS's")
+            f"{same[name]:.1%} of tokens equal to the shipped executor's")
     res["wall_over_roofline"] = res["decode_wall_s"] / floor
     res["device_over_roofline"] = res["decode_device_s"] / floor
     log(f"   decode B={B} ctx={ctx + 1}: wall {res['decode_wall_s'] * 1e3:.2f} ms, device "
@@ -287,7 +290,8 @@ def roofline(weights, ceil, args) -> dict:
             row["mm_transposed_cublaslt"] = graph_time(lambda: torch.mm(inp, wt_t))
         finally:
             torch.backends.cuda.preferred_blas_library(prev)
-        row["tuned"] = graph_time(lambda: tuned_linear(inp, wt))
+        if tuned_linear is not None:
+            row["tuned"] = graph_time(lambda: tuned_linear(inp, wt))
         row["floor"] = wt.numel() * 2 / bw
         gemms[name] = row
         del wt_t
@@ -376,8 +380,16 @@ def main() -> int:
     ap.add_argument("--output", type=int, default=128)
     ap.add_argument("--budget", type=int, default=8192, help="engine max_num_batched_tokens")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,b2,b3,c,d")
+    ap.add_argument("--variants", default="tune_gemms,split_gemms",
+                    help="part (c): comma-separated TorchExecutor flags (or '+'-joined sets of them) to time "
+                         "against the executor as shipped")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "torch_executor_gpu.json")
     args = ap.parse_args()
+    args.variants = [v for v in args.variants.split(",") if v]
+    flags = {"tune_gemms", "split_gemms"}
+    for v in args.variants:
+        if not set(v.split("+")) <= flags:
+            ap.error(f"--variants: {v!r} names a flag outside {sorted(flags)}")
     if not torch.cuda.is_available():
         print("torch_executor_gpu: needs a CUDA device", file=sys.stderr)
         return 2
@@ -462,16 +474,10 @@ def table(r: dict, args) -> None:
                      f"{rf['decode_device_s'] * 1e3:.2f} ms", f"roofline {rf['roofline_s'] * 1e3:.2f} ms"))
         rows.append(("decode over roofline: wall / device", f"{rf['wall_over_roofline']:.2f}x / "
                      f"{rf['device_over_roofline']:.2f}x", "target <= 1.5x"))
-        if "split_k_decode_device_s" in rf:
-            rows.append(("decode with tune_gemms=True (split-K): wall / device",
-                         f"{rf['split_k_decode_wall_s'] * 1e3:.2f} / {rf['split_k_decode_device_s'] * 1e3:.2f} ms",
-                         f"{rf['decode_device_s'] / rf['split_k_decode_device_s']:.2f}x the speed of cuBLAS (device)"))
-        if "split_gemms_decode_device_s" in rf:
-            rows.append(("decode with split_gemms=True (batched K slices): wall / device",
-                         f"{rf['split_gemms_decode_wall_s'] * 1e3:.2f} / "
-                         f"{rf['split_gemms_decode_device_s'] * 1e3:.2f} ms",
-                         f"{rf['decode_device_s'] / rf['split_gemms_decode_device_s']:.2f}x the speed, "
-                         f"{rf['split_gemms_decode_device_s'] / rf['roofline_s']:.2f}x roofline"))
+        for name, v in rf.get("variants", {}).items():
+            rows.append((f"decode with {name}: wall / device", f"{v['wall_s'] * 1e3:.2f} / {v['device_s'] * 1e3:.2f} ms",
+                         f"{rf['decode_device_s'] / v['device_s']:.3f}x the speed, "
+                         f"{v['device_s'] / rf['roofline_s']:.2f}x roofline, tokens {v['tokens_equal_to_shipped']:.0%}"))
         rows.append(("prefill 16x512 tokens", f"{rf['prefill_flops_per_s'] / 1e12:.0f} TFLOP/s",
                      f"{rf['prefill_over_matmul_rate']:.0%} of matmul rate"))
     sw = r.get("d_swap")
