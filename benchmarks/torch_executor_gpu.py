@@ -386,7 +386,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "torch_executor_gpu.json")
     args = ap.parse_args()
     args.variants = [v for v in args.variants.split(",") if v]
-    flags = {"tune_gemms", "split_gemms", "dependent_launches"}
+    flags = {"tune_gemms", "split_gemms"}
     for v in args.variants:
         if not set(v.split("+")) <= flags:
             ap.error(f"--variants: {v!r} names a flag outside {sorted(flags)}")

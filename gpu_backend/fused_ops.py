@@ -32,11 +32,6 @@ except ImportError:  # pragma: no cover - CPU-only installs
     triton = None
     tl = None
 
-from gpu_backend.dependent_launch import launch_options
-
-if triton is not None:
-    from gpu_backend.dependent_launch import wait_for_previous_grid
-
 
 def _use_triton(t: torch.Tensor) -> bool:
     return t.is_cuda and triton is not None
@@ -68,8 +63,7 @@ def apply_rope_torch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 if triton is not None:
     @triton.jit
     def _add_rms_norm_kernel(X, H, W, Y, stride_xs, stride_x, stride_h, stride_y, N, eps,
-                             HAS_X: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-        wait_for_previous_grid(PDL)
+                             HAS_X: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         offs = tl.arange(0, BLOCK)
         ok = offs < N
@@ -90,8 +84,7 @@ if triton is not None:
     def _rope_cache_kernel(QKV, COS, SIN, POS, WB, WS, QOUT, KC, VC, KOUT, VOUT,
                            stride_s, stride_t, stride_qt, stride_cos, stride_cb, stride_ch, stride_cs, stride_kvt,
                            NH: tl.constexpr, NKV: tl.constexpr, HALF: tl.constexpr, HEADS_PAD: tl.constexpr,
-                           WRITE_KV: tl.constexpr, SPLITS: tl.constexpr, PDL: tl.constexpr):
-        wait_for_previous_grid(PDL)
+                           WRITE_KV: tl.constexpr, SPLITS: tl.constexpr):
         # one token per program; rows of the tile are its heads: [0, NH) q, [NH, NH+NKV) k, then v
         t = tl.program_id(0)
         hh = tl.arange(0, HEADS_PAD)[:, None]
@@ -142,9 +135,7 @@ if triton is not None:
             tl.store(vout + HALF, y2, mask=is_v)
 
     @triton.jit
-    def _silu_mul_kernel(GU, OUT, stride_s, stride_g, stride_o, N, SPLITS: tl.constexpr, BLOCK: tl.constexpr,
-                         PDL: tl.constexpr):
-        wait_for_previous_grid(PDL)
+    def _silu_mul_kernel(GU, OUT, stride_s, stride_g, stride_o, N, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         ok = offs < N
@@ -165,8 +156,7 @@ if triton is not None:
 
 
     @triton.jit
-    def _argmax_kernel(X, OUT, stride_x, N, BLOCK: tl.constexpr, PDL: tl.constexpr):
-        wait_for_previous_grid(PDL)
+    def _argmax_kernel(X, OUT, stride_x, N, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         offs = tl.arange(0, BLOCK)
         best_v = tl.full([], float("-inf"), tl.float32)
@@ -202,7 +192,7 @@ def add_rms_norm(x: torch.Tensor | None, h: torch.Tensor, weight: torch.Tensor, 
         _add_rms_norm_kernel[(T,)](x if x is not None else h, h, weight, y,
                                    x.stride(0) if splits > 1 else 0, x.stride(-2) if x is not None else 0,
                                    h.stride(0), y.stride(0), N, eps, HAS_X=x is not None, SPLITS=splits,
-                                   BLOCK=triton.next_power_of_2(N), num_warps=8, **launch_options())
+                                   BLOCK=triton.next_power_of_2(N), num_warps=8)
     return y
 
 
@@ -249,7 +239,7 @@ def rope_and_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, posi
             k.stride(0) if want_kv else 0,
             NH=num_heads, NKV=num_kv_heads, HALF=head_dim // 2,
             HEADS_PAD=triton.next_power_of_2(num_heads + 2 * num_kv_heads), WRITE_KV=want_kv,
-            SPLITS=qkv.shape[0] if qkv.dim() == 3 else 1, num_warps=4, **launch_options())
+            SPLITS=qkv.shape[0] if qkv.dim() == 3 else 1, num_warps=4)
     return q, k, v
 
 
@@ -267,7 +257,7 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
         splits = gu.shape[0] if gu.dim() == 3 else 1
         _silu_mul_kernel[(T, triton.cdiv(inter, block))](gu, out, gu.stride(0) if splits > 1 else 0, gu.stride(-2),
                                                           out.stride(0), inter, SPLITS=splits, BLOCK=block,
-                                                          num_warps=4, **launch_options())
+                                                          num_warps=4)
     return out
 
 
@@ -282,6 +272,5 @@ def greedy_tokens(logits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     if logits.shape[0]:
         if logits.stride(1) != 1:
             raise ValueError("greedy_tokens: logits must be contiguous along the vocabulary")
-        _argmax_kernel[(logits.shape[0],)](logits, out, logits.stride(0), logits.shape[1], BLOCK=4096, num_warps=8,
-                                            **launch_options())
+        _argmax_kernel[(logits.shape[0],)](logits, out, logits.stride(0), logits.shape[1], BLOCK=4096, num_warps=8)
     return out

@@ -35,11 +35,6 @@ except ImportError:  # pragma: no cover - exercised on CPU-only installs
     triton = None
     tl = None
 
-from gpu_backend.dependent_launch import launch_options
-
-if triton is not None:
-    from gpu_backend.dependent_launch import wait_for_previous_grid
-
 
 def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """The first ``num_tokens`` tokens of a sequence from one layer's K (or V) cache.
@@ -154,9 +149,7 @@ if triton is not None:
                              stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
                              stride_btb, stride_ob, stride_oh,
                              GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                             BLOCK_SIZE: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                             PDL: tl.constexpr):
-        wait_for_previous_grid(PDL)
+                             BLOCK_SIZE: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr, NUM_SPLITS: tl.constexpr):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         sp = tl.program_id(2)
@@ -193,8 +186,7 @@ if triton is not None:
     @triton.jit
     def _decode_reduce_kernel(PO, PM, PL, CL, O, stride_ob, stride_oh,
                               GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                              NUM_SPLITS: tl.constexpr, PDL: tl.constexpr):
-        wait_for_previous_grid(PDL)
+                              NUM_SPLITS: tl.constexpr):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         offs_g = tl.arange(0, GROUP_PAD)
@@ -320,11 +312,11 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=D, BLOCK_SIZE=bs, BLOCKS_PER_TILE=blocks_per_tile,
-        NUM_SPLITS=splits, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **launch_options())
+        NUM_SPLITS=splits, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if splits > 1:
         _decode_reduce_kernel[(B, kvh)](part_o, part_m, part_l, context_lens, out, out.stride(0), out.stride(1),
                                         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=D, NUM_SPLITS=splits,
-                                        num_warps=4, **launch_options())
+                                        num_warps=4)
     return out
 
 

@@ -25,7 +25,6 @@ import time
 import numpy as np
 import torch
 
-from gpu_backend import dependent_launch
 from gpu_backend.block_tables import DeviceBlockTables
 from gpu_backend.decode_graphs import DecodeGraphs, bucket_sizes
 from gpu_backend.kv_store import PagedKVStore
@@ -98,8 +97,7 @@ class TorchExecutor:
                  max_num_seqs: int = 256, cuda_graphs: bool = True, gpu_memory_utilization: float = 0.9,
                  activation_reserve_bytes: int = 4 * 2**30, swap_space_bytes: int | None = None,
                  seed: int = 0, keep_logits: bool = False, random_weights: bool = False,
-                 tune_gemms: bool = False, full_graph_max_tokens: int | None = None, split_gemms: bool = False,
-                 dependent_launches: bool = False):
+                 tune_gemms: bool = False, full_graph_max_tokens: int | None = None, split_gemms: bool = False):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -130,9 +128,6 @@ class TorchExecutor:
         if split_gemms and self.device.type != "cuda":
             raise ValueError(f"split_gemms=True needs a CUDA device (the split products run on cuBLAS), "
                              f"device is {self.device.type!r}")
-        if dependent_launches and not dependent_launch.supported(self.device):
-            raise ValueError(f"dependent_launches=True needs a CUDA GPU of compute capability 9.0 or newer")
-        self.dependent_launches = dependent_launches
         self.max_model_len = max_model_len
         self.block_size = block_size
         elt = torch.empty((), dtype=self.dtype).element_size()
@@ -167,7 +162,6 @@ class TorchExecutor:
         self.mixed: MixedGraphs | None = None
         self.full: FullGraphs | None = None
         if self.is_cuda and cuda_graphs and not keep_logits:
-          with dependent_launch.dependent_launches(dependent_launches):
             if tune_gemms and triton is not None:   # before capture: graphs record the chosen kernels
                 w = self.weights
                 self.model.linear.tune([s for s in bucket_sizes(max_num_seqs) if s >= 32],
@@ -214,8 +208,7 @@ class TorchExecutor:
         sampled: dict[int, int] = {}
         compute_s = 0.0
         if plan.prefills or plan.decode_seq_ids:
-            with dependent_launch.dependent_launches(self.dependent_launches):
-                tokens, seq_ids = self._compute(plan)
+            tokens, seq_ids = self._compute(plan)
             tok_list = tokens.tolist()        # synchronises with the device
             sampled = dict(zip(seq_ids, tok_list))
             compute_s = self._compute_time()
