@@ -8,13 +8,15 @@ One call does everything the issue asks to measure on the GPU, writes full resul
                model's logits against transformers' float32 forward (plain, chunked and
                prefix-hit prefill, mixed decode batches, after a swap round trip, whose KV must
                come back bit-identical); llama-1b logits (eager) and CUDA-graph tokens; a
-               128-row llama-1b decode with ``split_gemms=True`` against float32
+               128-row llama-1b decode with ``split_gemms=True`` (and with ``epilogue_gemms=True``
+               too) against float32
   (b) speed    the ~1B Llama shape in bf16, N requests x P prompt x O output tokens: the serving
                engine over our executor against transformers' ``generate`` (padded batch) and
                ``generate_batch`` (continuous batching), output tokens per second
   (c) roofline decode-iteration time at batch 256 against (weight + KV bytes) / copy bandwidth,
                for the executor as shipped and for each of ``--variants`` (``tune_gemms``,
-               ``split_gemms``, or both); prefill throughput against the measured matmul rate
+               ``split_gemms``, ``epilogue_gemms``, or a combination); prefill throughput
+               against the measured matmul rate
   (d) swap     block-group copies against per-block copies and one bulk copy of the same bytes
 
 Part (a) lives in ``torch_executor_gpu_checks.py``, shared helpers in ``torch_executor_gpu_common.py``.
@@ -45,7 +47,7 @@ from gpu_backend.models import LlamaWeights, build_hf_model  # noqa: E402
 from gpu_backend.paged_attention import decode_attention_triton  # noqa: E402
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk  # noqa: E402
 from gpu_backend.torch_executor import TorchExecutor  # noqa: E402
-from torch_executor_gpu_checks import check_1b, check_split_gemms, check_tiny, check_triton  # noqa: E402
+from torch_executor_gpu_checks import check_1b, check_decode_flags, check_tiny, check_triton  # noqa: E402
 from torch_executor_gpu_common import RESULTS, log, measure_ceilings, section, toks  # noqa: E402
 
 # ---------------------------------------------------------------------- ceilings
@@ -380,13 +382,13 @@ def main() -> int:
     ap.add_argument("--output", type=int, default=128)
     ap.add_argument("--budget", type=int, default=8192, help="engine max_num_batched_tokens")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,b2,b3,c,d")
-    ap.add_argument("--variants", default="tune_gemms,split_gemms",
+    ap.add_argument("--variants", default="split_gemms,epilogue_gemms,split_gemms+epilogue_gemms",
                     help="part (c): comma-separated TorchExecutor flags (or '+'-joined sets of them) to time "
                          "against the executor as shipped")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "torch_executor_gpu.json")
     args = ap.parse_args()
     args.variants = [v for v in args.variants.split(",") if v]
-    flags = {"tune_gemms", "split_gemms"}
+    flags = {"tune_gemms", "split_gemms", "epilogue_gemms"}
     for v in args.variants:
         if not set(v.split("+")) <= flags:
             ap.error(f"--variants: {v!r} names a flag outside {sorted(flags)}")
@@ -410,7 +412,8 @@ def main() -> int:
         RESULTS["a_triton"] = check_triton()
         RESULTS["a_tiny"] = check_tiny()
         RESULTS["a_1b"] = check_1b()
-        RESULTS["a_split_gemms"] = check_split_gemms()
+        RESULTS["a_split_gemms"] = check_decode_flags(split_gemms=True)
+        RESULTS["a_epilogue_gemms"] = check_decode_flags(split_gemms=True, epilogue_gemms=True)
     hf = build_hf_model("llama-1b", torch.bfloat16, "cuda", seed=3)
     weights = LlamaWeights.from_hf(hf, "llama-1b")   # shares the HF model's tensors (fused ones are copies)
     hf.generation_config.eos_token_id = None           # every request generates exactly --output tokens

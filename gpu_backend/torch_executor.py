@@ -27,6 +27,7 @@ import torch
 
 from gpu_backend.block_tables import DeviceBlockTables
 from gpu_backend.decode_graphs import DecodeGraphs, bucket_sizes
+from gpu_backend.epilogue_gemms import supported as epilogue_gemms_supported
 from gpu_backend.kv_store import PagedKVStore
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward, PrefillSegment
 from gpu_backend.full_graphs import FullGraphs
@@ -85,6 +86,9 @@ class TorchExecutor:
     without it) cuts the QKV, output and down products of 64-512 rows into K slices multiplied as
     one batched cuBLAS call, summed by the fused kernel that follows
     (``gpu_backend.skinny_gemm.batched_split_count``).
+    ``epilogue_gemms`` (compute capability 9.0+; off by default, for the same reason) lets the QKV and
+    gate/up products of 32-512 rows apply RoPE + the KV write and SwiGLU as they write their tiles, two
+    kernels a layer fewer (``gpu_backend.epilogue_gemms``).
     """
 
     supports_multi_step = False
@@ -97,7 +101,8 @@ class TorchExecutor:
                  max_num_seqs: int = 256, cuda_graphs: bool = True, gpu_memory_utilization: float = 0.9,
                  activation_reserve_bytes: int = 4 * 2**30, swap_space_bytes: int | None = None,
                  seed: int = 0, keep_logits: bool = False, random_weights: bool = False,
-                 tune_gemms: bool = False, full_graph_max_tokens: int | None = None, split_gemms: bool = False):
+                 tune_gemms: bool = False, full_graph_max_tokens: int | None = None, split_gemms: bool = False,
+                 epilogue_gemms: bool = False):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -128,6 +133,10 @@ class TorchExecutor:
         if split_gemms and self.device.type != "cuda":
             raise ValueError(f"split_gemms=True needs a CUDA device (the split products run on cuBLAS), "
                              f"device is {self.device.type!r}")
+        if epilogue_gemms and not epilogue_gemms_supported(self.device):
+            raise ValueError(f"epilogue_gemms=True needs a CUDA GPU of compute capability 9.0 or newer and a Triton "
+                             f"with tensor descriptors (the products read through the tensor memory accelerator); "
+                             f"device is {self.device}")
         self.max_model_len = max_model_len
         self.block_size = block_size
         elt = torch.empty((), dtype=self.dtype).element_size()
@@ -141,6 +150,7 @@ class TorchExecutor:
             num_host_blocks = swap_space_bytes // bytes_per_block
         self.store = PagedKVStore(dims, num_gpu_blocks, num_host_blocks, block_size, self.dtype, self.device)
         self.model = LlamaForward(self.weights, self.store, max_model_len)
+        self.model.epilogues = epilogue_gemms
         if split_gemms:
             self.model.linear.split_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         self.is_cuda = self.device.type == "cuda"
