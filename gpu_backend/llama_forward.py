@@ -13,8 +13,8 @@ match ``LlamaForCausalLM`` to rounding; the layout is ours (fused QKV and gate/u
 matrices, the KV written straight into the paged cache, the residual add fused with the
 next norm: ``gpu_backend.fused_ops``; optionally, few-row products split over K, either by our
 Triton kernel or as batched cuBLAS products whose partials the fused kernels sum:
-``gpu_backend.skinny_gemm``; optionally, the QKV and gate/up products of few-row batches
-finishing RoPE + KV write and SwiGLU in their epilogues: ``gpu_backend.epilogue_gemms``).
+``gpu_backend.skinny_gemm``; optionally, the gate/up product of a decode batch applying SwiGLU
+in its epilogue: ``gpu_backend.epilogue_gemms``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from gpu_backend import epilogue_gemms
-from gpu_backend.epilogue_gemms import gate_up_silu, qkv_rope_cache
+from gpu_backend.epilogue_gemms import gate_up_silu
 from gpu_backend.fused_ops import add_rms_norm, rope_and_cache, silu_mul
 from gpu_backend.kv_store import PagedKVStore
 from gpu_backend.models import LlamaWeights, rope_inv_freq
@@ -78,7 +78,7 @@ class LlamaForward:
         self.sin = emb.sin().to(weights.dtype)
         self._q = d.num_heads * d.head_dim
         self.linear = LinearPlan()     # F.linear unless ``TorchExecutor(tune_gemms=True)`` or ``split_gemms=True``
-        self.epilogues = False         # ``TorchExecutor(epilogue_gemms=True)``: QKV and gate/up finish their followers
+        self.epilogues = False         # ``TorchExecutor(epilogue_gemms=True)``: gate/up applies SwiGLU itself
 
     @staticmethod
     def _groups(prefills: list[PrefillSegment]):
@@ -113,9 +113,6 @@ class LlamaForward:
         """QKV projection and RoPE; K and V written into the cache. Returns (q, k, v)."""
         d = self.dims
         k_cache, v_cache = self.store.layers[layer]
-        if self.epilogues and epilogue_gemms.applies(x):
-            return qkv_rope_cache(x, self.w.qkv[layer], self.cos, self.sin, positions, write_blocks, write_slots,
-                                  k_cache, v_cache, d.num_heads, d.num_kv_heads, d.head_dim, want_kv=want_kv)
         return rope_and_cache(self.linear.partials(x, self.w.qkv[layer]), self.cos, self.sin, positions, write_blocks,
                               write_slots, k_cache, v_cache, d.num_heads, d.num_kv_heads, d.head_dim,
                               want_kv=want_kv)

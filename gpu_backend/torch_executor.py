@@ -86,9 +86,9 @@ class TorchExecutor:
     without it) cuts the QKV, output and down products of 64-512 rows into K slices multiplied as
     one batched cuBLAS call, summed by the fused kernel that follows
     (``gpu_backend.skinny_gemm.batched_split_count``).
-    ``epilogue_gemms`` (compute capability 9.0+; off by default, for the same reason) lets the QKV and
-    gate/up products of 32-512 rows apply RoPE + the KV write and SwiGLU as they write their tiles, two
-    kernels a layer fewer (``gpu_backend.epilogue_gemms``).
+    ``epilogue_gemms`` (compute capability 9.0+; off by default, for the same reason) lets the gate/up
+    product of 128-512 rows apply SwiGLU as it writes its tiles, one kernel a layer fewer
+    (``gpu_backend.epilogue_gemms``).
     """
 
     supports_multi_step = False
@@ -135,7 +135,7 @@ class TorchExecutor:
                              f"device is {self.device.type!r}")
         if epilogue_gemms and not epilogue_gemms_supported(self.device):
             raise ValueError(f"epilogue_gemms=True needs a CUDA GPU of compute capability 9.0 or newer and a Triton "
-                             f"with tensor descriptors (the products read through the tensor memory accelerator); "
+                             f"with tensor descriptors (the product reads through the tensor memory accelerator); "
                              f"device is {self.device}")
         self.max_model_len = max_model_len
         self.block_size = block_size

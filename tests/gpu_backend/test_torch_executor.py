@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from gpu_backend import epilogue_gemms
 from gpu_backend.decode_graphs import DecodeGraphs
+from gpu_backend.epilogue_gemms import TileConfig
 from gpu_backend.mixed_graphs import MixedGraphs
 from gpu_backend.models import LlamaWeights
 from tests.gpu_backend.eager_replay import EagerReplay
+from tests.gpu_backend.kernel_device import kernel_device
 from tests.gpu_backend.tiny_model import perturbed_tiny_model
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
 from gpu_backend.skinny_gemm import batched_split_linear
@@ -139,6 +142,32 @@ def test_products_split_over_k_are_summed_by_every_consumer(hf, weights):
     close(ex.last_logits[3], reference(hf, c)[:30])
     w = weights
     assert split == [w.qkv[0].shape, w.o_proj[0].shape, w.down[0].shape] * 4    # 2 layers x 2 iterations
+
+
+@pytest.mark.skipif(kernel_device() != "cpu" or epilogue_gemms.TensorDescriptor is None,
+                    reason="the executor runs the kernel on the CPU only under TRITON_INTERPRET=1")
+def test_gate_up_with_swiglu_in_its_epilogue_matches_transformers(hf, weights, monkeypatch):
+    """What ``epilogue_gemms`` does on CUDA (the gate/up product applying SwiGLU itself), forced on for
+    every batch: prefill chunks and decodes still match transformers."""
+    ex = make_executor(weights)
+    ex.model.epilogues = True
+    ran = []
+    monkeypatch.setattr(epilogue_gemms, "applies", lambda x: True)
+    monkeypatch.setattr(epilogue_gemms, "swiglu_config", lambda rows: TileConfig(16, 32, 2, 2, 64))
+    kernel = epilogue_gemms.gate_up_silu_kernel
+
+    def counted(x, w, cfg):
+        ran.append(x.shape[0])
+        return kernel(x, w, cfg)
+
+    monkeypatch.setattr(epilogue_gemms, "gate_up_silu_kernel", counted)
+    a, c = tokens(40, 7), tokens(50, 9)
+    ex.execute(BatchPlan(prefills=[PrefillChunk(1, 0, 39, [0, 1, 2], True, a[:39])]))
+    ex.execute(BatchPlan(prefills=[PrefillChunk(3, 0, 30, [20, 21], False, c[:30])], decode_seq_ids=[1],
+                         decode_positions=[39], decode_block_tables=[[0, 1, 2]], decode_input_ids=[a[39]]))
+    close(ex.last_logits[1], reference(hf, a)[39:40])
+    close(ex.last_logits[3], reference(hf, c)[:30])
+    assert ran == [39, 39, 31, 31]      # 2 layers x 2 iterations, every row of each
 
 
 def test_swap_round_trip_restores_kv_bit_for_bit(hf, weights):
