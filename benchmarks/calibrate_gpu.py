@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gpu_backend.executor_flags import add_executor_flag_args, executor_flag_options, flag_spelling  # noqa: E402
 
 # (label, extra fidelity arguments): one prefix-heavy workload, one with preemption by swap
 WORKLOADS = (
@@ -58,10 +61,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="llama-1b,smollm2-135m,llama-8b")
     p.add_argument("--skip-profile", action="store_true",
                    help="judge the profiles already in --out (or the shipped ones) instead of fitting new ones")
-    p.add_argument("--split-gemms", action="store_true",
-                   help="profile and judge the executor with split_gemms=True (few-row products cut into K slices)")
+    add_executor_flag_args(p)      # passed on to servegym profile and fidelity
     args = p.parse_args(argv)
-    split = ["--split-gemms"] if args.split_gemms else []
+    split = [flag_spelling(name, on) for name, on in executor_flag_options(args).items()]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in args.models.split(","):

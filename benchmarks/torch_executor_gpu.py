@@ -8,15 +8,15 @@ One call does everything the issue asks to measure on the GPU, writes full resul
                model's logits against transformers' float32 forward (plain, chunked and
                prefix-hit prefill, mixed decode batches, after a swap round trip, whose KV must
                come back bit-identical); llama-1b logits (eager) and CUDA-graph tokens; a
-               128-row llama-1b decode with ``split_gemms=True`` (and with ``epilogue_gemms=True``
-               too) against float32
+               128-row llama-1b decode, as shipped and with ``split_gemms`` and ``epilogue_gemms``
+               off, against float32
   (b) speed    the ~1B Llama shape in bf16, N requests x P prompt x O output tokens: the serving
                engine over our executor against transformers' ``generate`` (padded batch) and
                ``generate_batch`` (continuous batching), output tokens per second
   (c) roofline decode-iteration time at batch 256 against (weight + KV bytes) / copy bandwidth,
                for the executor as shipped and for each of ``--variants`` (``tune_gemms``,
-               ``split_gemms``, ``epilogue_gemms``, or a combination); prefill throughput
-               against the measured matmul rate
+               ``split_gemms``, ``epilogue_gemms`` on or off); prefill throughput against the
+               measured matmul rate
   (d) swap     block-group copies against per-block copies and one bulk copy of the same bytes
 
 Part (a) lives in ``torch_executor_gpu_checks.py``, shared helpers in ``torch_executor_gpu_common.py``.
@@ -191,6 +191,20 @@ def workload_floor(weights, ceil, args) -> dict:
 
 
 # ---------------------------------------------------------------------- (c) roofline
+VARIANT_FLAGS = ("tune_gemms", "split_gemms", "epilogue_gemms")
+
+
+def variant_flags(spec: str) -> dict:
+    """``"split_gemms=0+tune_gemms"`` -> ``{"split_gemms": False, "tune_gemms": True}``."""
+    flags = {}
+    for part in spec.split("+"):
+        name, _, value = part.partition("=")
+        if name not in VARIANT_FLAGS or value not in ("", "0", "1"):
+            raise ValueError(f"{part!r} in {spec!r}: expected NAME or NAME=0 with NAME one of {VARIANT_FLAGS}")
+        flags[name] = value != "0"
+    return flags
+
+
 @section("c decode at batch 256 and prefill vs the ceilings")
 def roofline(weights, ceil, args) -> dict:
     B, ctx = 256, args.prompt
@@ -199,11 +213,11 @@ def roofline(weights, ceil, args) -> dict:
     ids = toks(B, 77)
     plan = BatchPlan(decode_seq_ids=list(range(B)), decode_positions=[ctx] * B, decode_block_tables=tables,
                      decode_input_ids=ids)
-    # the executor as shipped (cuBLAS for every GEMM) against each variant of --variants: tune_gemms=True (our
-    # split-K kernel where it timed faster alone), split_gemms=True (K split into batched cuBLAS products, the
-    # partials summed by the fused kernel after them) and "+"-joined combinations; each variant's sampled tokens
-    # are compared with the shipped one's, which runs last and stays for the stage timings below
-    variants = {name: {flag: True for flag in name.split("+")} for name in args.variants}
+    # the executor as shipped against each of --variants (tune_gemms: our split-K kernel where it timed faster
+    # alone; split_gemms: K split into batched cuBLAS products, the partials summed by the fused kernel after
+    # them; epilogue_gemms: gate/up applying SwiGLU itself); each variant's sampled tokens are compared with the
+    # shipped one's, which runs last and stays for the stage timings below
+    variants = {name: variant_flags(name) for name in args.variants}
     variants["shipped"] = {}
     timings, sampled = {}, {}
     choices = {}
@@ -382,16 +396,17 @@ def main() -> int:
     ap.add_argument("--output", type=int, default=128)
     ap.add_argument("--budget", type=int, default=8192, help="engine max_num_batched_tokens")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,b2,b3,c,d")
-    ap.add_argument("--variants", default="split_gemms,epilogue_gemms,split_gemms+epilogue_gemms",
-                    help="part (c): comma-separated TorchExecutor flags (or '+'-joined sets of them) to time "
-                         "against the executor as shipped")
+    ap.add_argument("--variants", default="split_gemms=0+epilogue_gemms=0,epilogue_gemms=0,split_gemms=0",
+                    help="part (c): comma-separated TorchExecutor flag settings to time against the executor as "
+                         "shipped: NAME (on), NAME=0 (off), '+'-joined for several")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "torch_executor_gpu.json")
     args = ap.parse_args()
     args.variants = [v for v in args.variants.split(",") if v]
-    flags = {"tune_gemms", "split_gemms", "epilogue_gemms"}
     for v in args.variants:
-        if not set(v.split("+")) <= flags:
-            ap.error(f"--variants: {v!r} names a flag outside {sorted(flags)}")
+        try:
+            variant_flags(v)
+        except ValueError as e:
+            ap.error(f"--variants: {e}")
     if not torch.cuda.is_available():
         print("torch_executor_gpu: needs a CUDA device", file=sys.stderr)
         return 2
@@ -412,8 +427,8 @@ def main() -> int:
         RESULTS["a_triton"] = check_triton()
         RESULTS["a_tiny"] = check_tiny()
         RESULTS["a_1b"] = check_1b()
-        RESULTS["a_split_gemms"] = check_decode_flags(split_gemms=True)
-        RESULTS["a_epilogue_gemms"] = check_decode_flags(split_gemms=True, epilogue_gemms=True)
+        RESULTS["a_decode_default"] = check_decode_flags()
+        RESULTS["a_decode_plain_gemms"] = check_decode_flags(split_gemms=False, epilogue_gemms=False)
     hf = build_hf_model("llama-1b", torch.bfloat16, "cuda", seed=3)
     weights = LlamaWeights.from_hf(hf, "llama-1b")   # shares the HF model's tensors (fused ones are copies)
     hf.generation_config.eos_token_id = None           # every request generates exactly --output tokens
@@ -478,9 +493,10 @@ def table(r: dict, args) -> None:
         rows.append(("decode over roofline: wall / device", f"{rf['wall_over_roofline']:.2f}x / "
                      f"{rf['device_over_roofline']:.2f}x", "target <= 1.5x"))
         for name, v in rf.get("variants", {}).items():
-            rows.append((f"decode with {name}: wall / device", f"{v['wall_s'] * 1e3:.2f} / {v['device_s'] * 1e3:.2f} ms",
-                         f"{rf['decode_device_s'] / v['device_s']:.3f}x the speed, "
-                         f"{v['device_s'] / rf['roofline_s']:.2f}x roofline, tokens {v['tokens_equal_to_shipped']:.0%}"))
+            rows.append((f"decode with {name}: wall / device",
+                         f"{v['wall_s'] * 1e3:.2f} / {v['device_s'] * 1e3:.2f} ms",
+                         f"{rf['decode_device_s'] / v['device_s']:.3f}x the speed, {v['device_s'] / rf['roofline_s']:.2f}x "
+                         f"roofline, tokens {v['tokens_equal_to_shipped']:.0%}"))
         rows.append(("prefill 16x512 tokens", f"{rf['prefill_flops_per_s'] / 1e12:.0f} TFLOP/s",
                      f"{rf['prefill_over_matmul_rate']:.0%} of matmul rate"))
     sw = r.get("d_swap")

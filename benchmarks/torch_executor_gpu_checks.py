@@ -174,10 +174,10 @@ def check_1b() -> dict:
 
 @section("a4 llama-1b bf16: a decode of 128 rows with executor flags against float32")
 def check_decode_flags(**flags) -> dict:
-    """A 128-row decode with executor ``flags`` (``split_gemms``: the QKV, output and down products cut
-    into batched K slices whose partials the fused kernels sum; ``epilogue_gemms``: QKV and gate/up
-    finishing RoPE + KV write and SwiGLU in their epilogues): logits against transformers' float32
-    forward, beside transformers' own bf16 forward as the yardstick."""
+    """A 128-row decode with executor ``flags`` (none: as shipped; ``split_gemms``: the QKV, output and
+    down products cut into batched K slices whose partials the fused kernels sum; ``epilogue_gemms``:
+    gate/up applying SwiGLU itself): logits against transformers' float32 forward, beside
+    transformers' own bf16 forward as the yardstick."""
     weights, ref, hf_bf16 = bf16_pair("llama-1b", 2)
     n, plen = 128, 24
     prompts = [toks(plen, 300 + i) for i in range(n)]
@@ -199,4 +199,4 @@ def check_decode_flags(**flags) -> dict:
            "hf_bf16_logits_rel_err": rel_err(theirs, full),
            "tokens_equal_fp32_argmax": float((mine.argmax(-1) == full.argmax(-1)).float().mean())}
     log(f"   flags: {flags}")
-    return logged_within_hf_bf16(res, "logits_rel_err", "+".join(flags))
+    return logged_within_hf_bf16(res, "logits_rel_err", "+".join(f"{k}={v}" for k, v in flags.items()) or "default")

@@ -34,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from gpu_backend.executor_flags import add_executor_flag_args, executor_flag_options
 from gpu_backend.cost_model import LINEAR_FEATURES, BatchShape, DecodeTable, LinearCostModel, linear_features
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk, longest_context
 
@@ -415,8 +416,9 @@ def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[S
     return {
         "name": name,
         "description": (f"Fitted by gpu_backend.calibration on {device_info['name']} on {device_info['date']}: "
-                        f"TorchExecutor ({executor.dtype}, CUDA graphs for decode"
-                        f"{', split_gemms' if executor.model.linear.split_sms else ''}), {len(samples)} shapes, "
+                        f"TorchExecutor ({executor.dtype}, CUDA graphs for decode, "
+                        f"split_gemms={'on' if executor.split_gemms else 'off'}, "
+                        f"epilogue_gemms={'on' if executor.epilogue_gemms else 'off'}), {len(samples)} shapes, "
                         f"in-sample MAPE {f.mape['all']:.1%} (max {f.max_ape:.1%})."),
         "model": {"name": d.name, "num_layers": shape.num_layers, "hidden_size": shape.hidden_size,
                   "num_heads": shape.num_heads, "num_kv_heads": shape.num_kv_heads,
@@ -516,9 +518,7 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
                    help="the model's shape with random weights (timing does not depend on the values)")
     p.add_argument("--quick", action="store_true", help="fewer shapes and repeats (a smoke run)")
     p.add_argument("--samples", type=Path, default=None, help="also write every timed sample as JSON")
-    p.add_argument("--split-gemms", action="store_true",
-                   help="fit the executor with split_gemms=True (few-row products cut into K slices; "
-                        "recorded in the profile's description)")
+    add_executor_flag_args(p)     # which were on is recorded in the profile's description
 
 
 def run_profile(args: argparse.Namespace) -> int:
@@ -532,8 +532,7 @@ def run_profile(args: argparse.Namespace) -> int:
     info = device_info()
     weights = load_weights(args.model, "cuda", torch.bfloat16, random_weights=args.random_weights)
     options = {} if args.num_gpu_blocks is None else {"num_gpu_blocks": args.num_gpu_blocks}
-    if args.split_gemms:
-        options["split_gemms"] = True
+    options.update(executor_flag_options(args))
     ex = TorchExecutor(weights, device="cuda", swap_space_bytes=2 * 2**30, **options)
     sweep = Sweep()
     if args.quick:

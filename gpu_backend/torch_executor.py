@@ -82,13 +82,14 @@ class TorchExecutor:
     cuBLAS against the split-K kernel for each decode batch size of 32 rows or more before capture
     and keeps the faster (``gpu_backend.skinny_gemm``): faster in isolation on some shapes, but on an H200 the whole
     ``llama-1b`` decode step at batch 256 came out 2% slower with it (BENCHMARKS.md).
-    ``split_gemms`` (CUDA; off by default, because the shipped fitted profiles timed the executor
-    without it) cuts the QKV, output and down products of 64-512 rows into K slices multiplied as
-    one batched cuBLAS call, summed by the fused kernel that follows
-    (``gpu_backend.skinny_gemm.batched_split_count``).
-    ``epilogue_gemms`` (compute capability 9.0+; off by default, for the same reason) lets the gate/up
-    product of 128-512 rows apply SwiGLU as it writes its tiles, one kernel a layer fewer
-    (``gpu_backend.epilogue_gemms``).
+    ``split_gemms`` (default: on CUDA) cuts the QKV, output and down products of 64-512 rows into K
+    slices multiplied as one batched cuBLAS call, summed by the fused kernel that follows
+    (``gpu_backend.skinny_gemm.batched_split_count``). ``epilogue_gemms`` (default: on GPUs of compute
+    capability 9.0+) lets the gate/up product of 128-512 rows apply SwiGLU as it writes its tiles, one
+    kernel a layer fewer (``gpu_backend.epilogue_gemms``). Together they take the ``llama-1b`` decode
+    step at batch 256 from 1.56x to 1.49x its byte roofline on an H200 (BENCHMARKS.md, session 12);
+    the shipped fitted profiles time the executor with both. ``True`` where the device lacks what
+    they need is an error; ``False`` turns them off.
     """
 
     supports_multi_step = False
@@ -101,8 +102,8 @@ class TorchExecutor:
                  max_num_seqs: int = 256, cuda_graphs: bool = True, gpu_memory_utilization: float = 0.9,
                  activation_reserve_bytes: int = 4 * 2**30, swap_space_bytes: int | None = None,
                  seed: int = 0, keep_logits: bool = False, random_weights: bool = False,
-                 tune_gemms: bool = False, full_graph_max_tokens: int | None = None, split_gemms: bool = False,
-                 epilogue_gemms: bool = False):
+                 tune_gemms: bool = False, full_graph_max_tokens: int | None = None,
+                 split_gemms: bool | None = None, epilogue_gemms: bool | None = None):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -130,6 +131,10 @@ class TorchExecutor:
                              f"got {full_graph_max_tokens}")
         if max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
+        if split_gemms is None:
+            split_gemms = self.device.type == "cuda"
+        if epilogue_gemms is None:
+            epilogue_gemms = epilogue_gemms_supported(self.device)
         if split_gemms and self.device.type != "cuda":
             raise ValueError(f"split_gemms=True needs a CUDA device (the split products run on cuBLAS), "
                              f"device is {self.device.type!r}")
@@ -137,6 +142,8 @@ class TorchExecutor:
             raise ValueError(f"epilogue_gemms=True needs a CUDA GPU of compute capability 9.0 or newer and a Triton "
                              f"with tensor descriptors (the product reads through the tensor memory accelerator); "
                              f"device is {self.device}")
+        self.split_gemms = split_gemms
+        self.epilogue_gemms = epilogue_gemms
         self.max_model_len = max_model_len
         self.block_size = block_size
         elt = torch.empty((), dtype=self.dtype).element_size()

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from envs.engine_config import BATCHING_RULES, PREEMPTION_MODES, EngineConfig
+from gpu_backend.executor_flags import add_executor_flag_args, executor_flag_options
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +147,7 @@ def _real_run(args: argparse.Namespace, profile) -> dict:
     options: dict[str, Any] = {"random_weights": True} if args.random_weights else {}
     if args.num_gpu_blocks is not None:
         options["num_gpu_blocks"] = args.num_gpu_blocks
-    if args.split_gemms:
-        options["split_gemms"] = True
+    options.update(executor_flag_options(args))
     real_ex = make_executor("torch", model=args.model, device=args.device, options=options)
     cap = real_ex.capacity()
     if cap.block_size != profile.block_size or cap.bytes_per_block != profile.bytes_per_block:
@@ -307,8 +307,7 @@ def add_fidelity_args(p: argparse.ArgumentParser) -> None:
                    help="KV blocks of both runs (default: the smaller of the executor's and the profile's)")
     p.add_argument("--random-weights", action="store_true",
                    help="the model's shape with random weights (timing does not depend on the values)")
-    p.add_argument("--split-gemms", action="store_true",
-                   help="run the executor with split_gemms=True (few-row products cut into K slices)")
+    add_executor_flag_args(p)
     p.add_argument("--warmup-runs", type=int, default=1,
                    help="unrecorded runs of the workload first, so kernel compilation is not timed (default 1)")
     p.add_argument("--replay", type=Path, default=None,

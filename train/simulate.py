@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from envs.engine_config import BATCHING_RULES, PREEMPTION_MODES, EngineConfig
+from gpu_backend.executor_flags import add_executor_flag_args, executor_flag_options, flag_spelling
 from gpu_backend.profiles import DEFAULT_PROFILE
 from train.ranker_option import add_ranker_args, make_scorer, ranker_label, ranker_weights
 
@@ -51,8 +52,7 @@ def add_simulate_args(p: argparse.ArgumentParser) -> None:
                    help="with --backend torch: where the model runs (default: cuda when available)")
     p.add_argument("--num-gpu-blocks", type=int, default=None,
                    help="KV blocks of the executor (default: the profile's, or what the device's memory leaves)")
-    p.add_argument("--split-gemms", action="store_true",
-                   help="with --backend torch on CUDA: few-row products cut into K slices (TorchExecutor split_gemms)")
+    add_executor_flag_args(p)      # with --backend torch
     add_ranker_args(p, "the workload's requests (e.g. alpaca-eval-<model>)")
 
 
@@ -127,8 +127,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     if args.num_gpu_blocks is not None and args.num_gpu_blocks < 1:
         raise ValueError(f"--num-gpu-blocks must be >= 1, got {args.num_gpu_blocks}")
-    if args.split_gemms and args.backend != "torch":
-        raise ValueError(f"--split-gemms changes the real executor; it needs --backend torch, "
+    flags = executor_flag_options(args)
+    if flags and args.backend != "torch":
+        name, on = next(iter(flags.items()))
+        raise ValueError(f"{flag_spelling(name, on)} changes the real executor; it needs --backend torch, "
                          f"got --backend {args.backend}")
     executor = None
     kv_bytes_per_token = profile.model.kv_bytes_per_token
@@ -137,8 +139,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         from gpu_backend.executors import make_executor
 
         options = {} if args.num_gpu_blocks is None else {"num_gpu_blocks": args.num_gpu_blocks}
-        if args.split_gemms:
-            options["split_gemms"] = True
+        options.update(flags)
         executor = make_executor("torch", model=args.model, device=args.device, options=options)
         cap = executor.capacity()
         kv_bytes_per_token = cap.bytes_per_block // cap.block_size
