@@ -11,9 +11,10 @@ the gate rows ``n`` and the up rows ``I + n`` of the fused gate/up weight, so th
 layout. It feeds the tensor cores through Hopper's tensor memory accelerator (host-built
 ``TensorDescriptor``s), so it needs compute capability 9.0 and a Triton that has them. It rounds
 where transformers' Llama does (gate and up to bf16, the SiLU, the product), as
-``fused_ops.silu_mul`` does after cuBLAS: on an H200 the two agree bit for bit. It runs for
-128-512 rows, where it beat cuBLAS + ``silu_mul`` (1.05-1.12x with cold weights,
-``benchmarks/epilogue_gemms_gpu.py``); other batches, and every CPU call, take that pair.
+``fused_ops.silu_mul`` does after cuBLAS: on an H200 the two agree bit for bit. It runs only for
+the weight shapes and row counts where it beat cuBLAS + ``silu_mul`` with cold weights
+(``MEASURED_FASTER``: ``llama-1b`` at 128-512 rows, 1.04-1.11x, ``benchmarks/epilogue_gemms_gpu.py``);
+everything else, and every CPU call, takes that pair.
 
 The same idea for the QKV product (RoPE and the paged KV write in its epilogue, commit 7b46fdd)
 ran 0.59-0.73x of cuBLAS + ``rope_and_cache`` at 32-512 rows: one head per program leaves the
@@ -38,7 +39,11 @@ except ImportError:  # pragma: no cover - CPU-only installs, or a Triton without
     tl = None
     TensorDescriptor = None
 
-MIN_ROWS, MAX_ROWS = 128, 512
+# Gate/up weight shapes [2I, K] -> the decode rows at which the kernel beat cuBLAS + silu_mul, read cold on an H200
+# (``benchmarks/epilogue_gemms_gpu.py --model M``, session 12): llama-1b 1.04-1.11x at 128-512 rows. It lost on
+# smollm2-135m's [3072, 576] (0.61-0.86x at 128-512 rows) and came out mixed on llama-8b's [28672, 4096]
+# (0.83-1.03x), so those keep the pair. Measure a shape before adding it.
+MEASURED_FASTER: dict[tuple[int, int], tuple[int, int]] = {(16384, 2048): (128, 512)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +64,12 @@ def supported(device: torch.device) -> bool:
             and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
-def applies(x: torch.Tensor) -> bool:
-    """True when a product of ``x``'s rows goes through the epilogue kernel (CUDA, 128-512 rows)."""
-    return x.is_cuda and x.dim() == 2 and MIN_ROWS <= x.shape[0] <= MAX_ROWS and TensorDescriptor is not None
+def applies(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """True when ``x`` times the gate/up weight ``w`` goes through the epilogue kernel: on CUDA, for a weight
+    shape and row count where it measured faster (``MEASURED_FASTER``)."""
+    rows = MEASURED_FASTER.get(tuple(w.shape))
+    return (rows is not None and x.is_cuda and x.dim() == 2 and rows[0] <= x.shape[0] <= rows[1]
+            and TensorDescriptor is not None)
 
 
 def swiglu_config(rows: int) -> TileConfig:
@@ -103,9 +111,9 @@ def _check_operands(x: torch.Tensor, w: torch.Tensor, caller: str) -> None:
 
 def gate_up_silu(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``silu(x @ gate.T) * (x @ up.T)`` for the fused gate/up weight ``w`` [2I, K]: [T, I]. The epilogue
-    kernel where ``applies(x)``; cuBLAS and ``fused_ops.silu_mul`` elsewhere."""
+    kernel where ``applies(x, w)``; cuBLAS and ``fused_ops.silu_mul`` elsewhere."""
     _check_operands(x, w, "gate_up_silu")
-    if not applies(x):
+    if not applies(x, w):
         return silu_mul(F.linear(x, w))
     return gate_up_silu_kernel(x, w, swiglu_config(x.shape[0]))
 

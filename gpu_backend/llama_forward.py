@@ -147,7 +147,7 @@ class LlamaForward:
         eps = self.dims.rms_norm_eps
         x = add_rms_norm(self.linear.partials(attn.view(attn.shape[0], self._q), w.o_proj[layer]), h,
                          w.post_norm[layer], eps)
-        if self.epilogues and epilogue_gemms.applies(x):
+        if self.epilogues and epilogue_gemms.applies(x, w.gate_up[layer]):
             a = gate_up_silu(x, w.gate_up[layer])
         else:
             a = silu_mul(self.linear(x, w.gate_up[layer]))

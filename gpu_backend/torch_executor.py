@@ -85,8 +85,9 @@ class TorchExecutor:
     ``split_gemms`` (default: on CUDA) cuts the QKV, output and down products of 64-512 rows into K
     slices multiplied as one batched cuBLAS call, summed by the fused kernel that follows
     (``gpu_backend.skinny_gemm.batched_split_count``). ``epilogue_gemms`` (default: on GPUs of compute
-    capability 9.0+) lets the gate/up product of 128-512 rows apply SwiGLU as it writes its tiles, one
-    kernel a layer fewer (``gpu_backend.epilogue_gemms``). Together they take the ``llama-1b`` decode
+    capability 9.0+) lets the gate/up product apply SwiGLU as it writes its tiles, one kernel a layer
+    fewer, for the weight shapes and rows where that measured faster (``llama-1b`` at 128-512 rows:
+    ``gpu_backend.epilogue_gemms.MEASURED_FASTER``). Together they take the ``llama-1b`` decode
     step at batch 256 from 1.56x to 1.49x its byte roofline on an H200 (BENCHMARKS.md, session 12);
     the shipped fitted profiles time the executor with both. ``True`` where the device lacks what
     they need is an error; ``False`` turns them off.

@@ -30,18 +30,22 @@ def _operands(m: int, k: int = 64, inter: int = 96, dtype=torch.float32, device=
 
 def test_off_cuda_it_is_cublas_then_silu_mul():
     x, w = _operands(200)
-    assert not epilogue_gemms.applies(x)
+    assert not epilogue_gemms.applies(x, w)
     assert torch.equal(gate_up_silu(x, w), silu_mul(F.linear(x, w)))
 
 
-def test_only_128_to_512_rows_on_cuda_take_the_kernel(monkeypatch):
-    x = torch.zeros(1, 8)
+def test_only_measured_shapes_and_rows_on_cuda_take_the_kernel(monkeypatch):
+    w = torch.zeros(16384, 2048)            # llama-1b's gate/up, measured faster at 128-512 rows
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda t: True))
-    sizes = {m: epilogue_gemms.applies(x.expand(m, 8)) for m in (64, 127, 128, 256, 512, 513)}
+    sizes = {m: epilogue_gemms.applies(torch.zeros(m, 2048), w) for m in (64, 127, 128, 256, 512, 513)}
+    others = [epilogue_gemms.applies(torch.zeros(256, k), torch.zeros(n, k)) for n, k in ((3072, 576), (28672, 4096))]
     if epilogue_gemms.TensorDescriptor is None:
         assert not any(sizes.values())
     else:
         assert sizes == {64: False, 127: False, 128: True, 256: True, 512: True, 513: False}
+    assert others == [False, False]         # smollm2-135m's and llama-8b's: measured slower or mixed
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda t: False))
+    assert not epilogue_gemms.applies(torch.zeros(256, 2048), w)
 
 
 def test_operands_that_do_not_multiply_are_named():

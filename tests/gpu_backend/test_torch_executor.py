@@ -152,7 +152,7 @@ def test_gate_up_with_swiglu_in_its_epilogue_matches_transformers(hf, weights, m
     ex = make_executor(weights)
     ex.model.epilogues = True
     ran = []
-    monkeypatch.setattr(epilogue_gemms, "applies", lambda x: True)
+    monkeypatch.setattr(epilogue_gemms, "applies", lambda x, w: True)
     monkeypatch.setattr(epilogue_gemms, "swiglu_config", lambda rows: TileConfig(16, 32, 2, 2, 64))
     kernel = epilogue_gemms.gate_up_silu_kernel
 
