@@ -75,6 +75,25 @@ def test_split_gemms_is_refused_off_cuda_and_off_the_torch_backend(capsys):
     assert "--split-gemms changes the real executor; it needs --backend torch, got --backend sim" in err
 
 
+def test_epilogue_gemms_flags_are_refused_off_hopper_and_off_the_torch_backend(capsys):
+    rc = main(["simulate", "--backend", "torch", "--model", "tiny", "--device", "cpu", "-n", "1",
+               "--epilogue-gemms"])
+    assert rc == 2
+    assert ("servegym simulate: error: epilogue_gemms=True needs a CUDA GPU of compute capability 9.0 or newer"
+            in capsys.readouterr().err)
+    rc = main(["simulate", "-n", "1", "--no-epilogue-gemms"])
+    assert rc == 2
+    assert "--no-epilogue-gemms changes the real executor; it needs --backend torch" in capsys.readouterr().err
+
+
+def test_turning_both_kernels_off_on_the_cpu_runs(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    rc = main(["simulate", "--backend", "torch", "--model", "tiny", "--device", "cpu", "-n", "2",
+               "--no-split-gemms", "--no-epilogue-gemms", "--json", str(out)])
+    assert rc == 0
+    assert json.loads(out.read_text())["num_finished"] == 2
+
+
 @pytest.mark.slow
 def test_smollm2_real_weights_answer_and_match_transformers():
     pytest.importorskip("gguf", reason="smollm2-135m is read through the gguf package (the torch extra)")
