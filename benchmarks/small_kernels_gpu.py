@@ -1,11 +1,12 @@
 """Launch configurations of the decode step's small kernels, and how close the decode attention is to a pure read.
 
-Session 12 found that the fused element-wise kernels of a ``llama-1b`` decode step at batch 256
-take several times their bytes' worth: add + RMSNorm reads and writes 4 MB in ~3.9 us, where
-the copy bandwidth moves it in ~1 us. This sweeps each kernel's launch configuration at the
-step's shapes, every configuration inside a CUDA graph of 16 launches (one per layer, as in
-the step; the gap between dependent launches included), against the configuration the
-executor ships:
+A ``llama-1b`` decode step at batch 256 runs about 150 kernels, most of them small. What each
+launch costs, and whether the small kernels' launch configurations leave time on the table,
+decide how far the step can get below its byte roofline (the element-wise kernels had never been
+swept before session 12, the attention was in session 9). This sweeps each kernel's launch
+configuration at the step's shapes, every configuration inside a CUDA graph of 16 launches (one
+per layer, as in the step; the gap between dependent launches included), against the
+configuration the executor ships:
 
 - ``add_rms_norm`` (after the output and down products; with split_gemms=True it sums 2 or 4
   float32 partials), warps per row, and a variant that normalises several rows per program;
