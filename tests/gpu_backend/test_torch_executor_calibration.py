@@ -164,7 +164,10 @@ def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):
     info = {"name": "cpu-test", "memory_bytes": 2**34, "hbm_bandwidth": 1e11, "matmul_flops": 1e12,
             "host_bandwidth": 1e10, "date": "2026-11-21"}
     path = tmp_path / "cpu-tiny.json"
-    path.write_text(json.dumps(profile_json("cpu-tiny", ex, f, info, samples)))
+    written = profile_json("cpu-tiny", ex, f, info, samples)
+    # off CUDA neither optional kernel runs, and the description says so
+    assert "CUDA graphs for decode, split_gemms=off, epilogue_gemms=off)" in written["description"]
+    path.write_text(json.dumps(written))
     prof = load_profile(str(path))
     assert isinstance(prof.cost, LinearCostModel)
     assert (prof.num_gpu_blocks, prof.num_host_blocks, prof.block_size, prof.max_model_len) == (512, 64, 16, 1024)
@@ -177,8 +180,11 @@ def test_shipped_fitted_profiles_describe_our_models(model):
     from gpu_backend.models import model_dims
     from gpu_backend.profiles import PROFILE_DIR
 
-    prof = load_profile(str(PROFILE_DIR / "fitted" / f"h200-{model}-fitted.json"))
+    path = PROFILE_DIR / "fitted" / f"h200-{model}-fitted.json"
+    prof = load_profile(str(path))
     assert isinstance(prof.cost, LinearCostModel) and prof.device.name == "NVIDIA H200"
+    # fitted on the executor as it runs by default on an H200
+    assert "split_gemms=on, epilogue_gemms=on" in json.loads(path.read_text())["description"]
     assert prof.model == model_dims(model).shape(2)           # the shape the real executor runs, in bf16
     assert prof.bytes_per_block == model_dims(model).kv_bytes_per_token(2) * prof.block_size
     assert all(v >= 0 for v in prof.cost.c.values())
