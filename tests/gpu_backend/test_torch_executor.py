@@ -123,6 +123,16 @@ def test_mixed_batch_prefill_chunk_beside_decodes(hf, weights):
     assert set(res.sampled_tokens) == {1, 2}   # the unfinished chunk samples nothing
 
 
+def prefill_then_mixed_match_transformers(ex: TorchExecutor, hf) -> None:
+    """A 39-token prefill, then a 30-token chunk beside that sequence's first decode: logits as transformers'."""
+    a, c = tokens(40, 7), tokens(50, 9)
+    ex.execute(BatchPlan(prefills=[PrefillChunk(1, 0, 39, [0, 1, 2], True, a[:39])]))
+    ex.execute(BatchPlan(prefills=[PrefillChunk(3, 0, 30, [20, 21], False, c[:30])], decode_seq_ids=[1],
+                         decode_positions=[39], decode_block_tables=[[0, 1, 2]], decode_input_ids=[a[39]]))
+    close(ex.last_logits[1], reference(hf, a)[39:40])
+    close(ex.last_logits[3], reference(hf, c)[:30])
+
+
 def test_products_split_over_k_are_summed_by_every_consumer(hf, weights):
     """With each QKV, output and down product handed on as 2 split-K partials (what ``split_gemms``
     does on CUDA), prefill chunks and decodes still match transformers."""
@@ -134,12 +144,7 @@ def test_products_split_over_k_are_summed_by_every_consumer(hf, weights):
         return batched_split_linear(x, w, 2)
 
     ex.model.linear.partials = two_partials
-    a, c = tokens(40, 7), tokens(50, 9)
-    ex.execute(BatchPlan(prefills=[PrefillChunk(1, 0, 39, [0, 1, 2], True, a[:39])]))
-    ex.execute(BatchPlan(prefills=[PrefillChunk(3, 0, 30, [20, 21], False, c[:30])], decode_seq_ids=[1],
-                         decode_positions=[39], decode_block_tables=[[0, 1, 2]], decode_input_ids=[a[39]]))
-    close(ex.last_logits[1], reference(hf, a)[39:40])
-    close(ex.last_logits[3], reference(hf, c)[:30])
+    prefill_then_mixed_match_transformers(ex, hf)
     w = weights
     assert split == [w.qkv[0].shape, w.o_proj[0].shape, w.down[0].shape] * 4    # 2 layers x 2 iterations
 
@@ -161,12 +166,7 @@ def test_gate_up_with_swiglu_in_its_epilogue_matches_transformers(hf, weights, m
         return kernel(x, w, cfg)
 
     monkeypatch.setattr(epilogue_gemms, "gate_up_silu_kernel", counted)
-    a, c = tokens(40, 7), tokens(50, 9)
-    ex.execute(BatchPlan(prefills=[PrefillChunk(1, 0, 39, [0, 1, 2], True, a[:39])]))
-    ex.execute(BatchPlan(prefills=[PrefillChunk(3, 0, 30, [20, 21], False, c[:30])], decode_seq_ids=[1],
-                         decode_positions=[39], decode_block_tables=[[0, 1, 2]], decode_input_ids=[a[39]]))
-    close(ex.last_logits[1], reference(hf, a)[39:40])
-    close(ex.last_logits[3], reference(hf, c)[:30])
+    prefill_then_mixed_match_transformers(ex, hf)
     assert ran == [39, 39, 31, 31]      # 2 layers x 2 iterations, every row of each
 
 
