@@ -34,8 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
-from gpu_backend.executor_flags import add_executor_flag_args, executor_flag_options
 from gpu_backend.cost_model import LINEAR_FEATURES, BatchShape, DecodeTable, LinearCostModel, linear_features
+from gpu_backend.executor_flags import add_executor_flag_args, executor_flag_options
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk, longest_context
 
 
