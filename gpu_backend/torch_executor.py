@@ -89,7 +89,8 @@ class TorchExecutor:
     fewer, for the weight shapes and rows where that measured faster (``llama-1b`` at 128-512 rows:
     ``gpu_backend.epilogue_gemms.MEASURED_FASTER``). Together they make the ``llama-1b`` decode
     step at batch 256 1.03-1.06x faster on an H200 (1.49-1.54x its byte roofline against 1.56-1.61x
-    on three leases: BENCHMARKS.md, session 12); the shipped fitted profiles time the executor with both. ``True`` where the device lacks what
+    on three leases: BENCHMARKS.md, session 12); the shipped fitted profiles time the executor with
+    both. ``True`` where the device lacks what
     they need is an error; ``False`` turns them off.
     """
 
