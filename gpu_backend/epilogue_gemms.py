@@ -109,13 +109,14 @@ def _check_operands(x: torch.Tensor, w: torch.Tensor, caller: str) -> None:
         raise ValueError(f"{caller}: x and the weight must be contiguous (tensor descriptors read them by rows)")
 
 
-def gate_up_silu(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def gate_up_silu(x: torch.Tensor, w: torch.Tensor, linear=F.linear) -> torch.Tensor:
     """``silu(x @ gate.T) * (x @ up.T)`` for the fused gate/up weight ``w`` [2I, K]: [T, I]. The epilogue
-    kernel where ``applies(x, w)``; cuBLAS and ``fused_ops.silu_mul`` elsewhere."""
+    kernel where ``applies(x, w)``; elsewhere ``linear`` (the caller's product: ``F.linear``, or the
+    executor's ``LinearPlan``) and ``fused_ops.silu_mul``."""
+    if applies(x, w):
+        return gate_up_silu_kernel(x, w, swiglu_config(x.shape[0]))
     _check_operands(x, w, "gate_up_silu")
-    if not applies(x, w):
-        return silu_mul(F.linear(x, w))
-    return gate_up_silu_kernel(x, w, swiglu_config(x.shape[0]))
+    return silu_mul(linear(x, w))
 
 
 def gate_up_silu_kernel(x: torch.Tensor, w: torch.Tensor, cfg: TileConfig) -> torch.Tensor:

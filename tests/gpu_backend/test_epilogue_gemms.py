@@ -32,6 +32,13 @@ def test_off_cuda_it_is_cublas_then_silu_mul():
     x, w = _operands(200)
     assert not epilogue_gemms.applies(x, w)
     assert torch.equal(gate_up_silu(x, w), silu_mul(F.linear(x, w)))
+    calls = []
+
+    def linear(a, b):           # the caller's product (the executor passes its LinearPlan)
+        calls.append(b.shape)
+        return F.linear(a, b)
+
+    assert torch.equal(gate_up_silu(x, w, linear), silu_mul(F.linear(x, w))) and calls == [(192, 64)]
 
 
 def test_only_measured_shapes_and_rows_on_cuda_take_the_kernel(monkeypatch):
