@@ -61,6 +61,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="llama-1b,smollm2-135m,llama-8b")
     p.add_argument("--skip-profile", action="store_true",
                    help="judge the profiles already in --out (or the shipped ones) instead of fitting new ones")
+    p.add_argument("--skip-fidelity", action="store_true",
+                   help="only fit the profiles (a big model's profile and judgement fit one device command each)")
+    p.add_argument("--passes", default=None, help="passes over the sweep (servegym profile's default if not given)")
     add_executor_flag_args(p)      # passed on to servegym profile and fidelity
     args = p.parse_args(argv)
     split = [flag_spelling(name, on) for name, on in executor_flag_options(args).items()]
@@ -71,11 +74,12 @@ def main(argv=None) -> int:
         if not args.skip_profile:
             t0 = time.perf_counter()
             _cli(["profile", "--model", model, "--random-weights", "--out", str(prof),
-                  "--samples", str(args.out / f"samples-{model}.json"), *split])
+                  "--samples", str(args.out / f"samples-{model}.json"), *split,
+                  *(["--passes", args.passes] if args.passes else [])])
             print(f"   profile {model}: {time.perf_counter() - t0:.0f} s", flush=True)
         elif not prof.exists():
             prof = ROOT / "gpu_backend" / "profiles" / "fitted" / prof.name
-        for label, extra in WORKLOADS:
+        for label, extra in () if args.skip_fidelity else WORKLOADS:
             t0 = time.perf_counter()
             fid = args.out / f"fid-{model}-{label}.json"
             # two warm-ups: the first compiles kernels, the second is a clean repeat of the recorded run

@@ -11,8 +11,8 @@ predict any batch from them), at the granularity of whole iterations.
 The sweep covers decode batches over context lengths, prefill chunks over cached prefixes,
 mixed batches, and swaps (group sizes x copy counts, fitted as a per-copy latency plus
 bytes over bandwidth, as FastSwitch models them: papers.md §5). Each shape is run a few
-times after a warm-up; the median wall time of ``execute`` is what the engine's clock would
-advance by, so that is what is fitted. Rows are weighted by 1/time, so the fit minimises
+times after a warm-up, in each of several passes over the whole sweep; the median wall time of
+``execute`` is what the engine's clock would advance by, so that is what is fitted. Rows are weighted by 1/time, so the fit minimises
 relative error, and coefficients are kept non-negative (a negative cost per token would
 let the simulator predict shorter iterations for bigger batches).
 
@@ -28,7 +28,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -50,6 +50,7 @@ class Sample:
     swap_bytes: int = 0
     swap_s: float = 0.0        # median device time of the copies
     decode_context_max: int = 0   # the longest decode's context (0: none, or a samples file without it)
+    pass_durations: tuple = ()    # the duration each sweep pass measured, in order (duration_s is their median)
 
 
 @dataclass(slots=True)
@@ -84,6 +85,7 @@ class Sweep:
     # decode steps of one or two sequences last about a millisecond, and a median of five moved by
     # 5-8% from one context to the next (two leases): decode shapes take many more, cheap, steps
     decode_repeats: int = 25
+    passes: int = 3             # times the whole sweep is run; each shape keeps its median pass
 
 
 def shape_features(plan: BatchPlan) -> tuple:
@@ -139,16 +141,47 @@ def _admitted(values: tuple, top: int) -> list[int]:
     return sorted({min(v, top) for v in values if top >= 1})
 
 
+def median_sample(runs: list[Sample]) -> Sample:
+    """The run of one shape whose duration is the median (the lower one of an even count: always a
+    measured run, never an average), carrying every run's duration in measuring order."""
+    pick = sorted(runs, key=lambda s: s.duration_s)[(len(runs) - 1) // 2]
+    return replace(pick, pass_durations=tuple(s.duration_s for s in runs))
+
+
 def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
-    """Run the sweep on ``executor`` (a ``TorchExecutor``); returns the samples."""
+    """Run the sweep on ``executor`` (a ``TorchExecutor``); returns one sample per shape.
+
+    Every shape is timed once per pass, the passes one after another over the whole sweep, and the
+    median pass is kept. Why: the lent GPU machines have slow spells of tens of milliseconds, longer
+    than one shape's timing; a shape timed in one stretch during a spell came out 5-20% slow, and the
+    fitted table carried it (session 12: a two-sequence decode predicted 9.6% too slow). Passes far apart
+    in time rarely all meet a spell."""
     sweep = sweep or Sweep()
+    if sweep.passes < 1:
+        raise ValueError(f"Sweep.passes must be >= 1, got {sweep.passes}")
+    jobs = sweep_jobs(executor, sweep)
+    runs: list[list[Sample]] = [[] for _ in jobs]
+    for p in range(sweep.passes):
+        t0 = time.perf_counter()
+        for job, kept in zip(jobs, runs):
+            s = job()
+            if s is not None:
+                kept.append(s)
+        log(f"calibration: pass {p + 1}/{sweep.passes} timed {sum(1 for r in runs if r)} shapes in "
+            f"{time.perf_counter() - t0:.0f} s")
+    return [median_sample(r) for r in runs if r]
+
+
+def sweep_jobs(executor, sweep: Sweep) -> list:
+    """One callable per shape of the sweep, in sweep order: each times its shape once on ``executor`` and
+    returns the ``Sample`` (None where the executor lacks the KV blocks for it)."""
     bs = executor.block_size
     cap = executor.capacity()
     vocab = executor.dims.vocab_size
     rng = np.random.default_rng(0)
     executor.store.gpu.normal_()        # time on realistic KV, never on zeros
     blocks = _Blocks(cap.num_gpu_blocks)
-    samples: list[Sample] = []
+    jobs: list = []
 
     def timed(plan: BatchPlan) -> tuple[float, float]:
         for _ in range(sweep.warmup):
@@ -156,16 +189,15 @@ def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
         runs = [executor.execute(plan) for _ in range(sweep.repeats)]
         return statistics.median(r.duration_s for r in runs), statistics.median(r.swap_s for r in runs)
 
-    def run(kind: str, plan: BatchPlan) -> None:
+    def run(kind: str, plan: BatchPlan) -> Sample:
         t, _ = timed(plan)
-        samples.append(Sample(kind, shape_features(plan), t,
-                              decode_context_max=BatchShape.from_plan(plan).decode_context_max))
+        return Sample(kind, shape_features(plan), t, decode_context_max=BatchShape.from_plan(plan).decode_context_max)
 
     limit = executor.max_model_len
     steps = sweep.warmup + sweep.decode_repeats
     next_seq = 0
 
-    def decode_batch(kind: str, ctxs: list[int]) -> None:
+    def decode_batch(kind: str, ctxs: list[int]) -> Sample | None:
         """Time ``steps`` decode iterations of new sequences at contexts ``ctxs``; keep the median."""
         nonlocal next_seq
         b = len(ctxs)
@@ -175,7 +207,7 @@ def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
         starts = [c + i % bs for i, c in enumerate(ctxs)]
         full = [blocks.take(-(-(p + steps) // bs)) for p in starts]
         if any(t is None for t in full):
-            return
+            return None
         sids = list(range(next_seq, next_seq + b))
         next_seq += b
         # one live table per sequence, grown in place as in serving (the executor sends only
@@ -194,69 +226,81 @@ def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
             shapes.append(shape_features(plan))
             longest.append(plan.decode_context_max)
         mid = sweep.warmup + sweep.decode_repeats // 2
-        samples.append(Sample(kind, shapes[mid], statistics.median(times[sweep.warmup:]),
-                              decode_context_max=longest[mid]))
+        return Sample(kind, shapes[mid], statistics.median(times[sweep.warmup:]), decode_context_max=longest[mid])
+
+    def decode_job(kind: str, ctxs: list[int]):
+        return lambda: decode_batch(kind, ctxs)
 
     smaller = 0
     for b in sweep.decode_batches:
         for ctx in _admitted(sweep.decode_contexts, limit - bs - steps - 1):
-            decode_batch("decode", [ctx] * b)
+            jobs.append(decode_job("decode", [ctx] * b))
             if sweep.decode_unequal and smaller and smaller + 1 < b:
-                decode_batch("decode_unequal", [ctx] * (smaller + 1))
+                jobs.append(decode_job("decode_unequal", [ctx] * (smaller + 1)))
             if sweep.decode_unequal and b > 1:
-                decode_batch("decode_unequal", [ctx] * (b - b // 2) + [max(1, ctx // 4)] * (b // 2))
+                jobs.append(decode_job("decode_unequal", [ctx] * (b - b // 2) + [max(1, ctx // 4)] * (b // 2)))
         smaller = b
-    for start in sweep.prefill_starts:
-        for n in sweep.prefill_tokens:
-            if start + n > limit:
-                continue
+
+    def prefill_job(start: int, n: int):
+        def job() -> Sample | None:
             blocks.reset()
             table = blocks.take(-(-(start + n) // bs))
             if table is None:
-                continue
-            run("prefill", BatchPlan(prefills=[PrefillChunk(0, start, n, table, True, _tokens(n, vocab, rng))]))
-    for k in sweep.prefill_batches:
-        blocks.reset()
-        chunks = [PrefillChunk(i, 0, 512, blocks.take(512 // bs), True, _tokens(512, vocab, rng)) for i in range(k)]
-        if chunks[-1].block_table is not None:
-            run("prefill", BatchPlan(prefills=chunks))
-    for nd, n in sweep.mixed:
-        blocks.reset()
-        ctx = min(1024, limit - 1)
-        tables = [blocks.take(-(-(ctx + 1) // bs)) for _ in range(nd)]
-        table = blocks.take(-(-n // bs))
-        if table is None or tables[-1] is None or n > limit:
-            continue
-        run("mixed", BatchPlan(prefills=[PrefillChunk(nd, 0, n, table, True, _tokens(n, vocab, rng))],
-                               decode_seq_ids=list(range(nd)), decode_positions=[ctx] * nd,
-                               decode_block_tables=tables, decode_input_ids=_tokens(nd, vocab, rng),
-                               decode_context_sum=nd * (ctx + 1)))
-    for k, n, start, nd in sweep.prefix_chunks:
-        blocks.reset()
-        ctx = min(1024, limit - 1)
-        if start + n > limit:
-            continue
-        tables = [blocks.take(-(-(ctx + 1) // bs)) for _ in range(nd)]
-        chunk_tables = [blocks.take(-(-(start + n) // bs)) for _ in range(k)]
-        if any(t is None for t in tables + chunk_tables):
-            continue
-        chunks = [PrefillChunk(nd + i, start, n, t, True, _tokens(n, vocab, rng)) for i, t in enumerate(chunk_tables)]
-        run("prefix_chunks", BatchPlan(prefills=chunks, decode_seq_ids=list(range(nd)), decode_positions=[ctx] * nd,
+                return None
+            return run("prefill", BatchPlan(prefills=[PrefillChunk(0, start, n, table, True, _tokens(n, vocab, rng))]))
+        return job
+
+    for start in sweep.prefill_starts:
+        for n in sweep.prefill_tokens:
+            if start + n <= limit:
+                jobs.append(prefill_job(start, n))
+
+    def prefill_batch_job(k: int):
+        def job() -> Sample | None:
+            blocks.reset()
+            chunks = [PrefillChunk(i, 0, 512, blocks.take(512 // bs), True, _tokens(512, vocab, rng)) for i in range(k)]
+            if chunks[-1].block_table is None:
+                return None
+            return run("prefill", BatchPlan(prefills=chunks))
+        return job
+
+    jobs.extend(prefill_batch_job(k) for k in sweep.prefill_batches)
+
+    def with_decodes_job(kind: str, nd: int, ctx: int, chunk_specs: list[tuple[int, int]]):
+        """``nd`` decodes at context ``ctx`` beside one chunk per (start, tokens) of ``chunk_specs``."""
+        def job() -> Sample | None:
+            blocks.reset()
+            tables = [blocks.take(-(-(ctx + 1) // bs)) for _ in range(nd)]
+            chunk_tables = [blocks.take(-(-(start + n) // bs)) for start, n in chunk_specs]
+            if any(t is None for t in tables + chunk_tables):
+                return None
+            chunks = [PrefillChunk(nd + i, start, n, t, True, _tokens(n, vocab, rng))
+                      for i, ((start, n), t) in enumerate(zip(chunk_specs, chunk_tables))]
+            return run(kind, BatchPlan(prefills=chunks, decode_seq_ids=list(range(nd)), decode_positions=[ctx] * nd,
                                        decode_block_tables=tables, decode_input_ids=_tokens(nd, vocab, rng),
                                        decode_context_sum=nd * (ctx + 1)))
+        return job
+
+    ctx_mixed = min(1024, limit - 1)
+    for nd, n in sweep.mixed:
+        if n <= limit:
+            jobs.append(with_decodes_job("mixed", nd, ctx_mixed, [(0, n)]))
+    # many chunks over cached prefixes, as shared-document workloads batch them
+    for k, n, start, nd in sweep.prefix_chunks:
+        if start + n <= limit:
+            jobs.append(with_decodes_job("prefix_chunks", nd, ctx_mixed, [(start, n)] * k))
     for n in sweep.grid_chunk_tokens:
         for start in _admitted(sweep.grid_chunk_starts, limit - n):
             for ctx in _admitted(sweep.grid_decode_contexts, limit - 1):
                 for nd in sweep.grid_decodes:
-                    blocks.reset()
-                    tables = [blocks.take(-(-(ctx + 1) // bs)) for _ in range(nd)]
-                    table = blocks.take(-(-(start + n) // bs))
-                    if table is None or tables[-1] is None:
-                        continue
-                    run("mixed", BatchPlan(prefills=[PrefillChunk(nd, start, n, table, True, _tokens(n, vocab, rng))],
-                                           decode_seq_ids=list(range(nd)), decode_positions=[ctx] * nd,
-                                           decode_block_tables=tables, decode_input_ids=_tokens(nd, vocab, rng),
-                                           decode_context_sum=nd * (ctx + 1)))
+                    jobs.append(with_decodes_job("mixed", nd, ctx, [(start, n)]))
+
+    def swap_job(moves: list[GroupMove], nbytes: int):
+        def job() -> Sample:
+            wall, s = timed(BatchPlan(swap_out=moves))
+            return Sample("swap", (), wall, len(moves), nbytes, s)
+        return job
+
     host = cap.num_host_blocks
     for g in sweep.swap_groups:
         for c in sweep.swap_copies:
@@ -264,13 +308,9 @@ def measure(executor, sweep: Sweep | None = None, log=print) -> list[Sample]:
                 continue
             # every other run of g blocks, so the copies cannot merge into one
             moves = [GroupMove(2 * i * g, i * g, g) for i in range(c) if 2 * i * g + g <= cap.num_gpu_blocks]
-            if len(moves) < c:
-                continue
-            plan = BatchPlan(swap_out=moves)
-            wall, s = timed(plan)
-            samples.append(Sample("swap", (), wall, c, g * c * cap.bytes_per_block, s))
-    log(f"calibration: {len(samples)} shapes timed")
-    return samples
+            if len(moves) == c:
+                jobs.append(swap_job(moves, g * c * cap.bytes_per_block))
+    return jobs
 
 
 def nnls(A: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -408,6 +448,11 @@ def _cost_model_json(f: Fit) -> dict:
     return {"kind": "linear", "coefficients": f.coefficients, **table}
 
 
+def _passes_text(samples: list[Sample]) -> str:
+    passes = max((len(s.pass_durations) for s in samples), default=0)
+    return f" each the median of {passes} passes" if passes > 1 else ""
+
+
 def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[Sample]) -> dict:
     """A profile file ``gpu_backend.profiles.load_profile`` reads: shape, device, KV and the fitted model."""
     d = executor.dims
@@ -418,7 +463,8 @@ def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[S
         "description": (f"Fitted by gpu_backend.calibration on {device_info['name']} on {device_info['date']}: "
                         f"TorchExecutor ({executor.dtype}, CUDA graphs for decode, "
                         f"split_gemms={'on' if executor.split_gemms else 'off'}, "
-                        f"epilogue_gemms={'on' if executor.epilogue_gemms else 'off'}), {len(samples)} shapes, "
+                        f"epilogue_gemms={'on' if executor.epilogue_gemms else 'off'}), {len(samples)} shapes"
+                        f"{_passes_text(samples)}, "
                         f"in-sample MAPE {f.mape['all']:.1%} (max {f.max_ape:.1%})."),
         "model": {"name": d.name, "num_layers": shape.num_layers, "hidden_size": shape.hidden_size,
                   "num_heads": shape.num_heads, "num_kv_heads": shape.num_kv_heads,
@@ -452,7 +498,8 @@ def load_samples(path: str | Path) -> list[Sample]:
             feats = current_features(r["features"]) if r["kind"] != "swap" else ()
             out.append(Sample(r["kind"], feats, float(r["duration_s"]), int(r.get("swap_copies", 0)),
                               int(r.get("swap_bytes", 0)), float(r.get("swap_s", 0.0)),
-                              int(r.get("decode_context_max", 0))))
+                              int(r.get("decode_context_max", 0)),
+                              tuple(float(x) for x in r.get("pass_durations", ()))))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"samples file {path}: sample {i}: {exc}") from None
     return out
@@ -509,6 +556,16 @@ def device_info() -> dict:
             "matmul_flops": flops, "host_bandwidth": host_bw, "date": time.strftime("%Y-%m-%d")}
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def add_profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="tiny, smollm2-135m, llama-1b or llama-8b")
     p.add_argument("--out", type=Path, required=True, help="profile JSON to write")
@@ -516,7 +573,9 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-gpu-blocks", type=int, default=None, help="KV blocks (default: what memory leaves)")
     p.add_argument("--random-weights", action="store_true",
                    help="the model's shape with random weights (timing does not depend on the values)")
-    p.add_argument("--quick", action="store_true", help="fewer shapes and repeats (a smoke run)")
+    p.add_argument("--quick", action="store_true", help="fewer shapes and repeats, one pass (a smoke run)")
+    p.add_argument("--passes", type=_positive_int, default=Sweep().passes,
+                   help="passes over the whole sweep; each shape keeps its median pass (default: %(default)s)")
     p.add_argument("--samples", type=Path, default=None, help="also write every timed sample as JSON")
     add_executor_flag_args(p)     # which were on is recorded in the profile's description
 
@@ -539,7 +598,9 @@ def run_profile(args: argparse.Namespace) -> int:
         sweep = Sweep(decode_batches=(1, 16, 256), decode_contexts=(128, 2048), prefill_tokens=(64, 1024, 4096),
                       prefill_starts=(0, 2048), prefill_batches=(8,), mixed=((32, 1024),),
                       prefix_chunks=((8, 64, 1024, 0), (4, 128, 1024, 64)), swap_groups=(1, 64),
-                      swap_copies=(1, 8), repeats=3, warmup=1, decode_repeats=3)
+                      swap_copies=(1, 8), repeats=3, warmup=1, decode_repeats=3, passes=1)
+    else:
+        sweep.passes = args.passes
     graph_sizes = tuple(ex.graphs.sizes) if ex.graphs is not None else None
     if graph_sizes and not args.quick:
         sweep.decode_batches = graph_sizes      # one table row per captured decode graph

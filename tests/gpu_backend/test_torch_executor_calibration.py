@@ -139,7 +139,7 @@ def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):
                   prefill_starts=(0, 256), prefill_batches=(2,), mixed=((4, 64),),
                   prefix_chunks=((3, 32, 64, 0), (2, 16, 128, 4)), grid_chunk_tokens=(16,), grid_chunk_starts=(0, 64),
                   grid_decodes=(2,), grid_decode_contexts=(100, 2000), swap_groups=(1, 8), swap_copies=(1, 4),
-                  repeats=1, warmup=0, decode_repeats=1)
+                  repeats=1, warmup=0, decode_repeats=1, passes=1)
     samples = measure(ex, sweep, log=lambda *a: None)
     kinds = [s.kind for s in samples]
     # the grid's two chunks beside decodes at context 100, and at 1023 in place of 2000 (past the 1024-token
@@ -212,7 +212,7 @@ def test_sweep_grows_decode_tables_in_place_as_serving_does():
     spy = Spy(TorchExecutor("tiny", device="cpu", num_gpu_blocks=256, num_host_blocks=0, max_model_len=512))
     samples = measure(spy, Sweep(decode_batches=(1, 3), decode_contexts=(30,), prefill_tokens=(), prefill_starts=(),
                                  prefill_batches=(), mixed=(), prefix_chunks=(), grid_chunk_tokens=(), swap_groups=(), repeats=1,
-                                 warmup=2, decode_repeats=3),
+                                 warmup=2, decode_repeats=3, passes=1),
                       log=lambda *a: None)
     # size 1: one batch; size 3: equal contexts, then 2 sequences (padded to the graph of 3), then
     # 2 sequences at 30 and 1 at a quarter of it; each sample is the middle timed step's (the fourth:
@@ -229,6 +229,67 @@ def test_sweep_grows_decode_tables_in_place_as_serving_does():
         assert lens == [p // 16 + 1 for p in pos]
     assert [d[3] for d in runs[1]] == [[30 + k, 31 + k, 32 + k] for k in range(5)]
     assert [d[3] for d in runs[3]] == [[30 + k, 31 + k, 9 + k] for k in range(5)]
+
+
+def test_each_shape_is_timed_once_per_pass_and_keeps_its_median_pass():
+    """Passes run over the whole sweep one after another (so a slow spell of the machine meets one pass
+    of a shape, not all of them), and a shape's sample is its median pass."""
+    from dataclasses import replace
+
+    class ScriptedPasses:
+        """The executor, but every iteration of pass p reports ``per_pass[p]`` seconds."""
+
+        def __init__(self, inner, per_pass):
+            self.inner, self.per_pass, self.pass_no, self.shapes = inner, per_pass, 0, [[] for _ in per_pass]
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def execute(self, plan):
+            self.shapes[self.pass_no].append((len(plan.prefills), len(plan.decode_seq_ids), len(plan.swap_out)))
+            r = self.inner.execute(plan)
+            return replace(r, duration_s=self.per_pass[self.pass_no], swap_s=self.per_pass[self.pass_no])
+
+        def end_of_pass(self, *_):
+            self.pass_no += 1
+
+    spy = ScriptedPasses(TorchExecutor("tiny", device="cpu", num_gpu_blocks=256, num_host_blocks=16,
+                                       max_model_len=512), per_pass=[5.0, 1.0, 3.0])
+    sweep = Sweep(decode_batches=(1, 2), decode_contexts=(30,), decode_unequal=False, prefill_tokens=(16,),
+                  prefill_starts=(0,), prefill_batches=(), mixed=((1, 16),), prefix_chunks=(), grid_chunk_tokens=(),
+                  swap_groups=(1,), swap_copies=(1,), repeats=1, warmup=1, decode_repeats=1, passes=3)
+    samples = measure(spy, sweep, log=spy.end_of_pass)
+    assert [s.kind for s in samples] == ["decode", "decode", "prefill", "mixed", "swap"]
+    assert all(s.pass_durations == (5.0, 1.0, 3.0) and s.duration_s == 3.0 for s in samples)
+    assert all(s.swap_s == 3.0 for s in samples if s.kind == "swap")
+    # every pass ran the whole sweep in the same order: two decode steps of each decode shape, then two
+    # runs (warm-up, timed) of each other shape
+    assert spy.shapes[0] == spy.shapes[1] == spy.shapes[2] == [
+        (0, 1, 0), (0, 1, 0), (0, 2, 0), (0, 2, 0), (1, 0, 0), (1, 0, 0), (1, 1, 0), (1, 1, 0), (0, 0, 1), (0, 0, 1)]
+
+
+def test_an_even_number_of_passes_keeps_the_lower_middle_run_and_no_pass_is_refused():
+    from gpu_backend.calibration import median_sample
+
+    runs = [Sample("decode", (1.0,), d) for d in (4.0, 2.0, 9.0, 3.0)]
+    kept = median_sample(runs)
+    assert kept.duration_s == 3.0 and kept.pass_durations == (4.0, 2.0, 9.0, 3.0)
+    ex = TorchExecutor("tiny", device="cpu", num_gpu_blocks=64, num_host_blocks=0, max_model_len=256)
+    with pytest.raises(ValueError, match="Sweep.passes must be >= 1, got 0"):
+        measure(ex, Sweep(passes=0), log=lambda *a: None)
+
+
+def test_profile_cli_refuses_a_pass_count_below_one(capsys):
+    import argparse
+
+    from gpu_backend.calibration import add_profile_args
+
+    p = argparse.ArgumentParser()
+    add_profile_args(p)
+    assert p.parse_args(["--model", "tiny", "--out", "x.json"]).passes == 3
+    with pytest.raises(SystemExit):
+        p.parse_args(["--model", "tiny", "--out", "x.json", "--passes", "0"])
+    assert "--passes: expected a whole number >= 1, got 0" in capsys.readouterr().err
 
 
 def test_older_samples_files_are_refitted_with_todays_features(tmp_path):

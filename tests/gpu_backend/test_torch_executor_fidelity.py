@@ -18,7 +18,7 @@ def test_fidelity_compares_identical_plans_and_whole_runs(tmp_path, capsys):
     ex = TorchExecutor("tiny", device="cpu", num_gpu_blocks=96, num_host_blocks=64)
     sweep = Sweep(decode_batches=(1, 4, 8), decode_contexts=(64, 256), prefill_tokens=(16, 128, 256),
                   prefill_starts=(0, 128), prefill_batches=(2,), mixed=((4, 64),), swap_groups=(1, 8),
-                  swap_copies=(1, 2), repeats=1, warmup=1)
+                  swap_copies=(1, 2), repeats=1, warmup=1, passes=1)
     samples = measure(ex, sweep, log=lambda *a: None)
     info = {"name": "cpu", "memory_bytes": 2**34, "hbm_bandwidth": 1e11, "matmul_flops": 1e12,
             "host_bandwidth": 1e10, "date": "2026-11-21"}
