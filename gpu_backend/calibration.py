@@ -51,6 +51,7 @@ class Sample:
     swap_s: float = 0.0        # median device time of the copies
     decode_context_max: int = 0   # the longest decode's context (0: none, or a samples file without it)
     pass_durations: tuple = ()    # the duration each sweep pass measured, in order (duration_s is their median)
+    device_s: float = 0.0         # median device time of the compute (wall minus it: the host's share)
 
 
 @dataclass(slots=True)
@@ -183,15 +184,17 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
     blocks = _Blocks(cap.num_gpu_blocks)
     jobs: list = []
 
-    def timed(plan: BatchPlan) -> tuple[float, float]:
+    def timed(plan: BatchPlan) -> tuple[float, float, float]:
+        """Median wall time, swap time and compute device time of ``plan``."""
         for _ in range(sweep.warmup):
             executor.execute(plan)
         runs = [executor.execute(plan) for _ in range(sweep.repeats)]
-        return statistics.median(r.duration_s for r in runs), statistics.median(r.swap_s for r in runs)
+        return tuple(statistics.median(getattr(r, f) for r in runs) for f in ("duration_s", "swap_s", "compute_s"))
 
     def run(kind: str, plan: BatchPlan) -> Sample:
-        t, _ = timed(plan)
-        return Sample(kind, shape_features(plan), t, decode_context_max=BatchShape.from_plan(plan).decode_context_max)
+        t, _, dev = timed(plan)
+        return Sample(kind, shape_features(plan), t, decode_context_max=BatchShape.from_plan(plan).decode_context_max,
+                      device_s=dev)
 
     limit = executor.max_model_len
     steps = sweep.warmup + sweep.decode_repeats
@@ -213,7 +216,7 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
         # one live table per sequence, grown in place as in serving (the executor sends only
         # the entries a table gained; a new list object would be sent whole)
         live = [t[:p // bs + 1] for t, p in zip(full, starts)]
-        times, shapes, longest = [], [], []
+        times, device, shapes, longest = [], [], [], []
         for k in range(steps):
             pos = [p + k for p in starts]
             for t, f, p in zip(live, full, pos):
@@ -222,11 +225,14 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
             plan = BatchPlan(decode_seq_ids=sids, decode_positions=pos, decode_block_tables=live,
                              decode_input_ids=_tokens(b, vocab, rng), decode_context_sum=sum(pos) + b,
                              decode_context_max=max(pos) + 1)
-            times.append(executor.execute(plan).duration_s)
+            r = executor.execute(plan)
+            times.append(r.duration_s)
+            device.append(r.compute_s)
             shapes.append(shape_features(plan))
             longest.append(plan.decode_context_max)
         mid = sweep.warmup + sweep.decode_repeats // 2
-        return Sample(kind, shapes[mid], statistics.median(times[sweep.warmup:]), decode_context_max=longest[mid])
+        return Sample(kind, shapes[mid], statistics.median(times[sweep.warmup:]), decode_context_max=longest[mid],
+                      device_s=statistics.median(device[sweep.warmup:]))
 
     def decode_job(kind: str, ctxs: list[int]):
         return lambda: decode_batch(kind, ctxs)
@@ -297,7 +303,7 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
 
     def swap_job(moves: list[GroupMove], nbytes: int):
         def job() -> Sample:
-            wall, s = timed(BatchPlan(swap_out=moves))
+            wall, s, _ = timed(BatchPlan(swap_out=moves))
             return Sample("swap", (), wall, len(moves), nbytes, s)
         return job
 
@@ -499,7 +505,7 @@ def load_samples(path: str | Path) -> list[Sample]:
             out.append(Sample(r["kind"], feats, float(r["duration_s"]), int(r.get("swap_copies", 0)),
                               int(r.get("swap_bytes", 0)), float(r.get("swap_s", 0.0)),
                               int(r.get("decode_context_max", 0)),
-                              tuple(float(x) for x in r.get("pass_durations", ()))))
+                              tuple(float(x) for x in r.get("pass_durations", ())), float(r.get("device_s", 0.0))))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"samples file {path}: sample {i}: {exc}") from None
     return out

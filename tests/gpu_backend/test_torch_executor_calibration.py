@@ -157,6 +157,8 @@ def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):
                     (1.0, 16.0, 16 * (64 + 8.5), 80.0, 2.0, 2 * 1024.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0)]
     assert kinds.count("swap") == 4
     assert all(s.duration_s > 0 for s in samples if s.kind != "swap")
+    # each run's compute lies inside its wall time, so the medians keep that order
+    assert all(0 < s.device_s <= s.duration_s for s in samples if s.kind != "swap")
     assert all(s.swap_s > 0 and s.swap_bytes == s.swap_copies * (s.swap_bytes // s.swap_copies)
                for s in samples if s.kind == "swap")
     f = fit(samples)
