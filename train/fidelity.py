@@ -24,6 +24,7 @@ without the GPU.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 from dataclasses import dataclass
@@ -260,6 +261,19 @@ def _print_report(out: dict) -> None:
               f"{v['host_s_p50'] * 1e3:.3f} ms ({v['host_share_p50']:.0%} of the iteration)")
 
 
+def read_real_run(path: Path) -> dict:
+    """The recorded real run of a fidelity JSON (``--json``'s output, or a ``.json.gz`` of one)."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt") as f:
+                data = json.load(f)
+        else:
+            data = json.loads(path.read_text())
+        return data["real_run"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--replay {path}: not a fidelity JSON with a real_run ({e})") from e
+
+
 def run_fidelity(args: argparse.Namespace) -> int:
     import baselines  # noqa: F401  (registers the policies)
     from envs.policy import make_policy
@@ -267,10 +281,7 @@ def run_fidelity(args: argparse.Namespace) -> int:
 
     profile = load_profile(args.profile)
     if args.replay is not None:
-        try:
-            real = json.loads(args.replay.read_text())["real_run"]
-        except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"--replay {args.replay}: not a fidelity JSON with a real_run ({e})") from e
+        real = read_real_run(args.replay)
         kvb = profile.bytes_per_block // profile.block_size
         if real.get("kv_bytes_per_token") != kvb:
             raise ValueError(f"--replay {args.replay}: its run's model holds {real.get('kv_bytes_per_token')} KV bytes "

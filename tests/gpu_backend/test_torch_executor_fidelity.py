@@ -4,7 +4,9 @@ per-iteration and end-to-end errors."""
 
 from __future__ import annotations
 
+import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,11 +69,23 @@ def test_fidelity_compares_identical_plans_and_whole_runs(tmp_path, capsys):
     again = json.loads(replayed.read_text())
     for key in ("per_iteration", "per_iteration_by_kind", "end_to_end", "preemptions", "iterations", "real_run"):
         assert again[key] == data[key]
+    # and so does a gzipped copy (the form benchmarks/data/fidelity_runs keeps)
+    packed = tmp_path / "fid.json.gz"
+    packed.write_bytes(gzip.compress(out.read_bytes()))
+    args = build_parser().parse_args(["fidelity", "--replay", str(packed), "--profile", str(prof), "--json",
+                                      str(replayed)])
+    assert args.func(args) == 0
+    assert json.loads(replayed.read_text())["per_iteration"] == data["per_iteration"]
 
 
 def test_fidelity_rejects_bad_arguments(tmp_path):
     parse = build_parser().parse_args
     prof = "h100-llama-1b"
+    bad = tmp_path / "bad.json.gz"
+    bad.write_bytes(gzip.compress(b'{"records": []}'))
+    args = parse(["fidelity", "--replay", str(bad), "--profile", prof])
+    with pytest.raises(ValueError, match="bad.json.gz: not a fidelity JSON with a real_run"):
+        args.func(args)
     args = parse(["fidelity", "-w", "vtc-overload-2", "--model", "tiny", "--profile", prof, "--warmup-runs", "-1"])
     with pytest.raises(ValueError, match="--warmup-runs must be >= 0, got -1"):
         args.func(args)
@@ -92,3 +106,22 @@ def test_fidelity_rejects_bad_arguments(tmp_path):
     args = parse(["fidelity", "--replay", str(other), "--profile", prof])
     with pytest.raises(ValueError, match="holds 4096 KV bytes per token, profile h100-llama-1b's 32768"):
         args.func(args)
+
+
+def test_the_kept_real_runs_replay_against_the_shipped_profile_of_their_model():
+    """benchmarks/data/fidelity_runs: one recorded real run per lease, model and workload; each belongs to a
+    model with a shipped fitted profile (same KV geometry) and holds one record per iteration it served."""
+    from gpu_backend.profiles import load_profile
+    from train.fidelity import read_real_run
+
+    runs = sorted((Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "fidelity_runs").glob("*.json.gz"))
+    assert len(runs) >= 20
+    for path in runs:
+        lease, rest = path.name.split("-", 1)
+        model = next(m for m in ("smollm2-135m", "llama-1b", "llama-8b") if rest.startswith(m + "-"))
+        assert rest[len(model) + 1:] in ("prefix-heavy.json.gz", "swap.json.gz"), path.name
+        real = read_real_run(path)
+        prof = load_profile(f"h200-{model}-fitted")
+        assert real["settings"]["model"] == model
+        assert real["kv_bytes_per_token"] == prof.bytes_per_block // prof.block_size
+        assert len(real["records"]) == real["iterations"] > 0
