@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
 
-    from gpu_backend.calibration import load_samples, refit_profile_json
+    from gpu_backend.calibration import refit_profile_json
+    from gpu_backend.calibration_sweep import load_samples
     from gpu_backend.profiles import load_profile
 
     try:

@@ -1,4 +1,4 @@
-"""Pin ``gpu_backend.calibration``: the non-negative fit recovers known coefficients exactly,
+"""Pin ``gpu_backend.calibration`` and its sweep (``calibration_sweep``): the non-negative fit recovers known coefficients exactly,
 the sweep times every kind of shape on the real executor (CPU, tiny model), and the profile
 it writes loads as a linear cost profile with the executor's KV geometry."""
 
@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from gpu_backend.calibration import Sample, Sweep, fit, measure, nnls, profile_json
+from gpu_backend.calibration import fit, nnls, profile_json
+from gpu_backend.calibration_sweep import Sample, Sweep, measure
 from gpu_backend.cost_model import LINEAR_FEATURES, BatchShape, LinearCostModel
 from gpu_backend.decode_graphs import bucket_sizes
 from gpu_backend.profiles import load_profile
@@ -271,7 +272,7 @@ def test_each_shape_is_timed_once_per_pass_and_keeps_its_median_pass():
 
 
 def test_an_even_number_of_passes_keeps_the_lower_middle_run_and_no_pass_is_refused():
-    from gpu_backend.calibration import median_sample
+    from gpu_backend.calibration_sweep import median_sample
 
     runs = [Sample("decode", (1.0,), d) for d in (4.0, 2.0, 9.0, 3.0)]
     kept = median_sample(runs)
@@ -295,7 +296,8 @@ def test_profile_cli_refuses_a_pass_count_below_one(capsys):
 
 
 def test_older_samples_files_are_refitted_with_todays_features(tmp_path):
-    from gpu_backend.calibration import load_samples, refit_profile_json
+    from gpu_backend.calibration import refit_profile_json
+    from gpu_backend.calibration_sweep import load_samples
     from gpu_backend.profiles import PROFILE_DIR
 
     truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5, 6e-4, 3e-4, 5e-4)))

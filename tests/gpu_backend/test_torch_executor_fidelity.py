@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpu_backend.calibration import Sweep, fit, measure, profile_json
+from gpu_backend.calibration import fit, profile_json
+from gpu_backend.calibration_sweep import Sweep, measure
 from gpu_backend.torch_executor import TorchExecutor
 from train.cli import build_parser
 
