@@ -5,7 +5,9 @@ Why one script: GPU time comes in short leases. Everything the fitted profiles a
 fidelity table in BENCHMARKS.md need is produced here, each model's files written as soon
 as they exist (a run cut short keeps what it finished), and the summary table is printed
 last. The fidelity JSONs keep the real runs, so a later cost model can be judged against
-them on any machine with ``servegym fidelity --replay FILE --profile P``.
+them on any machine with ``servegym fidelity --replay FILE --profile P``. The run starts with
+``gpu_stability_gpu.py`` (``stability.json``): how fast this lease's GPU and host are, to set the
+fidelity figures beside other leases'.
 
 Usage (on the GPU machine, from the repository root)::
 
@@ -64,11 +66,18 @@ def main(argv=None) -> int:
     p.add_argument("--skip-fidelity", action="store_true",
                    help="only fit the profiles (a big model's profile and judgement fit one device command each)")
     p.add_argument("--passes", default=None, help="passes over the sweep (servegym profile's default if not given)")
+    p.add_argument("--probe-seconds", type=float, default=20.0,
+                   help="first time the lent machine's GPU and host for this long (gpu_stability_gpu.py; 0: skip)")
     add_executor_flag_args(p)      # passed on to servegym profile and fidelity
     args = p.parse_args(argv)
     split = [flag_spelling(name, on) for name, on in executor_flag_options(args).items()]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
+    if args.probe_seconds > 0:      # how this lease's GPU and host compare with others' (BENCHMARKS.md, session 13)
+        rc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_stability_gpu.py"), "--seconds",
+                             str(args.probe_seconds), "--out", str(args.out)], cwd=ROOT).returncode
+        if rc:
+            raise RuntimeError(f"gpu_stability_gpu.py exited {rc}")
     for model in args.models.split(","):
         prof = args.out / f"h200-{model}-fitted.json"
         if not args.skip_profile:
