@@ -50,11 +50,15 @@ def workload_args(model: str, label: str, extra: list[str]) -> list[str]:
     return list(extra)
 
 
-def _cli(argv: list[str]) -> None:
-    """One servegym command in its own process, so each executor's GPU memory is returned after it."""
-    rc = subprocess.run([sys.executable, "-m", "train.cli", *argv], cwd=ROOT).returncode
+def _run(argv: list[str], what: str) -> None:
+    """``python ARGV`` in its own process, so each executor's GPU memory is returned after it."""
+    rc = subprocess.run([sys.executable, *argv], cwd=ROOT).returncode
     if rc:
-        raise RuntimeError(f"servegym {' '.join(argv)} exited {rc}")
+        raise RuntimeError(f"{what} exited {rc}")
+
+
+def _cli(argv: list[str]) -> None:
+    _run(["-m", "train.cli", *argv], f"servegym {' '.join(argv)}")
 
 
 def main(argv=None) -> int:
@@ -74,10 +78,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     if args.probe_seconds > 0:      # how this lease's GPU and host compare with others' (BENCHMARKS.md, session 13)
-        rc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_stability_gpu.py"), "--seconds",
-                             str(args.probe_seconds), "--out", str(args.out)], cwd=ROOT).returncode
-        if rc:
-            raise RuntimeError(f"gpu_stability_gpu.py exited {rc}")
+        _run([str(ROOT / "benchmarks" / "gpu_stability_gpu.py"), "--seconds", str(args.probe_seconds), "--out",
+              str(args.out)], "gpu_stability_gpu.py")
     for model in args.models.split(","):
         prof = args.out / f"h200-{model}-fitted.json"
         if not args.skip_profile:
