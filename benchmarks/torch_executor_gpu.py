@@ -191,7 +191,7 @@ def workload_floor(weights, ceil, args) -> dict:
 
 
 # ---------------------------------------------------------------------- (c) roofline
-VARIANT_FLAGS = ("tune_gemms", "split_gemms", "epilogue_gemms")
+VARIANT_FLAGS = ("tune_gemms", "split_gemms", "epilogue_gemms", "fused_rope")
 
 
 def variant_flags(spec: str) -> dict:

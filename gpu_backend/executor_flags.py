@@ -13,6 +13,7 @@ import argparse
 FLAGS = {
     "split_gemms": "few-row QKV, output and down products cut into batched K slices (CUDA)",
     "epilogue_gemms": "the gate/up product applies SwiGLU itself where measured faster (compute capability 9.0+)",
+    "fused_rope": "decode-only batches apply RoPE and write the new KV inside the attention kernel (CUDA)",
 }
 
 

@@ -30,6 +30,7 @@ from gpu_backend.kv_store import PagedKVStore
 from gpu_backend.models import LlamaWeights, rope_inv_freq
 from gpu_backend.paged_attention import causal_attention, decode_attention, gather_kv, prefill_attention
 from gpu_backend.paged_prefill import DevicePrefillTiles, paged_prefill_attention
+from gpu_backend.rope_decode_attention import fused_applies, rope_decode_attention
 from gpu_backend.skinny_gemm import LinearPlan
 
 
@@ -78,6 +79,7 @@ class LlamaForward:
         self._q = d.num_heads * d.head_dim
         self.linear = LinearPlan()     # F.linear unless ``TorchExecutor(tune_gemms=True)`` or ``split_gemms=True``
         self.epilogues = False         # ``TorchExecutor(epilogue_gemms=True)``: gate/up applies SwiGLU itself
+        self.fused_rope = False        # ``TorchExecutor(fused_rope=True)``: decode-only batches rotate in attention
 
     @staticmethod
     def _groups(prefills: list[PrefillSegment]):
@@ -139,6 +141,15 @@ class LlamaForward:
             decode_attention(q[P:], k_cache, v_cache, b.decode_block_tables, b.decode_context_lens,
                              self.scale, out=attn[P:])
 
+    def decode_attention_from_qkv(self, layer: int, x: torch.Tensor, b: ForwardBatch) -> torch.Tensor:
+        """A decode-only batch's attention from the layer's normalised input: the QKV product, then RoPE, the KV
+        write and paged attention in one kernel (``gpu_backend.rope_decode_attention``)."""
+        d = self.dims
+        k_cache, v_cache = self.store.layers[layer]
+        return rope_decode_attention(self.linear.partials(x, self.w.qkv[layer]), self.cos, self.sin, b.positions,
+                                     b.write_blocks, b.write_slots, k_cache, v_cache, b.decode_block_tables,
+                                     b.decode_context_lens, self.scale, d.num_heads, d.num_kv_heads, d.head_dim)
+
     def post_attention(self, layer: int, attn: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Output projection and MLP, both added to ``h`` in place; returns the next layer's normalised
         input (after the last layer: the final norm's output)."""
@@ -161,7 +172,14 @@ class LlamaForward:
         """Logits ``[rows, vocab]`` of ``b.logit_rows`` (all rows when None); writes the batch's KV."""
         h = F.embedding(b.input_ids, self.w.embed)             # the residual stream, updated in place
         x = add_rms_norm(None, h, self.w.input_norm[0], self.dims.rms_norm_eps)
+        fused = (self.fused_rope and not b.prefills and b.num_prefill_rows == 0
+                 and (not b.input_ids.is_cuda
+                      or fused_applies(b.input_ids.shape[0], self.dims.num_kv_heads, self.dims.head_dim,
+                                       b.input_ids.device)))
         for layer in range(self.dims.num_layers):
+            if fused:
+                x = self.post_attention(layer, self.decode_attention_from_qkv(layer, x, b), h)
+                continue
             q, k, v = self.pre_attention(layer, x, b.positions, b.write_blocks, b.write_slots, bool(b.prefills))
             attn = torch.empty_like(q)
             self.attention(layer, q, k, v, b, attn)

@@ -149,9 +149,16 @@ if triton is not None:
                              stride_qb, stride_qh, stride_kb, stride_kh, stride_ks,
                              stride_btb, stride_ob, stride_oh,
                              GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-                             BLOCK_SIZE: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr, NUM_SPLITS: tl.constexpr):
-        b = tl.program_id(0)
-        kvh = tl.program_id(1)
+                             BLOCK_SIZE: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                             HEADS_FASTEST: tl.constexpr = False):
+        if HEADS_FASTEST:   # neighbouring programs read neighbouring heads of the same cache blocks
+            kvh = tl.program_id(0)
+            b = tl.program_id(1)
+            num_kv = tl.num_programs(0)
+        else:
+            b = tl.program_id(0)
+            kvh = tl.program_id(1)
+            num_kv = tl.num_programs(1)
         sp = tl.program_id(2)
         ctx = tl.load(CL + b)
         offs_g = tl.arange(0, GROUP_PAD)
@@ -178,7 +185,7 @@ if triton is not None:
             tl.store(O + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
                      mask=(g_ok & (offs_g * 0 + ctx > 0))[:, None])
         else:   # partial results; _decode_reduce_kernel combines the splits
-            row = ((b * tl.num_programs(1) + kvh) * NUM_SPLITS + sp) * GROUP_PAD + offs_g
+            row = ((b * num_kv + kvh) * NUM_SPLITS + sp) * GROUP_PAD + offs_g
             tl.store(PM + row, m_i)
             tl.store(PL + row, l_i)
             tl.store(PO + row[:, None] * HEAD_DIM + offs_d[None, :], acc)
@@ -307,12 +314,13 @@ def decode_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     cfg = {**decode_launch(B * kvh * splits, D, q.device), **config}
     blocks_per_tile = max(1, cfg["tile_tokens"] // bs)
     part_o, part_m, part_l = split_buffers((B, kvh), group_pad, D, splits, out)
-    _paged_decode_kernel[(B, kvh, splits)](
+    heads_fastest = bool(cfg.get("heads_fastest", False))
+    _paged_decode_kernel[(kvh, B, splits) if heads_fastest else (B, kvh, splits)](
         q, k_cache, v_cache, block_tables, context_lens, out, part_o, part_m, part_l, scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=D, BLOCK_SIZE=bs, BLOCKS_PER_TILE=blocks_per_tile,
-        NUM_SPLITS=splits, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        NUM_SPLITS=splits, HEADS_FASTEST=heads_fastest, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if splits > 1:
         _decode_reduce_kernel[(B, kvh)](part_o, part_m, part_l, context_lens, out, out.stride(0), out.stride(1),
                                         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=D, NUM_SPLITS=splits,

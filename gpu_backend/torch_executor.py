@@ -90,8 +90,9 @@ class TorchExecutor:
     ``gpu_backend.epilogue_gemms.MEASURED_FASTER``). Together they make the ``llama-1b`` decode
     step at batch 256 1.03-1.06x faster on an H200 (1.49-1.54x its byte roofline against 1.56-1.61x
     on three leases: BENCHMARKS.md, session 12); the shipped fitted profiles time the executor with
-    both. ``True`` where the device lacks what
-    they need is an error; ``False`` turns them off.
+    both. ``fused_rope`` (default: on CUDA) runs each layer's RoPE, KV write and decode attention of a
+    decode-only batch as one kernel (``gpu_backend.rope_decode_attention``). ``True`` where the device
+    lacks what they need is an error; ``False`` turns them off.
     """
 
     supports_multi_step = False
@@ -105,7 +106,8 @@ class TorchExecutor:
                  activation_reserve_bytes: int = 4 * 2**30, swap_space_bytes: int | None = None,
                  seed: int = 0, keep_logits: bool = False, random_weights: bool = False,
                  tune_gemms: bool = False, full_graph_max_tokens: int | None = None,
-                 split_gemms: bool | None = None, epilogue_gemms: bool | None = None):
+                 split_gemms: bool | None = None, epilogue_gemms: bool | None = None,
+                 fused_rope: bool | None = None):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -144,8 +146,14 @@ class TorchExecutor:
             raise ValueError(f"epilogue_gemms=True needs a CUDA GPU of compute capability 9.0 or newer and a Triton "
                              f"with tensor descriptors (the product reads through the tensor memory accelerator); "
                              f"device is {self.device}")
+        if fused_rope is None:
+            fused_rope = self.device.type == "cuda" and triton is not None
+        if fused_rope and (self.device.type != "cuda" or triton is None):
+            raise ValueError(f"fused_rope=True needs a CUDA device with triton (it is one Triton kernel), "
+                             f"device is {self.device.type!r}")
         self.split_gemms = split_gemms
         self.epilogue_gemms = epilogue_gemms
+        self.fused_rope = fused_rope
         self.max_model_len = max_model_len
         self.block_size = block_size
         elt = torch.empty((), dtype=self.dtype).element_size()
@@ -160,6 +168,7 @@ class TorchExecutor:
         self.store = PagedKVStore(dims, num_gpu_blocks, num_host_blocks, block_size, self.dtype, self.device)
         self.model = LlamaForward(self.weights, self.store, max_model_len)
         self.model.epilogues = epilogue_gemms
+        self.model.fused_rope = fused_rope
         if split_gemms:
             self.model.linear.split_sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         self.is_cuda = self.device.type == "cuda"

@@ -108,8 +108,10 @@ def test_every_split_variant_compiles_up_front():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(kernel_device() is None, reason="needs CUDA, or triton with TRITON_INTERPRET=1")
-@pytest.mark.parametrize("batch, heads, kv_heads, head_dim, splits", [(3, 8, 2, 16, 1), (2, 6, 2, 64, 4)])
-def test_decode_kernel_sharing_the_pieces_matches_the_torch_path(batch, heads, kv_heads, head_dim, splits):
+@pytest.mark.parametrize("batch, heads, kv_heads, head_dim, splits, heads_fastest",
+                         [(3, 8, 2, 16, 1, False), (2, 6, 2, 64, 4, False), (3, 8, 2, 16, 2, True)])
+def test_decode_kernel_sharing_the_pieces_matches_the_torch_path(batch, heads, kv_heads, head_dim, splits,
+                                                                 heads_fastest):
     """The decode kernel uses the same tile loader and softmax step as the prefill kernel."""
     from gpu_backend.paged_attention import decode_attention_torch, decode_attention_triton
 
@@ -123,7 +125,8 @@ def test_decode_kernel_sharing_the_pieces_matches_the_torch_path(batch, heads, k
     width = int((ctx.max() + 15) // 16)
     tables = torch.stack([torch.randperm(64, generator=g)[:width] for _ in range(batch)]).to(dev)
     want = decode_attention_torch(q.float(), kc.float(), vc.float(), tables, ctx, head_dim ** -0.5)
-    got = decode_attention_triton(q, kc, vc, tables, ctx, head_dim ** -0.5, config={"num_splits": splits})
+    got = decode_attention_triton(q, kc, vc, tables, ctx, head_dim ** -0.5,
+                                  config={"num_splits": splits, "heads_fastest": heads_fastest})
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
     torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpu_backend import epilogue_gemms
+from gpu_backend import epilogue_gemms, rope_decode_attention
 from gpu_backend.decode_graphs import DecodeGraphs
 from gpu_backend.epilogue_gemms import TileConfig
 from gpu_backend.mixed_graphs import MixedGraphs
@@ -168,6 +168,35 @@ def test_gate_up_with_swiglu_in_its_epilogue_matches_transformers(hf, weights, m
     monkeypatch.setattr(epilogue_gemms, "gate_up_silu_kernel", counted)
     prefill_then_mixed_match_transformers(ex, hf)
     assert ran == [39, 39, 31, 31]      # 2 layers x 2 iterations, every row of each
+
+
+@pytest.mark.skipif(kernel_device() != "cpu", reason="the executor runs the kernel on the CPU only under TRITON_INTERPRET=1")
+def test_decode_only_batches_rotate_inside_the_attention_kernel(hf, weights, monkeypatch):
+    """What ``fused_rope`` does on CUDA: a decode-only batch's RoPE, KV write and attention in one kernel per
+    layer; mixed batches keep the separate kernels. Logits still match transformers, and the KV the kernel
+    writes is what later decodes read."""
+    ex = make_executor(weights)
+    ex.model.fused_rope = True
+    ran = []
+    kernel = rope_decode_attention._rope_decode_kernel
+
+    class Counted:
+        def __getitem__(self, grid):
+            ran.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(rope_decode_attention, "_use_triton", lambda t: True)
+    monkeypatch.setattr(rope_decode_attention, "_rope_decode_kernel", Counted())
+    prefill_then_mixed_match_transformers(ex, hf)
+    assert ran == []                                       # a prefill and a mixed batch: not fused
+    a, c = tokens(40, 7), tokens(50, 9)
+    ex.execute(BatchPlan(prefills=[PrefillChunk(3, 30, 15, [20, 21, 22], True, c[30:45])]))
+    for p in range(45, 50):                                # two sequences decoding together, one crossing a block
+        ex.execute(BatchPlan(decode_seq_ids=[1, 3], decode_positions=[p - 5, p],
+                             decode_block_tables=[[0, 1, 2], [20, 21, 22, 23]], decode_input_ids=[0, c[p]]))
+        close(ex.last_logits[3], reference(hf, c)[p:p + 1])
+    close(ex.last_logits[1], reference(hf, a + [0] * 5)[44:45])
+    assert len(ran) == 5 * weights.dims.num_layers
 
 
 def test_swap_round_trip_restores_kv_bit_for_bit(hf, weights):
