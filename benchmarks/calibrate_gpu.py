@@ -102,14 +102,16 @@ def main(argv=None) -> int:
                          d["per_iteration"]["p99"], e2e["ttft_p50_s"]["error"], e2e["ttft_p99_s"]["error"],
                          e2e["e2e_p50_s"]["error"], e2e["e2e_p99_s"]["error"], e2e["throughput_tok_s"]["error"],
                          d["preemptions"]["real"], d["preemptions"]["sim"],
-                         *((d.get("real_repeat") or {}).get(k) for k in ("e2e_p50_s", "e2e_p99_s"))))
+                         *((d.get("real_repeat") or {}).get(k) for k in ("e2e_p50_s", "e2e_p99_s")),
+                         *(e2e[k].get("replay_error") for k in ("e2e_p50_s", "e2e_p99_s"))))
             print(f"   fidelity {model} {label}: {time.perf_counter() - t0:.0f} s", flush=True)
     print("\nmodel         workload      MAPE   p50    p99    TTFT50 TTFT99 E2E50  E2E99  thru   preempt real/sim"
-          "  real again E2E50 E2E99")
+          "  real again E2E50 E2E99  replay E2E50 E2E99")
     for r in rows:
         cells = " ".join("   -  " if v is None else f"{v:6.1%}" for v in r[2:10])
         again = " ".join("   -  " if v is None else f"{v:6.1%}" for v in r[12:14])
-        print(f"{r[0]:<13} {r[1]:<13} {cells} {r[10]}/{r[11]:<8} {again}")
+        replay = " ".join("   -  " if v is None else f"{v:6.1%}" for v in r[14:16])
+        print(f"{r[0]:<13} {r[1]:<13} {cells} {r[10]}/{r[11]:<8} {again}        {replay}")
     return 0
 
 

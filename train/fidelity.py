@@ -10,7 +10,10 @@ fitted profile. Two comparisons:
   plans;
 - end to end: the simulated run's TTFT, TPOT and E2E (p50 and p99) and throughput against
   the real run's (relative error) — the cost model's errors as they compound through
-  scheduling.
+  scheduling;
+- end to end on the real run's own plans (``replay``): the same metrics with every plan kept
+  and re-timed by the cost model (``train.fidelity_replay``) — the cost model's errors alone,
+  without the simulator's scheduler answering them with other choices.
 
 The simulator run uses eager block ids, so its block groups and swap copies are the real
 run's. The real run needs a GPU (or the CPU with the tiny model, for tests); it follows
@@ -35,6 +38,7 @@ import numpy as np
 
 from envs.engine_config import BATCHING_RULES, PREEMPTION_MODES, EngineConfig
 from gpu_backend.executor_flags import add_executor_flag_args, executor_flag_options
+from train.fidelity_replay import can_replay, replay_metrics, request_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +48,22 @@ class IterationRecord:
     plan_copy: Any          # a BatchPlan with the counts and moves of the real one (tables not kept)
     measured_s: float
     device_s: float = 0.0   # the executor's device time inside it (``StepResult.compute_s``); the rest is host work
+    start_s: float = math.nan               # the engine's clock when it began
+    new_ids: tuple[int, ...] = ()           # requests it scheduled for the first time
 
 
 class RecordingExecutor:
-    """Passes plans to the real executor and keeps a copy of each with its measured time."""
+    """Passes plans to the real executor and keeps a copy of each with its measured time, and, given the
+    engine's ``clock``, when it began and which requests it scheduled first (``train.fidelity_replay``)."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, clock=None):
         self.inner = inner
+        self.clock = clock
         self.supports_multi_step = inner.supports_multi_step
         self.needs_token_ids = inner.needs_token_ids
         self.needs_block_ids = inner.needs_block_ids
         self.records: list[IterationRecord] = []
+        self._seen: set[int] = set()
 
     def capacity(self):
         return self.inner.capacity()
@@ -65,12 +74,16 @@ class RecordingExecutor:
     def execute(self, plan):
         from gpu_backend.plan import BatchPlan, PrefillChunk
 
+        start = self.clock() if self.clock is not None else math.nan
+        ids = [c.seq_id for c in plan.prefills] + list(plan.decode_seq_ids)
+        new_ids = tuple(dict.fromkeys(i for i in ids if i not in self._seen))
+        self._seen.update(new_ids)
         res = self.inner.execute(plan)
         copy = BatchPlan(
             prefills=[PrefillChunk(c.seq_id, c.start, c.num_tokens, [], c.samples) for c in plan.prefills],
             num_decode=plan.num_decode, decode_context_sum=plan.decode_context_sum,
             decode_context_max=plan.decode_context_max, swap_in=list(plan.swap_in), swap_out=list(plan.swap_out))
-        self.records.append(IterationRecord(copy, res.duration_s, res.compute_s))
+        self.records.append(IterationRecord(copy, res.duration_s, res.compute_s, start, new_ids))
         return res
 
 
@@ -89,6 +102,10 @@ def _num(x) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
 def _rel(sim: float, real: float) -> float | None:
     if real is None or sim is None or not math.isfinite(real) or not math.isfinite(sim) or real == 0:
         return None
@@ -103,7 +120,8 @@ def _plan_record(r: IterationRecord) -> dict:
             "num_decode": plan.num_decode, "decode_context_sum": plan.decode_context_sum,
             "decode_context_max": plan.decode_context_max,
             "swap_in": [[m.src_start, m.dst_start, m.num_blocks] for m in plan.swap_in],
-            "swap_out": [[m.src_start, m.dst_start, m.num_blocks] for m in plan.swap_out]}
+            "swap_out": [[m.src_start, m.dst_start, m.num_blocks] for m in plan.swap_out],
+            "start_s": r.start_s, "new_ids": list(r.new_ids)}
 
 
 def _record_plan(rec: dict):
@@ -166,12 +184,14 @@ def _real_run(args: argparse.Namespace, profile) -> dict:
         warmup_metrics.append(compute_metrics(warm.run(), kv_bytes_per_token=kvb).to_dict())
     rec = RecordingExecutor(real_ex)
     engine = ServingEngine(rec, make_policy(args.policy), config)
+    rec.clock = lambda: engine.clock
     engine.load(specs)
     record = engine.run()
+    ends = [r.start_s + r.measured_s for r in rec.records]     # as the engine adds them
     return {"settings": settings, "num_gpu_blocks": gpu_blocks, "num_host_blocks": host_blocks,
             "kv_bytes_per_token": kvb, "warmup_runs": args.warmup_runs, "warmup_metrics": warmup_metrics,
             "metrics": compute_metrics(record, kv_bytes_per_token=kvb).to_dict(), "iterations": engine.iteration,
-            "records": [_plan_record(r) for r in rec.records]}
+            "records": [_plan_record(r) for r in rec.records], "requests": request_table(record.requests, ends)}
 
 
 def judge(real: dict, profile) -> dict:
@@ -200,6 +220,11 @@ def judge(real: dict, profile) -> dict:
     m_sim = compute_metrics(sim_record, kv_bytes_per_token=real["kv_bytes_per_token"]).to_dict()
     end_to_end = {k: {"real": m_real.get(k), "sim": m_sim.get(k), "error": _rel(m_sim.get(k), m_real.get(k))}
                   for k in END_TO_END_KEYS}
+    if can_replay(real):     # the real run's own plans on the cost model's clock
+        m_replay = replay_metrics(real, pred, real["kv_bytes_per_token"])
+        for k, v in end_to_end.items():
+            v["replay"] = m_replay.get(k)
+            v["replay_error"] = _rel(m_replay.get(k), m_real.get(k))
     return {**{k: settings[k] for k in ("workload", "policy", "model", "preemption")}, "profile": profile.name,
             "num_requests": len(specs), "num_gpu_blocks": gpu_blocks, "num_host_blocks": host_blocks,
             "per_iteration": per_iteration, "per_iteration_by_kind": by_kind, "end_to_end": end_to_end,
@@ -245,13 +270,18 @@ def _print_report(out: dict) -> None:
           f"p50 {per_iteration['p50']:.1%}, p99 {per_iteration['p99']:.1%}, total time {per_iteration['total_error']:.1%}"
           + "".join(f"; {k} MAPE {v['mape']:.1%} ({v['iterations']})" for k, v in out["per_iteration_by_kind"].items()))
     repeat = out.get("real_repeat")
-    print(f"{'metric':<18} {'real':>10} {'sim':>10} {'error':>7}" + (f" {'real again':>10}" if repeat else ""))
+    replayed = "replay" in next(iter(out["end_to_end"].values()))
+    print(f"{'metric':<18} {'real':>10} {'sim':>10} {'error':>7}"
+          + (f" {'replay':>10} {'error':>7}" if replayed else "") + (f" {'real again':>10}" if repeat else ""))
     for k, v in out["end_to_end"].items():
-        err = "-" if v["error"] is None else f"{v['error']:.1%}"
-        again = ""
+        line = f"{k:<18} {_num(v['real']):>10} {_num(v['sim']):>10} {_pct(v['error']):>7}"
+        if replayed:
+            line += f" {_num(v['replay']):>10} {_pct(v['replay_error']):>7}"
         if repeat:
-            again = f" {'-' if repeat[k] is None else format(repeat[k], '.1%'):>10}"
-        print(f"{k:<18} {_num(v['real']):>10} {_num(v['sim']):>10} {err:>7}{again}")
+            line += f" {_pct(repeat[k]):>10}"
+        print(line)
+    if replayed:
+        print("replay: the real run's own plans, each timed by the profile (no scheduling of the simulator's own)")
     if repeat:
         print("real again: the last unrecorded warm-up run against the recorded one (the hardware's own spread)")
     print(f"preemptions real {out['preemptions']['real']}, sim {out['preemptions']['sim']}; iterations real "

@@ -63,6 +63,19 @@ def test_fidelity_compares_identical_plans_and_whole_runs(tmp_path, capsys):
     assert data["real_repeat"] == {k: abs(again_warm[k] - real["metrics"][k]) / real["metrics"][k]
                                    for k in data["end_to_end"]}
 
+    # the real run's own plans, re-timed: with the measured times they are the real run again, exactly
+    from train.fidelity_replay import replay_metrics
+
+    measured = np.array([r["s"] for r in real["records"]])
+    assert len(real["requests"]) == 4 and sum(len(r["new_ids"]) for r in real["records"]) == 4
+    from train.fidelity import END_TO_END_KEYS
+
+    again_real = replay_metrics(real, measured, real["kv_bytes_per_token"])
+    assert {k: again_real[k] for k in END_TO_END_KEYS} == {k: real["metrics"][k] for k in END_TO_END_KEYS}
+    for v in data["end_to_end"].values():
+        assert v["replay"] > 0 and v["replay_error"] == abs(v["replay"] - v["real"]) / v["real"]
+    assert "replay: the real run's own plans" in printed
+
     # the kept real run judges a profile again without the executor: the same report
     replayed = tmp_path / "replayed.json"
     args = build_parser().parse_args(["fidelity", "--replay", str(out), "--profile", str(prof), "--json", str(replayed)])
