@@ -58,8 +58,11 @@ def test_the_torch_path_writes_the_cache_and_attends_like_the_unfused_pair():
 
 
 @needs_kernel
-@pytest.mark.parametrize("partials, splits, heads_fastest", [(1, 1, False), (2, 1, True), (1, 3, False), (3, 4, True)])
-def test_kernel_matches_the_unfused_path(partials, splits, heads_fastest, monkeypatch):
+@pytest.mark.parametrize("partials, splits, heads_fastest, launch", [
+    (1, 1, False, {}), (2, 1, True, {}), (1, 3, False, {}), (3, 4, True, {}),
+    (2, 1, False, {"tile_tokens": 16, "num_warps": 1, "num_stages": 2}),      # the FUSED_LAUNCH configurations
+    (2, 1, False, {"tile_tokens": 32, "num_warps": 1, "num_stages": 3})])
+def test_kernel_matches_the_unfused_path(partials, splits, heads_fastest, launch, monkeypatch):
     """Contexts of one token (the new one alone), one partial block, several blocks; the cache slot written
     and every other slot left as it was."""
     dev = kernel_device()
@@ -69,7 +72,7 @@ def test_kernel_matches_the_unfused_path(partials, splits, heads_fastest, monkey
     kc_ref, vc_ref = kc.clone(), vc.clone()
     want = _unfused(*args[:6], kc_ref, vc_ref, *args[8:], 0.3)
     monkeypatch.setattr(rda, "_use_triton", lambda t: True)
-    got = rda.rope_decode_attention(*args, 0.3, HEADS, KV_HEADS, HEAD_DIM, config={"num_splits": splits, "heads_fastest": heads_fastest})
+    got = rda.rope_decode_attention(*args, 0.3, HEADS, KV_HEADS, HEAD_DIM, config={"num_splits": splits, "heads_fastest": heads_fastest, **launch})
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got, want, atol=tol, rtol=tol)
     torch.testing.assert_close(kc, kc_ref, atol=tol, rtol=tol)
