@@ -86,10 +86,20 @@ def test_epilogue_gemms_flags_are_refused_off_hopper_and_off_the_torch_backend(c
     assert "--no-epilogue-gemms changes the real executor; it needs --backend torch" in capsys.readouterr().err
 
 
-def test_turning_both_kernels_off_on_the_cpu_runs(tmp_path, capsys):
+def test_fused_rope_flags_are_refused_off_cuda_and_off_the_torch_backend(capsys):
+    rc = main(["simulate", "--backend", "torch", "--model", "tiny", "--device", "cpu", "-n", "1", "--fused-rope"])
+    assert rc == 2
+    assert ("servegym simulate: error: fused_rope=True needs a CUDA device with triton (it is one Triton kernel), "
+            "device is 'cpu'") in capsys.readouterr().err
+    rc = main(["simulate", "-n", "1", "--fused-rope"])
+    assert rc == 2
+    assert "--fused-rope changes the real executor; it needs --backend torch" in capsys.readouterr().err
+
+
+def test_turning_the_kernels_off_on_the_cpu_runs(tmp_path, capsys):
     out = tmp_path / "run.json"
     rc = main(["simulate", "--backend", "torch", "--model", "tiny", "--device", "cpu", "-n", "2",
-               "--no-split-gemms", "--no-epilogue-gemms", "--json", str(out)])
+               "--no-split-gemms", "--no-epilogue-gemms", "--no-fused-rope", "--json", str(out)])
     assert rc == 0
     assert json.loads(out.read_text())["num_finished"] == 2
 
