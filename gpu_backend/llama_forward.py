@@ -14,7 +14,8 @@ matrices, the KV written straight into the paged cache, the residual add fused w
 next norm: ``gpu_backend.fused_ops``; optionally, few-row products split over K, either by our
 Triton kernel or as batched cuBLAS products whose partials the fused kernels sum:
 ``gpu_backend.skinny_gemm``; optionally, the gate/up product of a decode batch applying SwiGLU
-in its epilogue: ``gpu_backend.epilogue_gemms``).
+in its epilogue: ``gpu_backend.epilogue_gemms``; optionally, a decode-only batch of many sequences
+rotating, writing its KV and attending in one kernel per layer: ``gpu_backend.rope_decode_attention``).
 """
 
 from __future__ import annotations
