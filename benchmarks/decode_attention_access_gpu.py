@@ -37,15 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from print_table import print_table  # noqa: E402
+from small_kernels_gpu import _read_kernel, per_call_us  # noqa: E402  (16 launches a graph, one per layer)
 from torch_executor_gpu_common import measure_ceilings  # noqa: E402
 
-from gpu_backend.cuda_timing import graph_seconds  # noqa: E402
 from gpu_backend.fused_ops import rope_and_cache  # noqa: E402
 from gpu_backend.models import MODELS  # noqa: E402
 from gpu_backend.paged_attention import decode_attention_triton, decode_launch  # noqa: E402
 from gpu_backend.rope_decode_attention import fused_applies, rope_decode_attention  # noqa: E402
 
-LAYERS = 16
 BLOCK = 16
 BLOCK_SIZE = tl.constexpr(BLOCK)
 
@@ -70,21 +69,6 @@ def _paged_read_kernel(K, V, BT, OUT, ctx, stride_kb, stride_kh, stride_ks, stri
         acc += tl.load(K + off, mask=ok[:, None], other=0.0).to(tl.float32)
         acc += tl.load(V + off, mask=ok[:, None], other=0.0).to(tl.float32)
     tl.store(OUT + b * tl.num_programs(0 if HEADS_FASTEST else 1) + kvh, tl.sum(tl.sum(acc, 1), 0))
-
-
-@triton.jit
-def _flat_read_kernel(X, OUT, n, BLOCK_N: tl.constexpr, ITERS: tl.constexpr):
-    pid = tl.program_id(0)
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    base = pid.to(tl.int64) * BLOCK_N * ITERS
-    for i in range(ITERS):
-        offs = base + i * BLOCK_N + tl.arange(0, BLOCK_N)
-        acc += tl.load(X + offs, mask=offs < n, other=0.0).to(tl.float32)
-    tl.store(OUT + pid, tl.sum(acc, axis=0))
-
-
-def per_call_us(fn) -> float:
-    return graph_seconds(fn, calls=LAYERS, reps=15) * 1e6
 
 
 def setup(d, B: int, ctx: int, scattered: bool) -> dict:
@@ -210,8 +194,8 @@ def main() -> int:
             flat = torch.cat([s["kc"].flatten(), s["vc"].flatten()])[: kv_bytes // 2]
             part = torch.empty(1 << 16, dtype=torch.float32, device="cuda")
             programs = triton.cdiv(flat.numel(), 4096 * 8)
-            add("flat streaming read", "-", per_call_us(lambda: _flat_read_kernel[(programs,)](
-                flat, part, flat.numel(), BLOCK_N=4096, ITERS=8, num_warps=8)))
+            add("flat streaming read", "-", per_call_us(lambda: _read_kernel[(programs,)](
+                flat, part, flat.numel(), BLOCK=4096, ITERS=8, num_warps=8)))
             del flat
             sweep = []
             for tile in (16, 32, 64):

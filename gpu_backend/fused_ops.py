@@ -196,6 +196,14 @@ def add_rms_norm(x: torch.Tensor | None, h: torch.Tensor, weight: torch.Tensor, 
     return y
 
 
+def check_qkv_width(qkv: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int, caller: str) -> None:
+    """A QKV product (or its partials) must hold ``num_heads + 2 num_kv_heads`` heads of ``head_dim``."""
+    need = (num_heads + 2 * num_kv_heads) * head_dim
+    if qkv.shape[-1] != need:
+        raise ValueError(f"{caller}: qkv has {qkv.shape[-1]} columns, {num_heads} + 2 x {num_kv_heads} heads "
+                         f"of {head_dim} need {need}")
+
+
 def rope_and_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                    write_blocks: torch.Tensor, write_slots: torch.Tensor, k_cache: torch.Tensor,
                    v_cache: torch.Tensor, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -210,9 +218,7 @@ def rope_and_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, posi
     """
     T = qkv.shape[-2]
     qn, kvn = num_heads * head_dim, num_kv_heads * head_dim
-    if qkv.shape[-1] != qn + 2 * kvn:
-        raise ValueError(f"rope_and_cache: qkv has {qkv.shape[-1]} columns, {num_heads} + 2 x {num_kv_heads} heads "
-                         f"of {head_dim} need {qn + 2 * kvn}")
+    check_qkv_width(qkv, num_heads, num_kv_heads, head_dim, "rope_and_cache")
     if not _use_triton(qkv):
         qkv = _summed(qkv)
         c = cos[positions].unsqueeze(1)

@@ -126,6 +126,18 @@ if triton is not None:
         return lo, tl.minimum(last, lo + per)
 
     @triton.jit
+    def sequence_and_kv_head(HEADS_FASTEST: tl.constexpr):
+        """The program's (sequence, KV head) on a grid of (sequences, KV heads), or of (KV heads, sequences)
+        when ``HEADS_FASTEST``: then neighbouring programs read neighbouring heads of the same cache blocks."""
+        if HEADS_FASTEST:
+            b = tl.program_id(1)
+            kvh = tl.program_id(0)
+        else:
+            b = tl.program_id(0)
+            kvh = tl.program_id(1)
+        return b, kvh
+
+    @triton.jit
     def load_kv_tile(K, V, table_row, tok, ok, kv_head_off, stride_kb, stride_ks, offs_d,
                      BLOCK_SIZE: tl.constexpr):
         """K and V of cache positions ``tok`` (where ``ok``) of one sequence, through its block table."""
@@ -151,13 +163,10 @@ if triton is not None:
                              GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                              BLOCK_SIZE: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr, NUM_SPLITS: tl.constexpr,
                              HEADS_FASTEST: tl.constexpr = False):
-        if HEADS_FASTEST:   # neighbouring programs read neighbouring heads of the same cache blocks
-            kvh = tl.program_id(0)
-            b = tl.program_id(1)
+        b, kvh = sequence_and_kv_head(HEADS_FASTEST)
+        if HEADS_FASTEST:
             num_kv = tl.num_programs(0)
         else:
-            b = tl.program_id(0)
-            kvh = tl.program_id(1)
             num_kv = tl.num_programs(1)
         sp = tl.program_id(2)
         ctx = tl.load(CL + b)

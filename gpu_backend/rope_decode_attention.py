@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from gpu_backend.fused_ops import rope_and_cache
+from gpu_backend.fused_ops import check_qkv_width, rope_and_cache
 from gpu_backend.paged_attention import (_num_sms, check_kernel_inputs, decode_attention, decode_launch,
                                          decode_splits, split_buffers, triton)
 
@@ -44,7 +44,8 @@ FUSED_MAX_HEAD_DIM = 64
 if triton is not None:
     import triton.language as tl
 
-    from gpu_backend.paged_attention import _decode_reduce_kernel, load_kv_tile, online_softmax_step, split_range
+    from gpu_backend.paged_attention import (_decode_reduce_kernel, load_kv_tile, online_softmax_step,
+                                             sequence_and_kv_head, split_range)
 
     @triton.jit
     def _qkv_columns(row, cols, mask, stride_s, SPLITS: tl.constexpr, OUT_DTYPE: tl.constexpr):
@@ -73,12 +74,7 @@ if triton is not None:
                             NH: tl.constexpr, NKV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                             HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCKS_PER_TILE: tl.constexpr,
                             NUM_SPLITS: tl.constexpr, SPLITS: tl.constexpr, HEADS_FASTEST: tl.constexpr):
-        if HEADS_FASTEST:
-            kvh = tl.program_id(0)
-            b = tl.program_id(1)
-        else:
-            b = tl.program_id(0)
-            kvh = tl.program_id(1)
+        b, kvh = sequence_and_kv_head(HEADS_FASTEST)
         sp = tl.program_id(2)
         DT: tl.constexpr = K.dtype.element_ty
         ctx = tl.load(CL + b)
@@ -183,10 +179,7 @@ def rope_decode_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     context 0 writes nothing and leaves its ``out`` row as it was.
     """
     B = qkv.shape[-2]
-    qn, kvn = num_heads * head_dim, num_kv_heads * head_dim
-    if qkv.shape[-1] != qn + 2 * kvn:
-        raise ValueError(f"rope_decode_attention: qkv has {qkv.shape[-1]} columns, {num_heads} + 2 x "
-                         f"{num_kv_heads} heads of {head_dim} need {qn + 2 * kvn}")
+    check_qkv_width(qkv, num_heads, num_kv_heads, head_dim, "rope_decode_attention")
     if not _use_triton(qkv):
         q, _, _ = rope_and_cache(qkv, cos, sin, positions, write_blocks, write_slots, k_cache, v_cache,
                                  num_heads, num_kv_heads, head_dim)
