@@ -2,8 +2,8 @@
 
 Why: in a decode step the RoPE + KV-write kernel (``fused_ops.rope_and_cache``) moves a few
 hundred kilobytes, so its cost is its launch and the gap before the attention kernel that
-follows it: about 2.3 us a layer on an H200, 37 us of a 2.3 ms ``llama-1b`` step at batch 256
-(BENCHMARKS.md, session 12). The attention kernel already owns one (sequence, KV head) pair
+follows it: 3.9 us a layer on an H200, 63 us of a 2.3 ms ``llama-1b`` step at batch 256
+(BENCHMARKS.md, session 14). The attention kernel already owns one (sequence, KV head) pair
 per program, which is exactly the new token's K and V and the query heads of its GQA group,
 so it can rotate them itself:
 
@@ -34,9 +34,9 @@ from gpu_backend.paged_attention import (_num_sms, check_kernel_inputs, decode_a
 # configurations: at 128-256 sequences (7.8-15.5 programs per SM) the fused kernel at these configurations
 # took 0.91-0.97x the time of the RoPE kernel plus the attention as shipped. At 3.9 programs per SM
 # (64 x 1,025, and 32 x 2,048 in two splits) its best was 0.97x and 1.01x: there the two kernels stay.
-# Launched like the attention (32-token tiles, three stages, at any batch) it was up to 17% slower: its
-# prologue (RoPE of the query group, the new K and V) wants narrow tiles when programs are many. The
-# thresholds were chosen on these same cells.
+# Launched as the attention is (``decode_launch``) it was up to 1.21x slower than the pair: its prologue
+# (RoPE of the query group, the new K and V) wants narrow tiles when programs are many. The thresholds
+# were chosen on these same cells.
 FUSED_LAUNCH = ((12, {"tile_tokens": 16, "num_warps": 1, "num_stages": 2}),
                 (6, {"tile_tokens": 32, "num_warps": 1, "num_stages": 3}))
 FUSED_MAX_HEAD_DIM = 64
