@@ -42,7 +42,8 @@ from torch_executor_gpu_common import measure_ceilings  # noqa: E402
 
 from gpu_backend.fused_ops import rope_and_cache  # noqa: E402
 from gpu_backend.models import MODELS  # noqa: E402
-from gpu_backend.paged_attention import decode_attention_triton, decode_launch  # noqa: E402
+from gpu_backend.paged_attention import (decode_attention_triton, decode_launch, load_kv_tile,  # noqa: E402
+                                         sequence_and_kv_head)
 from gpu_backend.rope_decode_attention import fused_applies, rope_decode_attention  # noqa: E402
 
 BLOCK = 16
@@ -52,22 +53,16 @@ BLOCK_SIZE = tl.constexpr(BLOCK)
 @triton.jit
 def _paged_read_kernel(K, V, BT, OUT, ctx, stride_kb, stride_kh, stride_ks, stride_btb,
                        HEAD_DIM: tl.constexpr, TILE: tl.constexpr, HEADS_FASTEST: tl.constexpr):
-    if HEADS_FASTEST:
-        kvh = tl.program_id(0)
-        b = tl.program_id(1)
-    else:
-        b = tl.program_id(0)
-        kvh = tl.program_id(1)
+    """The attention's own walk over the paged blocks (same grid, same tile loader), summing what it reads."""
+    b, kvh = sequence_and_kv_head(HEADS_FASTEST)
     offs_t = tl.arange(0, TILE)
     offs_d = tl.arange(0, HEAD_DIM)
     acc = tl.zeros([TILE, HEAD_DIM], tl.float32)
     for start in range(0, ctx, TILE):
         tok = start + offs_t
-        ok = tok < ctx
-        blk = tl.load(BT + b * stride_btb + tok // BLOCK_SIZE, mask=ok, other=0).to(tl.int64)
-        off = blk[:, None] * stride_kb + kvh * stride_kh + (tok % BLOCK_SIZE)[:, None] * stride_ks + offs_d[None, :]
-        acc += tl.load(K + off, mask=ok[:, None], other=0.0).to(tl.float32)
-        acc += tl.load(V + off, mask=ok[:, None], other=0.0).to(tl.float32)
+        k, v = load_kv_tile(K, V, BT + b * stride_btb, tok, tok < ctx, kvh * stride_kh, stride_kb, stride_ks, offs_d,
+                            BLOCK_SIZE)
+        acc += k.to(tl.float32) + v.to(tl.float32)
     tl.store(OUT + b * tl.num_programs(0 if HEADS_FASTEST else 1) + kvh, tl.sum(tl.sum(acc, 1), 0))
 
 
