@@ -74,7 +74,7 @@ def main(argv=None) -> int:
                    help="first time the lent machine's GPU and host for this long (gpu_stability_gpu.py; 0: skip)")
     add_executor_flag_args(p)      # passed on to servegym profile and fidelity
     args = p.parse_args(argv)
-    split = [flag_spelling(name, on) for name, on in executor_flag_options(args).items()]
+    flag_args = [flag_spelling(name, on) for name, on in executor_flag_options(args).items()]
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     if args.probe_seconds > 0:      # how this lease's GPU and host compare with others' (BENCHMARKS.md, session 13)
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         if not args.skip_profile:
             t0 = time.perf_counter()
             _cli(["profile", "--model", model, "--random-weights", "--out", str(prof),
-                  "--samples", str(args.out / f"samples-{model}.json"), *split,
+                  "--samples", str(args.out / f"samples-{model}.json"), *flag_args,
                   *(["--passes", args.passes] if args.passes else [])])
             print(f"   profile {model}: {time.perf_counter() - t0:.0f} s", flush=True)
         elif not prof.exists():
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
             fid = args.out / f"fid-{model}-{label}.json"
             # two warm-ups: the first compiles kernels, the second is a clean repeat of the recorded run
             _cli(["fidelity", "--device", "cuda", "--model", model, "--random-weights", "--profile", str(prof),
-                  "--warmup-runs", "2", "--json", str(fid), *workload_args(model, label, extra), *split])
+                  "--warmup-runs", "2", "--json", str(fid), *workload_args(model, label, extra), *flag_args])
             d = json.loads(fid.read_text())
             e2e = d["end_to_end"]
             rows.append((model, label, d["per_iteration"]["mape"], d["per_iteration"]["p50"],
