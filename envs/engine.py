@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 from envs.closed_form import run_length
 from envs.decode_group import DecodeGroup
 from envs.group_step import group_step
+from envs.pipelined_run import run_pipelined, supports_async
 from envs.engine_config import EngineConfig
 from envs.live_request import Request, RequestState
 from envs.policy import Policy, SchedulerView, validate_order
@@ -65,6 +66,15 @@ def _young_collections_every(allocations: int):
         yield
     finally:
         gc.set_threshold(*before)
+
+
+@dataclass(slots=True)
+class Advanced:
+    """What ``ServingEngine._advance`` learnt of an iteration before it ran, for its ``_stamp``."""
+
+    iteration: int
+    finished: list            # requests whose last token the iteration samples
+    first_tokens: list        # per prefill chunk: it samples the request's first output token
 
 
 class EngineStallError(RuntimeError):
@@ -110,6 +120,9 @@ class ServingEngine:
                             else not getattr(executor, "needs_block_ids", True)))
         self.bytes_per_block = cap.bytes_per_block
         self.multi_step = cfg.multi_step and executor.supports_multi_step
+        if cfg.async_scheduling and not supports_async(executor):
+            raise ValueError(f"async_scheduling needs an executor that launches iterations and collects them later "
+                             f"(launch/collect: TorchExecutor); {type(executor).__name__} runs them one at a time")
         self.view = SchedulerView(self, oracle=getattr(policy, "oracle", False))
         self._reset_state()
 
@@ -303,12 +316,12 @@ class ServingEngine:
             ordered = [live[rid] for rid in order]
         return ordered
 
-    def _schedule(self, info: StepInfo) -> ScheduledWork:
-        """The policy's order turned into a batch by the scheduler."""
+    def _schedule(self, info: StepInfo, stall_ok: bool = False) -> ScheduledWork:
+        """The policy's order turned into a batch by the scheduler (an empty one only when ``stall_ok``)."""
         ordered = self._ordered()
         work = self.scheduler.schedule(ordered, self.iteration, self.num_running + self.num_swapped)
         self._account_schedule(work, info)
-        if work.num_scheduled == 0 and not work.plan.swap_out:
+        if work.num_scheduled == 0 and not work.plan.swap_out and not stall_ok:
             raise EngineStallError(self._stall_report())
         return work
 
@@ -373,6 +386,40 @@ class ServingEngine:
 
     # ------------------------------------------------------------------ results
     def _apply(self, work: ScheduledWork, result, info: StepInfo) -> None:
+        self._stamp(work, result, self._advance(work), info)
+
+    def _advance(self, work: ScheduledWork) -> "Advanced":
+        """What ``work`` does to the requests' counts, known before it runs: computed and output tokens,
+        the policy's token hook, which requests finish. The times and token values are ``_stamp``'s."""
+        plan = work.plan
+        k = plan.num_steps
+        it = self.iteration
+        self.iteration = it + k
+        c = self.counters
+        c.iterations += k
+        c.output_tokens += k * len(work.decode_reqs)
+        on_tokens = self._on_tokens
+        finished: list[Request] = []
+        last_it = it + k - 1
+        for req in work.decode_reqs:
+            req.last_scheduled_iteration = last_it
+            req.num_computed_tokens += k
+            req.num_output_tokens += k
+            req.num_tokens += k
+            if on_tokens is not None:
+                on_tokens(req, k)
+            if req.num_output_tokens >= req._target_output_len:
+                finished.append(req)
+        first_tokens = []
+        for chunk, req in zip(plan.prefills, work.prefill_reqs):
+            first = self._advance_chunk(req, chunk.num_tokens, chunk.samples, it)
+            first_tokens.append(first)
+            if chunk.samples and req.num_output_tokens >= req._target_output_len:
+                finished.append(req)
+        return Advanced(it, finished, first_tokens)
+
+    def _stamp(self, work: ScheduledWork, result, adv: "Advanced", info: StepInfo) -> None:
+        """``work``'s result on the clock and the records: token times and values, finished requests."""
         plan = work.plan
         k = plan.num_steps
         t0 = self.clock
@@ -386,15 +433,8 @@ class ServingEngine:
             inc = result.step_increment_s
             first_end = t0 + d0
         self.clock = end
-        it = self.iteration
-        self.iteration = it + k
-        c = self.counters
-        c.iterations += k
-        c.busy_time_s += result.duration_s
-        c.output_tokens += k * len(work.decode_reqs)
-        on_tokens = self._on_tokens
+        self.counters.busy_time_s += result.duration_s
         sampled = result.sampled_tokens
-        finished: list[Request] = []
         itl = self.itl
         itl_samples = itl.samples
         # decodes: k tokens each, the first at first_end, the last at end. A request that also
@@ -404,12 +444,7 @@ class ServingEngine:
         last_gap = d0 + inc * (k - 1) if k > 1 else cont_gap
         cont_max = last_gap if last_gap > cont_gap else cont_gap
         n_cont = 0
-        last_it = it + k - 1
         for req in work.decode_reqs:
-            req.last_scheduled_iteration = last_it
-            req.num_computed_tokens += k
-            req.num_output_tokens += k
-            req.num_tokens += k
             rec = req.record
             if req.last_token_time == t0:
                 n_cont += 1
@@ -424,38 +459,38 @@ class ServingEngine:
             req.last_token_time = end
             if sampled is not None:
                 req.output_token_ids.append(sampled[req.request_id])
-            if on_tokens is not None:
-                on_tokens(req, k)
-            if req.num_output_tokens >= req._target_output_len:
-                finished.append(req)
         if n_cont:
             itl.runs.append((cont_gap, 0.0, 1, n_cont))
         if k > 1:
             itl.runs.append((d0 + inc, inc, k - 1, len(work.decode_reqs)))
-        for chunk, req in zip(plan.prefills, work.prefill_reqs):
-            token = sampled[req.request_id] if sampled is not None and chunk.samples else None
-            if self._apply_chunk(req, chunk.num_tokens, chunk.samples, it, end, token):
-                finished.append(req)
-        for req in finished:
+        for chunk, req, first in zip(plan.prefills, work.prefill_reqs, adv.first_tokens):
+            if chunk.samples:
+                self._stamp_chunk(req, first, end, sampled[req.request_id] if sampled is not None else None)
+        for req in adv.finished:
             self._finish(req, end)
         info.num_iterations += k
         info.duration_s += result.duration_s
-        info.finished += len(finished)
-        info.finish_time_sum += end * len(finished)
+        info.finished += len(adv.finished)
+        info.finish_time_sum += end * len(adv.finished)
 
-    def _apply_chunk(self, req: Request, num_tokens: int, samples: bool, iteration: int, end: float,
-                     token: int | None = None) -> bool:
-        """A prefill chunk of ``req`` ran in ``iteration``, ending at ``end``; True if the request is done."""
+    def _advance_chunk(self, req: Request, num_tokens: int, samples: bool, iteration: int) -> bool:
+        """A prefill chunk's counts; True when it samples the request's first output token."""
         req.last_scheduled_iteration = iteration
         req.num_computed_tokens += num_tokens
-        rec = req.record
-        rec.prefill_tokens_computed += num_tokens
+        req.record.prefill_tokens_computed += num_tokens
         if not samples:
             return False
         self.counters.output_tokens += 1
         req.num_output_tokens += 1
         req.num_tokens += 1
-        if req.num_output_tokens == 1:
+        if self._on_tokens is not None:
+            self._on_tokens(req, 1)
+        return req.num_output_tokens == 1
+
+    def _stamp_chunk(self, req: Request, first: bool, end: float, token: int | None) -> None:
+        """The time (and value) of the token a prefill chunk sampled, ending at ``end``."""
+        rec = req.record
+        if first:
             rec.first_token_time = end
         else:  # the end of a recompute: the gap since its last token includes the wait
             gap = end - req.last_token_time
@@ -467,15 +502,33 @@ class ServingEngine:
             if req.output_token_ids is None:
                 req.output_token_ids = []
             req.output_token_ids.append(token)
-        if self._on_tokens is not None:
-            self._on_tokens(req, 1)
+
+    def _apply_chunk(self, req: Request, num_tokens: int, samples: bool, iteration: int, end: float,
+                     token: int | None = None) -> bool:
+        """A prefill chunk of ``req`` ran in ``iteration``, ending at ``end``; True if the request is done."""
+        first = self._advance_chunk(req, num_tokens, samples, iteration)
+        if not samples:
+            return False
+        self._stamp_chunk(req, first, end, token)
         return req.num_output_tokens >= req._target_output_len
 
     def _finish(self, req: Request, t: float) -> None:
+        if req.state is not _FINISHED:
+            self._retire(req)
+        self._close(req, t)
+
+    def _retire(self, req: Request) -> None:
+        """``req`` leaves the live set and the policy's books (the scheduler never sees it again)."""
+        req.state = _FINISHED
+        del self.live[req.request_id]
+        self.num_running -= 1
+        self.policy.on_finish(req)
+
+    def _close(self, req: Request, t: float) -> None:
+        """``req``'s record at its finish time ``t``; its KV leaves (into the prefix cache), its children arrive."""
         rec = req.record
         rec.finish_time = t
         rec.num_output_tokens = req.num_output_tokens
-        req.state = _FINISHED
         self.completed.append(rec)
         kv = self.kv
         keys = None
@@ -484,10 +537,7 @@ class ServingEngine:
         kv.remove(req.kv, keys)
         req.kv = None
         req.drop_keys()
-        del self.live[req.request_id]
-        self.num_running -= 1
         self._num_done += 1
-        self.policy.on_finish(req)
         for child in self._children.pop(req.request_id, ()):
             at = max(child.arrival_time, t + child.think_time_s)
             heapq.heappush(self._released, (at, child.request_id, child))
@@ -498,6 +548,11 @@ class ServingEngine:
         """Step until every request finished or was rejected; ``progress(done, total)`` after each step."""
         t_start = time.perf_counter()
         total = self._num_specs
+        if self.config.async_scheduling:
+            with _young_collections_every(_GC_YOUNG_THRESHOLD):
+                run_pipelined(self, progress, max_iterations)
+            self.wall_time_s += time.perf_counter() - t_start
+            return self.result()
         with _young_collections_every(_GC_YOUNG_THRESHOLD):
             while not self.done:
                 self.step(chain=max_iterations is None)

@@ -31,6 +31,9 @@ class EngineConfig:
     ``multi_step`` lets a simulator advance identical decode iterations in closed form.
     ``lazy_block_ids`` assigns block ids only when needed (see ``gpu_backend.kv_manager``);
     memory pressure is the same either way, swap copy counts may differ.
+    ``async_scheduling`` (vLLM's ``--async-scheduling``): whole runs (``ServingEngine.run``) plan the next
+    iteration while the current one runs on the device, on an executor that can launch and collect
+    (``TorchExecutor``); arrivals join one iteration later (``envs.pipelined_run``).
     """
 
     max_num_batched_tokens: int = 2048
@@ -44,6 +47,7 @@ class EngineConfig:
     lazy_block_ids: bool | None = None    # None: lazy when the executor does not need block ids (simulator)
     num_gpu_blocks: int | None = None     # override the executor's KV capacity
     num_host_blocks: int | None = None
+    async_scheduling: bool = False
 
     def __post_init__(self) -> None:
         if self.batching not in BATCHING_RULES:

@@ -30,7 +30,7 @@ from envs.engine_config import EngineConfig
 from envs.live_request import Request, RequestState
 from envs.records import EngineCounters
 from gpu_backend.kv_manager import KVCacheManager
-from gpu_backend.plan import BatchPlan, PrefillChunk
+from gpu_backend.plan import PENDING_TOKEN, BatchPlan, PrefillChunk
 
 _RUNNING = RequestState.RUNNING
 _WAITING = RequestState.WAITING
@@ -64,6 +64,7 @@ class BatchScheduler:
         self.on_preempt = on_preempt          # engine callback: (request, mode) after a preemption
         self.fill_token_ids = fill_token_ids
         self.fill_decode_lists = fill_decode_lists or fill_token_ids
+        self.pending_tokens_ok = False        # asynchronous scheduling: a decode input may still be sampled
         self.bytes_per_block = 0              # set by the engine (for swap byte counters)
         self._order: list[Request] = []
         self._tail = 0
@@ -170,7 +171,8 @@ class BatchScheduler:
         plan.decode_positions = [r.num_computed_tokens for r in decode_reqs]
         plan.decode_block_tables = [r.kv.block_table for r in decode_reqs]
         if self.fill_token_ids:
-            plan.decode_input_ids = [self._last_token(r) for r in decode_reqs]
+            last = self._last_token_or_pending if self.pending_tokens_ok else self._last_token
+            plan.decode_input_ids = [last(r) for r in decode_reqs]
 
     def _prefill_pass(self, budget: list[int], num_resident: int) -> None:
         it = self._iteration
@@ -323,6 +325,14 @@ class BatchScheduler:
         req.touched = self._iteration
         work.preempted.append(req)
         self.on_preempt(req)
+
+    @staticmethod
+    def _last_token_or_pending(req: Request) -> int:
+        """The input of ``req``'s next decode, or ``PENDING_TOKEN`` while the iteration sampling it runs."""
+        i = req.num_computed_tokens - req.prompt_len
+        if i >= 0 and (req.output_token_ids is None or i >= len(req.output_token_ids)):
+            return PENDING_TOKEN
+        return BatchScheduler._last_token(req)
 
     @staticmethod
     def _last_token(req: Request) -> int:

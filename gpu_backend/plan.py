@@ -117,6 +117,11 @@ class DecodeStepTime(NamedTuple):
         return self.per_context_token_s * num_seqs + self.per_longest_token_s
 
 
+# A decode input id the previous iteration has not sampled yet (asynchronous scheduling: the engine plans
+# iteration k+1 while k runs); an executor with ``launch`` fills it from k's output on the device.
+PENDING_TOKEN = -1
+
+
 @dataclass(frozen=True, slots=True)
 class KVCapacity:
     num_gpu_blocks: int
@@ -137,6 +142,10 @@ class Executor(Protocol):
     def capacity(self) -> KVCapacity: ...
 
     def execute(self, plan: BatchPlan) -> StepResult: ...
+
+    # optional, for asynchronous scheduling (``EngineConfig.async_scheduling``): ``launch(plan)`` enqueues an
+    # iteration and returns a handle, ``collect(handle)`` waits for its ``StepResult``; decode input ids
+    # equal to ``PENDING_TOKEN`` take the token the previously launched iteration samples for that sequence.
 
     def decode_step_affine(self, num_seqs: int) -> DecodeStepTime:
         """A decode-only step's time over ``num_seqs`` sequences, affine in the contexts they read."""

@@ -29,6 +29,7 @@ from gpu_backend.block_tables import DeviceBlockTables
 from gpu_backend.decode_graphs import DecodeGraphs, bucket_sizes
 from gpu_backend.epilogue_gemms import supported as epilogue_gemms_supported
 from gpu_backend.kv_store import PagedKVStore
+from gpu_backend.launched_step import LaunchedStep, PinnedPair, fill_pending, pending_rows
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward, PrefillSegment
 from gpu_backend.full_graphs import FullGraphs
 from gpu_backend.mixed_graphs import MIXED_BUCKETS, MixedGraphs
@@ -174,11 +175,12 @@ class TorchExecutor:
         self.is_cuda = self.device.type == "cuda"
         self.keep_logits = keep_logits
         self.last_logits: dict[int, torch.Tensor] = {}
-        self._staging = torch.empty(1 << 16, dtype=torch.long, pin_memory=self.is_cuda)
-        if self.is_cuda:
-            self._c0 = torch.cuda.Event(enable_timing=True)
-            self._c1 = torch.cuda.Event(enable_timing=True)
-        self._staging_np = self._staging.numpy()
+        # pinned host buffers in turns: one iteration may run ahead of the host (``launch``/``collect``)
+        self._staging = PinnedPair(1 << 16, self.is_cuda)
+        self._token_host = PinnedPair(4 * max_num_seqs, self.is_cuda)
+        self._uncollected: list[LaunchedStep] = []
+        self._last_tokens: torch.Tensor | None = None    # the last launched iteration's sampled tokens (device)
+        self._last_rows: dict[int, int] = {}             # sequence id -> its row in ``_last_tokens``
         # decode block tables live on the device, one row per sequence (fixed size: graphs read it)
         self.tables = DeviceBlockTables(4 * max_num_seqs, -(-max_model_len // block_size),
                                         self.store.scratch_block, self.device)
@@ -228,29 +230,78 @@ class TorchExecutor:
                                   "(supports_multi_step is False); it has no closed-form decode time")
 
     def execute(self, plan: BatchPlan) -> StepResult:
+        """Run one iteration to completion; its duration is the host's wall clock around it."""
+        return self._collect(self.launch(plan), wall_clock=True)
+
+    def launch(self, plan: BatchPlan) -> LaunchedStep:
+        """Enqueue one iteration and return without waiting for it (asynchronous scheduling). At most one
+        iteration may be in flight when another is launched, and a plan with swaps waits until none is.
+        Decode input ids of ``PENDING_TOKEN`` take the token the previous launched iteration samples for that
+        sequence. On the CPU the iteration runs here."""
         t0 = time.perf_counter()
         if plan.num_steps != 1:
             raise ValueError(f"TorchExecutor runs one iteration per plan, got num_steps={plan.num_steps}")
+        if len(self._uncollected) > 1 or (self._uncollected and (plan.swap_out or plan.swap_in)):
+            raise RuntimeError(f"{len(self._uncollected)} iteration(s) in flight: collect them first (one may run "
+                               f"ahead of a plain iteration, none ahead of one with swaps)")
         self._validate(plan)
-        swap = self.store.start_swaps(plan.swap_out, plan.swap_in)
-        sampled: dict[int, int] = {}
-        compute_s = 0.0
+        step = LaunchedStep(t0, None, [], after=self._uncollected[0] if self._uncollected else None)
+        if self.is_cuda:
+            step.begin = torch.cuda.Event(enable_timing=True)
+            step.begin.record()
+        step.swap = self.store.start_swaps(plan.swap_out, plan.swap_in)
         if plan.prefills or plan.decode_seq_ids:
             tokens, seq_ids = self._compute(plan)
-            tok_list = tokens.tolist()        # synchronises with the device
-            sampled = dict(zip(seq_ids, tok_list))
-            compute_s = self._compute_time()
-        elif self.is_cuda and swap.num_copies:
-            torch.cuda.current_stream(self.device).synchronize()
-        self.store.finish_swaps(swap)
-        self.last_swap = swap
-        duration = time.perf_counter() - t0
-        return StepResult(duration, compute_s, swap.seconds, sampled_tokens=sampled)
+            step.seq_ids = seq_ids
+            self._last_tokens = tokens
+            self._last_rows = {sid: i for i, sid in enumerate(seq_ids)}
+            if self.is_cuda:
+                step.compute = (self._c0, self._c1)
+                step.tokens = self._token_host.next(tokens.numel())[:tokens.numel()]
+                step.tokens.copy_(tokens, non_blocking=True)
+            else:
+                step.tokens = tokens
+                step.compute_s = self._c_end - self._c_start
+        if self.is_cuda:
+            step.done = torch.cuda.Event(enable_timing=True)
+            step.done.record()     # after the compute, which waits for the swap copies
+        else:
+            step.host_s = time.perf_counter() - t0
+        self._uncollected.append(step)
+        return step
+
+    def collect(self, step: LaunchedStep) -> StepResult:
+        """Wait for a launched iteration. Its duration is device time: from the end of the iteration that
+        was in flight when it was launched (so the host's work between them counts only where the device
+        waited for it), or from its own launch."""
+        return self._collect(step, wall_clock=False)
+
+    def _collect(self, step: LaunchedStep, wall_clock: bool) -> StepResult:
+        if step.collected:
+            raise RuntimeError("this iteration was collected already")
+        if self.is_cuda:
+            step.done.synchronize()
+            compute_s = step.compute[0].elapsed_time(step.compute[1]) / 1e3 if step.compute else 0.0
+            first = step.after.done if step.after is not None else step.begin
+            device_s = first.elapsed_time(step.done) / 1e3
+        else:
+            compute_s = step.compute_s
+            device_s = step.host_s
+        tok_list = step.tokens.tolist() if step.tokens is not None else []
+        self.store.finish_swaps(step.swap)
+        self.last_swap = step.swap
+        step.collected = True
+        step.after = None
+        self._uncollected.remove(step)
+        duration = time.perf_counter() - step.t0 if wall_clock else device_s
+        return StepResult(duration, compute_s, step.swap.seconds, sampled_tokens=dict(zip(step.seq_ids, tok_list)))
 
     # ------------------------------------------------------------------ timing
     def _start_compute(self) -> None:
         """Mark the start of the device work (after the inputs are staged)."""
         if self.is_cuda:
+            self._c0 = torch.cuda.Event(enable_timing=True)
+            self._c1 = torch.cuda.Event(enable_timing=True)
             self._c0.record()
         else:
             self._c_start = time.perf_counter()
@@ -260,13 +311,6 @@ class TorchExecutor:
             self._c1.record()
         else:
             self._c_end = time.perf_counter()
-
-    def _compute_time(self) -> float:
-        """Seconds from ``_start_compute`` to ``_end_compute`` (device time on CUDA)."""
-        if self.is_cuda:
-            self._c1.synchronize()
-            return self._c0.elapsed_time(self._c1) / 1e3
-        return self._c_end - self._c_start
 
     # ------------------------------------------------------------------ checks
     def _validate(self, plan: BatchPlan) -> None:
@@ -310,14 +354,11 @@ class TorchExecutor:
             total = -(-total // align) * align
             offsets.append(total)
             total += p.size
-        if self._staging.numel() < total:
-            self._staging = torch.empty(max(total, 2 * self._staging.numel()), dtype=torch.long,
-                                        pin_memory=self.is_cuda)
-            self._staging_np = self._staging.numpy()
-        buf = self._staging_np
+        host = self._staging.next(total)
+        buf = host.numpy()
         for o, p in zip(offsets, parts):
             buf[o:o + p.size] = p.ravel()
-        return self._staging[:total].to(self.device, non_blocking=True), offsets
+        return host[:total].to(self.device, non_blocking=True), offsets
 
     # ------------------------------------------------------------------ compute
     def _decode_inputs(self, plan: BatchPlan, with_chunks: bool = False):
@@ -327,6 +368,9 @@ class TorchExecutor:
         sids = plan.decode_seq_ids
         pos = np.asarray(plan.decode_positions, dtype=np.int64)
         ids = np.asarray(plan.decode_input_ids if sids else [], dtype=np.int64)
+        pending = pending_rows(sids, ids, self._last_rows) if sids else None
+        if pending is not None:
+            ids = np.where(pending >= 0, 0, ids)     # filled on the device (``_fill_pending``)
         self._check_range(ids, self.dims.vocab_size, "decode input token id")
         bad = np.flatnonzero((pos >= self.max_model_len) | (pos < 0))
         if bad.size:
@@ -347,22 +391,29 @@ class TorchExecutor:
         except ValueError:
             self.tables.forget()    # the slots took entries that were never written: start over
             raise
-        return ids, pos, upd
+        return ids, pos, upd, pending
+
+    def _fill_pending(self, ids: torch.Tensor, pending: torch.Tensor | None) -> None:
+        """Decode inputs the previous iteration samples, copied on the device from its output."""
+        if pending is not None:
+            fill_pending(ids, pending, self._last_tokens)
 
     def _compute(self, plan: BatchPlan) -> tuple[torch.Tensor, list[int]]:
         nd = len(plan.decode_seq_ids)
         if not plan.prefills and self.graphs is not None and nd <= self.graphs.max_batch:
-            ids, pos, upd = self._decode_inputs(plan)
+            ids, pos, upd, pending = self._decode_inputs(plan)
             bucket = self.graphs.bucket(nd)
             pad = bucket - nd
-            staged, _ = self._stage([
+            staged, offsets = self._stage([
                 np.concatenate([ids, np.zeros(pad, np.int64)]),
                 np.concatenate([pos, np.zeros(pad, np.int64)]),
                 np.concatenate([upd.slots, np.full(pad, self.tables.pad_slot, np.int64)]),
-                upd.upd_slots, upd.upd_cols, upd.upd_vals])
+                upd.upd_slots, upd.upd_cols, upd.upd_vals] + ([pending] if pending is not None else []))
             u = upd.upd_vals.size
             o = 3 * bucket
             self.tables.apply(staged[o:o + u], staged[o + u:o + 2 * u], staged[o + 2 * u:o + 3 * u])
+            if pending is not None:
+                self._fill_pending(staged[:nd], staged[offsets[-1]:offsets[-1] + nd])
             self._start_compute()
             tokens = self.graphs.run(staged[:3 * bucket], nd, bucket)
             self._end_compute()
@@ -388,14 +439,18 @@ class TorchExecutor:
             self._check_range(tok, self.dims.vocab_size, "input token id")
             self._check_range(np.asarray(c.block_table, dtype=np.int64), self.store.num_gpu_blocks, "block id")
             chunk_tokens.append(tok)
-        ids, pos, upd = self._decode_inputs(plan, with_chunks=True)
+        ids, pos, upd, pending = self._decode_inputs(plan, with_chunks=True)
         packed_chunks = [(tok, c.start, slot, c.samples)
                          for tok, c, slot in zip(chunk_tokens, chunks, upd.slots[nd:].tolist())]
         layout = self.full.layouts[bucket]
         vec, num_samples = layout.pack(ids, pos, upd.slots[:nd], packed_chunks, self.tables.pad_slot)
-        staged, offsets = self._stage([vec, upd.upd_slots, upd.upd_cols, upd.upd_vals])
+        staged, offsets = self._stage([vec, upd.upd_slots, upd.upd_cols, upd.upd_vals]
+                                      + ([pending] if pending is not None else []))
         u = upd.upd_vals.size
-        self.tables.apply(*(staged[o:o + u] for o in offsets[1:]))
+        self.tables.apply(*(staged[o:o + u] for o in offsets[1:4]))
+        if pending is not None:
+            first = layout.offsets()["ids"][0]
+            self._fill_pending(staged[first:first + nd], staged[offsets[4]:offsets[4] + nd])
         self._start_compute()
         tokens = self.full.run(bucket, staged[:layout.length], num_samples)
         self._end_compute()
@@ -426,8 +481,9 @@ class TorchExecutor:
         nd = len(plan.decode_seq_ids)
         empty = np.zeros(0, dtype=np.int64)
         upd_parts = [empty, empty, empty, empty]
+        pending = None
         if nd:
-            d_ids, d_pos, upd = self._decode_inputs(plan)
+            d_ids, d_pos, upd, pending = self._decode_inputs(plan)
             ids.append(d_ids)
             positions.append(d_pos)
             upd_parts = [upd.slots, upd.upd_slots, upd.upd_cols, upd.upd_vals]
@@ -452,6 +508,8 @@ class TorchExecutor:
         host_tiles = PrefillTiles.build(over_cache) if over_cache else None
         if host_tiles is not None:
             parts += host_tiles.arrays()
+        if pending is not None:
+            parts.append(pending)
         # every part starts 16-byte aligned: Triton compiles a kernel variant per pointer alignment, and a
         # variant first met while serving stalls that iteration for the compile
         staged, offsets = self._stage(parts, align=2)
@@ -459,6 +517,8 @@ class TorchExecutor:
         d_ids, d_pos, d_wb, d_lr, d_pick, d_slots, u_slots, u_cols, u_vals = views[:9]
         pt = iter(views[9:])
         segments = [PrefillSegment(r, n, start, next(pt)) for r, n, start, _ in segs]
+        if pending is not None:
+            self._fill_pending(d_ids[num_prefill:], views.pop())
         tiles = DevicePrefillTiles.from_views(views[-6:], host_tiles) if host_tiles is not None else None
         tables = lens = None
         if nd:
