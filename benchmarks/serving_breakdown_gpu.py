@@ -5,16 +5,17 @@ kernels, and the prefill products alone.
 prompt and 128 output tokens and compares it with the workload's physical limit (every prefill FLOP at
 the matmul rate, every decode step's bytes at the copy bandwidth). This script takes the gap apart:
 
-  serving   the same run at each ``--budgets`` value of ``max_num_batched_tokens``: output tokens/s,
-            prefill and decode iterations (wall and device seconds), and the engine's own time
-            (wall clock of the run minus the time spent in ``execute``)
+  serving   the same run in each ``--serving`` configuration (``max_num_batched_tokens``, synchronous or
+            asynchronous scheduling): output tokens/s; for synchronous runs also prefill and decode
+            iterations (wall and device seconds) and the engine's own time (wall clock of the run minus
+            the time spent in ``execute``)
   prefill   one iteration of C fresh 512-token chunks (C = budget / 512) under ``torch.profiler``:
             device time per kernel and per kind (matrix products, attention, norms, ...), and the
             products' FLOP rate against the matmul rate
   gemms     each layer weight's product alone at those row counts (CUDA events), against the
             matmul rate
 
-Usage (device machine): ``python3 benchmarks/serving_breakdown_gpu.py [--budgets 8192,16384]``;
+Usage (device machine): ``python3 benchmarks/serving_breakdown_gpu.py [--serving 8192:sync,16384:async]``;
 full results in ``$OUT/serving_breakdown_gpu.json`` (``--out``), a short table last. Needs neither
 gymnasium nor stable-baselines3.
 """
@@ -43,7 +44,7 @@ from gpu_backend.cuda_timing import cuda_seconds  # noqa: E402
 from gpu_backend.models import LlamaWeights, build_hf_model  # noqa: E402
 from gpu_backend.plan import BatchPlan, PrefillChunk  # noqa: E402
 from gpu_backend.torch_executor import TorchExecutor  # noqa: E402
-from torch_executor_gpu import speed_ours, workload_floor  # noqa: E402
+from torch_executor_gpu import serve_once, serving_config, workload_floor  # noqa: E402
 from torch_executor_gpu_common import measure_ceilings, toks  # noqa: E402
 
 KINDS = (("attention", ("flash", "fmha", "attention", "attn", "prefill")),
@@ -62,18 +63,16 @@ def kernel_kind(name: str) -> str:
     return "other"
 
 
-def serving(weights, budgets: list[int], args) -> dict:
+def serving(weights, configs: list[str], args) -> dict:
+    n, p, o = args.requests, args.prompt, args.output
+    ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=n * (-(-(p + o) // 16)) + 64, num_host_blocks=0,
+                       max_model_len=4096, max_num_seqs=n)
     out = {}
-    for budget in budgets:
-        run = speed_ours(weights, Namespace(requests=args.requests, prompt=args.prompt, output=args.output,
-                                            budget=budget))
-        if run is None:
-            continue
-        ph = run["phases"]
-        run["engine_s"] = run["wall_s"] - run["busy_s"]
-        run["execute_host_s"] = (ph["prefill_wall_s"] - ph["prefill_device_s"]
-                                 + ph["decode_wall_s"] - ph["decode_device_s"])
-        out[budget] = run
+    for c in configs:
+        run = serve_once(ex, n, p, o, *serving_config(c))
+        run["engine_s"] = run["wall_s"] - run["busy_s"] if not run["async_scheduling"] else None
+        out[c] = run
+    del ex
     return out
 
 
@@ -115,7 +114,6 @@ def gemms_alone(weights, rows_list: list[int], matmul_rate: float) -> dict:
             t = statistics.median(cuda_seconds(lambda: F.linear(x, mat), 20))
             flops = 2 * rows * mat.shape[0] * mat.shape[1]
             out[f"{name}@{rows}"] = {"us": t * 1e6, "flops_per_s": flops / t, "over_matmul_rate": flops / t / matmul_rate}
-            del x
     return out
 
 
@@ -124,16 +122,18 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--output", type=int, default=128)
-    ap.add_argument("--budgets", default="8192,16384", help="comma-separated max_num_batched_tokens values")
+    ap.add_argument("--serving", default="8192:sync,16384:sync,16384:async",
+                    help="comma-separated engine configurations BUDGET:async|sync")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "serving_breakdown_gpu.json")
     args = ap.parse_args()
+    configs = [c for c in args.serving.split(",") if c]
     try:
-        budgets = [int(b) for b in args.budgets.split(",") if b]
-    except ValueError:
-        ap.error(f"--budgets must be comma-separated integers, got {args.budgets!r}")
-    bad = [b for b in budgets if b < args.prompt or b % args.prompt]
+        budgets = sorted({serving_config(c)[0] for c in configs})
+    except ValueError as e:
+        ap.error(f"--serving: {e}")
+    bad = [b for b in budgets if b % args.prompt]
     if bad:
-        ap.error(f"--budgets: {bad} are not positive multiples of --prompt {args.prompt}")
+        ap.error(f"--serving: budgets {bad} are not multiples of --prompt {args.prompt}")
     if not torch.cuda.is_available():
         print("serving_breakdown_gpu: needs a CUDA device", file=sys.stderr)
         return 2
@@ -146,7 +146,7 @@ def main() -> int:
     del hf
     floor_args = Namespace(requests=args.requests, prompt=args.prompt, output=args.output)
     res["floor"] = floor = workload_floor(weights, ceil, floor_args)
-    res["serving"] = serving(weights, budgets, args)
+    res["serving"] = serving(weights, configs, args)
     res["prefill"] = {b: prefill_kernels(weights, b // args.prompt, args.prompt, rate) for b in budgets}
     res["gemms"] = gemms_alone(weights, budgets, rate)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -155,15 +155,16 @@ def main() -> int:
     print(f"\n{res['device']}, {res['date']}: llama-1b, {args.requests} x {args.prompt} + {args.output}; copy "
           f"{ceil['d2d_bytes_per_s'] / 1e12:.2f} TB/s, matmul {rate / 1e12:.0f} TFLOP/s; physical limit "
           f"{floor['output_tok_s']:,.0f} tok/s (prefill {floor['prefill_s']:.3f} s, decode {floor['decode_s']:.3f} s)")
-    print("| budget | tok/s | of limit | wall s | prefill its / wall / device s | decode its / wall / device s "
+    print("| configuration | tok/s | of limit | wall s | prefill its / wall / device s | decode its / wall / device s "
           "| engine s |")
     print("|---|---|---|---|---|---|---|")
-    for b, r in res["serving"].items():
-        ph = r["phases"]
-        print(f"| {b} | {r['output_tok_s']:,.0f} | {r['output_tok_s'] / floor['output_tok_s']:.0%} | {r['wall_s']:.3f} "
-              f"| {ph['prefill_iterations']} / {ph['prefill_wall_s']:.3f} / {ph['prefill_device_s']:.3f} "
-              f"| {ph['decode_iterations']} / {ph['decode_wall_s']:.3f} / {ph['decode_device_s']:.3f} "
-              f"| {r['engine_s']:.3f} |")
+    for c, r in res["serving"].items():
+        ph = r.get("phases")
+        pre = f"{r['prefill_iterations']}" + (f" / {ph['prefill_wall_s']:.3f} / {ph['prefill_device_s']:.3f}" if ph else "")
+        dec = f"{r['decode_iterations']}" + (f" / {ph['decode_wall_s']:.3f} / {ph['decode_device_s']:.3f}" if ph else "")
+        eng = f"{r['engine_s']:.3f}" if r["engine_s"] is not None else "-"
+        print(f"| {c} | {r['output_tok_s']:,.0f} | {r['output_tok_s'] / floor['output_tok_s']:.0%} | {r['wall_s']:.3f} "
+              f"| {pre} | {dec} | {eng} |")
     print("| prefill rows | device ms | gemm | attention | norm | rope | silu | other | gemm TFLOP/s (of rate) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for b, p in res["prefill"].items():

@@ -85,50 +85,97 @@ def workload(n, prompt, output, vocab=32000, seed=0):
             for i in range(n)]
 
 
-@section("b1 ours: serving engine over TorchExecutor")
-def speed_ours(weights, args) -> dict:
+def serving_config(text: str) -> tuple[int, bool]:
+    """``"16384:async"`` -> (16384, True); ``"8192:sync"`` -> (8192, False)."""
+    budget, sep, mode = text.partition(":")
+    if not sep or mode not in ("async", "sync") or not budget.isdigit() or int(budget) < 1:
+        raise ValueError(f"serving configuration {text!r}: expected BUDGET:async or BUDGET:sync, e.g. 16384:async")
+    return int(budget), mode == "async"
+
+
+def serve_once(ex, n: int, p: int, o: int, budget: int, asynchronous: bool, capture: bool = False) -> dict:
+    """One warm-up run of the workload (other tokens), then the timed run, on executor ``ex``. ``capture``
+    keeps every request's output tokens (``"tokens"``; the bookkeeping slows the run a little)."""
     from envs.engine import ServingEngine
     from envs.engine_config import EngineConfig
 
-    n, p, o = args.requests, args.prompt, args.output
-    blocks = n * (-(-(p + o) // 16)) + 64
-    ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=blocks, num_host_blocks=0,
-                       max_model_len=4096, max_num_seqs=n)
-    cfg = EngineConfig(max_num_batched_tokens=args.budget, max_num_seqs=n, batching="sarathi")
+    cfg = EngineConfig(max_num_batched_tokens=budget, max_num_seqs=n, batching="sarathi",
+                       async_scheduling=asynchronous)
     warm = ServingEngine(ex, _fcfs(), cfg)   # the same shapes once (compilation, kernel choices), other tokens
     warm.load(workload(n, p, o, seed=7))
     warm.run()
     eng = ServingEngine(ex, _fcfs(), cfg)
-    specs = workload(n, p, o)
-    eng.load(specs)
+    eng.load(workload(n, p, o))
     steps = []
-    inner = ex.execute
+    sampled: dict[int, list[int]] = {}
+    inner_execute, inner_launch, inner_collect = ex.execute, ex.launch, ex.collect
+
+    def keep(r):
+        if capture:
+            for sid, tok in r.sampled_tokens.items():
+                sampled.setdefault(sid, []).append(tok)
+        return r
 
     def execute(plan):
-        r = inner(plan)
+        r = keep(inner_execute(plan))
         steps.append((plan.num_prefill_tokens, len(plan.decode_seq_ids), r.duration_s, r.compute_s))
         return r
 
-    ex.execute = execute
+    def launch(plan):
+        steps.append((plan.num_prefill_tokens, len(plan.decode_seq_ids), 0.0, 0.0))
+        return inner_launch(plan)
+
+    ex.execute, ex.launch, ex.collect = execute, launch, lambda h: keep(inner_collect(h))
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     rec = eng.run()
     wall = time.perf_counter() - t0
-    ex.execute = inner
-    with_prefill = [s for s in steps if s[0]]
-    decode_only = [s for s in steps if not s[0]]
-    phases = {"prefill_iterations": len(with_prefill), "prefill_wall_s": sum(s[2] for s in with_prefill),
-              "prefill_device_s": sum(s[3] for s in with_prefill), "decode_iterations": len(decode_only),
-              "decode_wall_s": sum(s[2] for s in decode_only), "decode_device_s": sum(s[3] for s in decode_only)}
-    log("   " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in phases.items()))
+    del ex.execute, ex.launch, ex.collect
     out_tokens = sum(r.num_output_tokens for r in rec.requests)
-    res = {"wall_s": wall, "output_tokens": out_tokens, "output_tok_s": out_tokens / wall,
-           "iterations": eng.iteration, "busy_s": eng.counters.busy_time_s,
-           "total_tok_s": (out_tokens + n * p) / wall, "phases": phases}
-    log(f"   {out_tokens} output tokens in {wall:.2f} s: {out_tokens / wall:,.0f} tok/s "
-        f"({eng.iteration} iterations, executor busy {eng.counters.busy_time_s:.2f} s)")
-    del ex, eng, warm
+    res = {"budget": budget, "async_scheduling": asynchronous, "wall_s": wall, "output_tokens": out_tokens,
+           "output_tok_s": out_tokens / wall, "iterations": eng.iteration, "busy_s": eng.counters.busy_time_s,
+           "total_tok_s": (out_tokens + n * p) / wall,
+           "prefill_iterations": sum(1 for s in steps if s[0]), "decode_iterations": sum(1 for s in steps if not s[0])}
+    if capture:
+        res["tokens"] = sampled
+    if not asynchronous:     # per-phase host and device time (a launched iteration's are known only at collect)
+        pre = [s for s in steps if s[0]]
+        dec = [s for s in steps if not s[0]]
+        res["phases"] = {"prefill_wall_s": sum(s[2] for s in pre), "prefill_device_s": sum(s[3] for s in pre),
+                         "decode_wall_s": sum(s[2] for s in dec), "decode_device_s": sum(s[3] for s in dec)}
+    log(f"   budget {budget}, {'async' if asynchronous else 'sync'} scheduling: {out_tokens} output tokens in "
+        f"{wall:.3f} s: {out_tokens / wall:,.0f} tok/s ({eng.iteration} iterations, executor busy "
+        f"{eng.counters.busy_time_s:.3f} s)" + (f"; {res['phases']}" if "phases" in res else ""))
     return res
+
+
+@section("b1 ours: serving engine over TorchExecutor")
+def speed_ours(weights, args) -> dict:
+    """The serving engine over one executor, in each of ``args.serving`` configurations (the first is the
+    headline); every configuration's runs alternate ``args.repeats`` times and each keeps its best."""
+    n, p, o = args.requests, args.prompt, args.output
+    blocks = n * (-(-(p + o) // 16)) + 64
+    ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=blocks, num_host_blocks=0,
+                       max_model_len=4096, max_num_seqs=n)
+    runs: dict[str, list[dict]] = {c: [] for c in args.serving}
+    for _ in range(args.repeats):
+        for c in args.serving:
+            runs[c].append(serve_once(ex, n, p, o, *serving_config(c)))
+    best = {c: max(rs, key=lambda r: r["output_tok_s"]) for c, rs in runs.items()}
+    head = dict(best[args.serving[0]])
+    head["config"] = args.serving[0]
+    head["configs"] = {c: {"best": best[c], "runs_tok_s": [r["output_tok_s"] for r in rs]} for c, rs in runs.items()}
+    # asynchronous scheduling changes when the host plans, not what runs: at one budget, with every request
+    # there from the start and KV for all, both modes run the same plans, so the tokens must be the same
+    budget = serving_config(args.serving[0])[0]
+    sync_run = serve_once(ex, n, p, o, budget, False, capture=True)["tokens"]
+    async_run = serve_once(ex, n, p, o, budget, True, capture=True)["tokens"]
+    same = sum(sync_run[i] == async_run.get(i) for i in sync_run)
+    head["async_tokens_equal_sync"] = same / len(sync_run)
+    log(f"   budget {budget}: requests whose tokens are the same with asynchronous and synchronous scheduling: "
+        f"{same} of {len(sync_run)}")
+    del ex
+    return head
 
 
 @section("b2 transformers generate (padded batch)")
@@ -395,7 +442,11 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--output", type=int, default=128)
-    ap.add_argument("--budget", type=int, default=8192, help="engine max_num_batched_tokens")
+    ap.add_argument("--serving", default="16384:async,8192:sync",
+                    help="part (b): comma-separated engine configurations BUDGET:async|sync (max_num_batched_tokens, "
+                         "asynchronous scheduling); the first is the headline, the others are timed beside it. "
+                         "16384: vLLM's default for offline use on GPUs of 70 GB or more")
+    ap.add_argument("--repeats", type=int, default=2, help="part (b): timed runs per configuration (best kept)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,b2,b3,c,d")
     ap.add_argument("--variants", default="split_gemms=0+epilogue_gemms=0,epilogue_gemms=0,split_gemms=0",
                     help="part (c): comma-separated TorchExecutor flag settings to time against the executor as "
@@ -403,6 +454,14 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "torch_executor_gpu.json")
     args = ap.parse_args()
     args.variants = [v for v in args.variants.split(",") if v]
+    args.serving = [c for c in args.serving.split(",") if c]
+    for c in args.serving:
+        try:
+            serving_config(c)
+        except ValueError as e:
+            ap.error(f"--serving: {e}")
+    if not args.serving or args.repeats < 1:
+        ap.error(f"--serving needs a configuration and --repeats must be >= 1, got {args.serving!r}, {args.repeats}")
     for v in args.variants:
         try:
             variant_flags(v)
@@ -480,8 +539,16 @@ def table(r: dict, args) -> None:
     wl = f"{args.requests}x{args.prompt}+{args.output}"
     if ours:
         fl = (r.get("b_floor") or {}).get("output_tok_s")
-        rows.append((f"ours: serving engine, llama-1b bf16, {wl}", f"{ours:,.0f} tok/s",
+        head = r["b_ours"]
+        rows.append((f"ours: serving engine, llama-1b bf16, {wl}, {head.get('config', '')}", f"{ours:,.0f} tok/s",
                      f"{ours / fl:.0%} of the physical limit {fl:,.0f}" if fl else ""))
+        for c, v in head.get("configs", {}).items():
+            if c != head.get("config"):
+                other = v["best"]["output_tok_s"]
+                rows.append((f"ours with {c}", f"{other:,.0f} tok/s", f"headline {ours / other:.3f}x of it"))
+        if "async_tokens_equal_sync" in head:
+            rows.append(("requests with the same tokens, async vs sync scheduling", f"{head['async_tokens_equal_sync']:.1%}",
+                         "100%"))
     for key, label, target in (("b_generate", "transformers generate (padded)", 10),
                                ("b_generate_batch", "transformers generate_batch", 25)):
         v = (r.get(key) or {}).get("output_tok_s")

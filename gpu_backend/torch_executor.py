@@ -231,13 +231,16 @@ class TorchExecutor:
 
     def execute(self, plan: BatchPlan) -> StepResult:
         """Run one iteration to completion; its duration is the host's wall clock around it."""
-        return self._collect(self.launch(plan), wall_clock=True)
+        return self._collect(self._launch(plan), wall_clock=True)
 
     def launch(self, plan: BatchPlan) -> LaunchedStep:
         """Enqueue one iteration and return without waiting for it (asynchronous scheduling). At most one
         iteration may be in flight when another is launched, and a plan with swaps waits until none is.
         Decode input ids of ``PENDING_TOKEN`` take the token the previous launched iteration samples for that
         sequence. On the CPU the iteration runs here."""
+        return self._launch(plan)
+
+    def _launch(self, plan: BatchPlan) -> LaunchedStep:
         t0 = time.perf_counter()
         if plan.num_steps != 1:
             raise ValueError(f"TorchExecutor runs one iteration per plan, got num_steps={plan.num_steps}")

@@ -52,6 +52,9 @@ def add_simulate_args(p: argparse.ArgumentParser) -> None:
                    help="with --backend torch: where the model runs (default: cuda when available)")
     p.add_argument("--num-gpu-blocks", type=int, default=None,
                    help="KV blocks of the executor (default: the profile's, or what the device's memory leaves)")
+    p.add_argument("--async-scheduling", action="store_true",
+                   help="with --backend torch: plan each iteration while the previous one runs on the device "
+                        "(vLLM's --async-scheduling); arrivals join one iteration later")
     add_executor_flag_args(p)      # with --backend torch
     add_ranker_args(p, "the workload's requests (e.g. alpaca-eval-<model>)")
 
@@ -128,6 +131,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     if args.num_gpu_blocks is not None and args.num_gpu_blocks < 1:
         raise ValueError(f"--num-gpu-blocks must be >= 1, got {args.num_gpu_blocks}")
     flags = executor_flag_options(args)
+    if args.async_scheduling and args.backend != "torch":
+        raise ValueError(f"--async-scheduling overlaps the host with a real device; it needs --backend torch, "
+                         f"got --backend {args.backend}")
     if flags and args.backend != "torch":
         name, on = next(iter(flags.items()))
         raise ValueError(f"{flag_spelling(name, on)} changes the real executor; it needs --backend torch, "
@@ -155,7 +161,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     config = EngineConfig(
         max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
         batching=args.batching, preemption_mode=args.preemption,
-        enable_prefix_caching=not args.no_prefix_caching, multi_step=not args.no_multi_step)
+        enable_prefix_caching=not args.no_prefix_caching, multi_step=not args.no_multi_step,
+        async_scheduling=args.async_scheduling)
     show = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     results: dict[str, dict[str, Any]] = {}
     table_rows = []

@@ -58,6 +58,19 @@ def test_simulate_cli_on_the_real_model(tmp_path, capsys):
     assert data["num_finished"] == 2
 
 
+def test_simulate_cli_with_async_scheduling_on_the_real_model(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    rc = main(["simulate", "--backend", "torch", "--model", "tiny", "--device", "cpu", "--workload", "vtc-overload-2",
+               "-n", "3", "--num-gpu-blocks", "64", "--async-scheduling", "--json", str(out), "--progress", "off"])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["run"]["config"]["async_scheduling"] is True and data["num_finished"] == 3
+    rc = main(["simulate", "-n", "1", "--async-scheduling"])
+    assert rc == 2
+    assert ("--async-scheduling overlaps the host with a real device; it needs --backend torch, got --backend sim"
+            in capsys.readouterr().err)
+
+
 def test_simulate_cli_refuses_an_unknown_model(capsys):
     rc = main(["simulate", "--backend", "torch", "--model", "gpt-5", "--device", "cpu", "-n", "1"])
     assert rc == 2
