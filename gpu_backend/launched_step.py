@@ -57,12 +57,13 @@ class PinnedPair:
         return buf
 
 
-def pending_rows(seq_ids, ids: np.ndarray, last_rows: dict[int, int]) -> np.ndarray | None:
-    """For each decode row, the row of the previous iteration's sampled tokens its input comes from
-    (``PENDING_TOKEN`` ids), -1 where the plan gives the id; None when no id is pending."""
+def pending_rows(seq_ids, ids: np.ndarray, last_seq_ids: list[int]) -> np.ndarray | None:
+    """For each decode row, the row of the previous iteration's sampled tokens (of ``last_seq_ids``, in order)
+    its input comes from (``PENDING_TOKEN`` ids), -1 where the plan gives the id; None when no id is pending."""
     waiting = np.flatnonzero(ids == PENDING_TOKEN)
     if not waiting.size:
         return None
+    last_rows = {sid: i for i, sid in enumerate(last_seq_ids)}
     src = np.full(ids.size, -1, dtype=np.int64)
     for i in waiting.tolist():
         row = last_rows.get(seq_ids[i])

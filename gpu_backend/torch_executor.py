@@ -180,7 +180,10 @@ class TorchExecutor:
         self._token_host = PinnedPair(4 * max_num_seqs, self.is_cuda)
         self._uncollected: list[LaunchedStep] = []
         self._last_tokens: torch.Tensor | None = None    # the last launched iteration's sampled tokens (device)
-        self._last_rows: dict[int, int] = {}             # sequence id -> its row in ``_last_tokens``
+        self._last_seq_ids: list[int] = []               # their sequences, in order
+        if self.is_cuda:   # the forward pass's start and end, in turns like the pinned buffers
+            self._compute_events = [tuple(torch.cuda.Event(enable_timing=True) for _ in range(2)) for _ in range(2)]
+            self._compute_turn = 0
         # decode block tables live on the device, one row per sequence (fixed size: graphs read it)
         self.tables = DeviceBlockTables(4 * max_num_seqs, -(-max_model_len // block_size),
                                         self.store.scratch_block, self.device)
@@ -231,16 +234,24 @@ class TorchExecutor:
 
     def execute(self, plan: BatchPlan) -> StepResult:
         """Run one iteration to completion; its duration is the host's wall clock around it."""
-        return self._collect(self._launch(plan), wall_clock=True)
+        return self._collect(self._launch(plan, ahead=False), wall_clock=True)
 
     def launch(self, plan: BatchPlan) -> LaunchedStep:
         """Enqueue one iteration and return without waiting for it (asynchronous scheduling). At most one
         iteration may be in flight when another is launched, and a plan with swaps waits until none is.
         Decode input ids of ``PENDING_TOKEN`` take the token the previous launched iteration samples for that
         sequence. On the CPU the iteration runs here."""
-        return self._launch(plan)
+        return self._launch(plan, ahead=True)
 
-    def _launch(self, plan: BatchPlan) -> LaunchedStep:
+    def collect(self, step: LaunchedStep) -> StepResult:
+        """Wait for a launched iteration. Its duration is device time: from the end of the iteration that
+        was in flight when it was launched (so the host's work between them counts only where the device
+        waited for it), or from its own launch."""
+        return self._collect(step, wall_clock=False)
+
+    def _launch(self, plan: BatchPlan, ahead: bool) -> LaunchedStep:
+        """``ahead``: the host goes on while the iteration runs, so its tokens come back through a pinned
+        buffer and events mark its end (``execute`` reads the tokens straight from the device instead)."""
         t0 = time.perf_counter()
         if plan.num_steps != 1:
             raise ValueError(f"TorchExecutor runs one iteration per plan, got num_steps={plan.num_steps}")
@@ -249,7 +260,8 @@ class TorchExecutor:
                                f"ahead of a plain iteration, none ahead of one with swaps)")
         self._validate(plan)
         step = LaunchedStep(t0, None, [], after=self._uncollected[0] if self._uncollected else None)
-        if self.is_cuda:
+        cuda_ahead = ahead and self.is_cuda
+        if cuda_ahead:
             step.begin = torch.cuda.Event(enable_timing=True)
             step.begin.record()
         step.swap = self.store.start_swaps(plan.swap_out, plan.swap_in)
@@ -257,40 +269,39 @@ class TorchExecutor:
             tokens, seq_ids = self._compute(plan)
             step.seq_ids = seq_ids
             self._last_tokens = tokens
-            self._last_rows = {sid: i for i, sid in enumerate(seq_ids)}
+            self._last_seq_ids = seq_ids
             if self.is_cuda:
-                step.compute = (self._c0, self._c1)
+                step.compute = self._compute_events[self._compute_turn]
+            else:
+                step.compute_s = self._c_end - self._c_start
+            if cuda_ahead:
                 step.tokens = self._token_host.next(tokens.numel())[:tokens.numel()]
                 step.tokens.copy_(tokens, non_blocking=True)
             else:
                 step.tokens = tokens
-                step.compute_s = self._c_end - self._c_start
-        if self.is_cuda:
+        if cuda_ahead:
             step.done = torch.cuda.Event(enable_timing=True)
             step.done.record()     # after the compute, which waits for the swap copies
-        else:
+        elif not self.is_cuda:
             step.host_s = time.perf_counter() - t0
         self._uncollected.append(step)
         return step
 
-    def collect(self, step: LaunchedStep) -> StepResult:
-        """Wait for a launched iteration. Its duration is device time: from the end of the iteration that
-        was in flight when it was launched (so the host's work between them counts only where the device
-        waited for it), or from its own launch."""
-        return self._collect(step, wall_clock=False)
-
     def _collect(self, step: LaunchedStep, wall_clock: bool) -> StepResult:
         if step.collected:
             raise RuntimeError("this iteration was collected already")
-        if self.is_cuda:
+        device_s = step.host_s
+        if step.done is not None:
             step.done.synchronize()
-            compute_s = step.compute[0].elapsed_time(step.compute[1]) / 1e3 if step.compute else 0.0
-            first = step.after.done if step.after is not None else step.begin
+            first = step.after.done if step.after is not None and step.after.done is not None else step.begin
             device_s = first.elapsed_time(step.done) / 1e3
-        else:
-            compute_s = step.compute_s
-            device_s = step.host_s
-        tok_list = step.tokens.tolist() if step.tokens is not None else []
+        tok_list = step.tokens.tolist() if step.tokens is not None else []   # from the device: synchronises
+        compute_s = step.compute_s
+        if step.compute is not None:
+            step.compute[1].synchronize()
+            compute_s = step.compute[0].elapsed_time(step.compute[1]) / 1e3
+        elif self.is_cuda and step.swap.num_copies:
+            torch.cuda.current_stream(self.device).synchronize()
         self.store.finish_swaps(step.swap)
         self.last_swap = step.swap
         step.collected = True
@@ -303,8 +314,8 @@ class TorchExecutor:
     def _start_compute(self) -> None:
         """Mark the start of the device work (after the inputs are staged)."""
         if self.is_cuda:
-            self._c0 = torch.cuda.Event(enable_timing=True)
-            self._c1 = torch.cuda.Event(enable_timing=True)
+            self._compute_turn ^= 1
+            self._c0, self._c1 = self._compute_events[self._compute_turn]
             self._c0.record()
         else:
             self._c_start = time.perf_counter()
@@ -371,7 +382,7 @@ class TorchExecutor:
         sids = plan.decode_seq_ids
         pos = np.asarray(plan.decode_positions, dtype=np.int64)
         ids = np.asarray(plan.decode_input_ids if sids else [], dtype=np.int64)
-        pending = pending_rows(sids, ids, self._last_rows) if sids else None
+        pending = pending_rows(sids, ids, self._last_seq_ids) if sids else None
         if pending is not None:
             ids = np.where(pending >= 0, 0, ids)     # filled on the device (``_fill_pending``)
         self._check_range(ids, self.dims.vocab_size, "decode input token id")
