@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from gpu_backend.full_graphs import FullGraphs, FullLayout
+from gpu_backend.full_graphs import FullLayout
 from gpu_backend.models import LlamaWeights
 from gpu_backend.paged_prefill import BLOCK_M
 from gpu_backend.plan import BatchPlan, PrefillChunk
 from gpu_backend.torch_executor import TorchExecutor
-from tests.gpu_backend.eager_replay import EagerReplay
+from tests.gpu_backend.eager_replay import EagerFullGraphs
 from tests.gpu_backend.tiny_model import perturbed_tiny_model
 
 
@@ -52,17 +52,10 @@ def test_layout_packs_decodes_first_then_chunks_with_padding_defaults():
     assert FullLayout.for_bucket(16, max_decodes=256, max_chunks=32).decodes == 16
 
 
-class _EagerFull(FullGraphs):
-    """The whole-iteration graph path with eager "replays", on the CPU."""
-
-    def _capture(self) -> None:
-        self.graphs = {k: EagerReplay(lambda k=k: self._body(k)) for k in self.keys}
-
-
 def test_full_graph_path_samples_what_transformers_picks_and_pads_into_scratch(hf):
     ex = TorchExecutor(LlamaWeights.from_hf(hf, "tiny"), device="cpu", num_gpu_blocks=64, num_host_blocks=0,
                        max_model_len=256)
-    ex.full = _EagerFull(ex.model, ex.tables, max_decodes=4, sizes=(16, 64, 128), max_chunks=3)
+    ex.full = EagerFullGraphs(ex.model, ex.tables, max_decodes=4, sizes=(16, 64, 128), max_chunks=3)
     calls = []
     run = ex.full.run
     ex.full.run = lambda n, staged, k: calls.append(n) or run(n, staged, k)
@@ -95,7 +88,7 @@ def test_full_graph_path_samples_what_transformers_picks_and_pads_into_scratch(h
 def test_each_bucket_has_a_graph_for_a_few_decodes_and_one_for_many(hf):
     ex = TorchExecutor(LlamaWeights.from_hf(hf, "tiny"), device="cpu", num_gpu_blocks=16, num_host_blocks=0,
                        max_model_len=64)
-    full = _EagerFull(ex.model, ex.tables, max_decodes=16, sizes=(16, 64), few_decodes=8)
+    full = EagerFullGraphs(ex.model, ex.tables, max_decodes=16, sizes=(16, 64), few_decodes=8)
     assert full.keys == [(16, 8), (16, 16), (64, 8), (64, 16)]
     assert full.bucket(10, 3, 1, 4) == (16, 8) and full.bucket(16, 12, 1, 13) == (16, 16)
     assert full.bucket(30, 5, 1, 6) == (64, 8) and full.bucket(30, 12, 1, 13) == (64, 16)

@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from gpu_backend import epilogue_gemms, rope_decode_attention
-from gpu_backend.decode_graphs import DecodeGraphs
 from gpu_backend.epilogue_gemms import TileConfig
 from gpu_backend.mixed_graphs import MixedGraphs
 from gpu_backend.models import LlamaWeights
-from tests.gpu_backend.eager_replay import EagerReplay
+from tests.gpu_backend.eager_replay import EagerDecodeGraphs, EagerReplay
 from tests.gpu_backend.kernel_device import kernel_device
 from tests.gpu_backend.tiny_model import perturbed_tiny_model
 from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
@@ -269,16 +268,9 @@ def test_bad_plans_are_refused_with_the_culprit_named(weights):
         ex.decode_step_affine(4)
 
 
-class _EagerGraphs(DecodeGraphs):
-    """The CUDA-graph decode path (static buffers, buckets, padding) with eager "replays", on the CPU."""
-
-    def _capture(self) -> None:
-        self.graphs = {n: EagerReplay(lambda n=n: self._body(n)) for n in self.sizes}
-
-
 def test_graph_decode_path_pads_into_the_scratch_block_only(hf, weights):
     ex = TorchExecutor(weights, device="cpu", num_gpu_blocks=64, num_host_blocks=0, max_model_len=256)
-    ex.graphs = _EagerGraphs(ex.model, ex.tables, max_batch=16)
+    ex.graphs = EagerDecodeGraphs(ex.model, ex.tables, max_batch=16)
     assert ex.graphs.sizes == [1, 2, 4, 8, 16]
     seqs = {i: tokens(20 + 9 * i, 40 + i) for i in range(5)}
     tables = {i: [10 * i + j for j in range(3 + i)] for i in range(5)}   # tables of different lengths

@@ -7,12 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpu_backend.decode_graphs import DecodeGraphs
-from gpu_backend.full_graphs import FullGraphs
 from gpu_backend.models import LlamaWeights
 from gpu_backend.plan import PENDING_TOKEN, BatchPlan, GroupMove, PrefillChunk
 from gpu_backend.torch_executor import TorchExecutor
-from tests.gpu_backend.eager_replay import EagerReplay
+from tests.gpu_backend.eager_replay import EagerDecodeGraphs, EagerFullGraphs
 from tests.gpu_backend.tiny_model import perturbed_tiny_model
 
 
@@ -35,22 +33,12 @@ def greedy(hf, ids: list[int]) -> int:
         return int(hf(torch.tensor([ids])).logits[0, -1].argmax())
 
 
-class _EagerGraphs(DecodeGraphs):
-    def _capture(self) -> None:
-        self.graphs = {n: EagerReplay(lambda n=n: self._body(n)) for n in self.sizes}
-
-
-class _EagerFull(FullGraphs):
-    def _capture(self) -> None:
-        self.graphs = {k: EagerReplay(lambda k=k: self._body(k)) for k in self.keys}
-
-
 def executor(weights, path: str) -> TorchExecutor:
     ex = TorchExecutor(weights, device="cpu", num_gpu_blocks=64, num_host_blocks=8, max_model_len=256)
     if path == "decode_graph":
-        ex.graphs = _EagerGraphs(ex.model, ex.tables, max_batch=8)
+        ex.graphs = EagerDecodeGraphs(ex.model, ex.tables, max_batch=8)
     elif path == "full_graph":
-        ex.full = _EagerFull(ex.model, ex.tables, max_decodes=4, sizes=(16, 64), max_chunks=3)
+        ex.full = EagerFullGraphs(ex.model, ex.tables, max_decodes=4, sizes=(16, 64), max_chunks=3)
     return ex
 
 
