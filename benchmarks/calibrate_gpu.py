@@ -11,7 +11,11 @@ fidelity figures beside other leases'.
 
 Usage (on the GPU machine, from the repository root)::
 
-    python benchmarks/calibrate_gpu.py --out DIR [--models llama-1b,smollm2-135m,llama-8b]
+    python benchmarks/calibrate_gpu.py --out DIR [--models llama-1b,smollm2-135m,llama-8b] [--async-scheduling]
+
+``--async-scheduling``: the profiles are fitted on each iteration's device time (``servegym profile
+--timing device``, written as ``h200-MODEL-async-fitted.json``) and judged on real runs that schedule
+asynchronously (``servegym fidelity --async-scheduling``), where the host's work hides behind the device's.
 
 Models are built with random weights of their shape (timing does not depend on the values,
 and the SmolLM2 checkpoint is larger than what travels to the device). Needs torch,
@@ -72,20 +76,25 @@ def main(argv=None) -> int:
     p.add_argument("--passes", default=None, help="passes over the sweep (servegym profile's default if not given)")
     p.add_argument("--probe-seconds", type=float, default=20.0,
                    help="first time the lent machine's GPU and host for this long (gpu_stability_gpu.py; 0: skip)")
+    p.add_argument("--async-scheduling", action="store_true",
+                   help="fit device time and judge asynchronously scheduled real runs (h200-MODEL-async-fitted)")
     add_executor_flag_args(p)      # passed on to servegym profile and fidelity
     args = p.parse_args(argv)
     flag_args = [flag_spelling(name, on) for name, on in executor_flag_options(args).items()]
+    timing_args = ["--timing", "device"] if args.async_scheduling else []
+    async_args = ["--async-scheduling"] if args.async_scheduling else []
+    suffix = "-async-fitted" if args.async_scheduling else "-fitted"
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     if args.probe_seconds > 0:      # how this lease's GPU and host compare with others' (BENCHMARKS.md, session 13)
         _run([str(ROOT / "benchmarks" / "gpu_stability_gpu.py"), "--seconds", str(args.probe_seconds), "--out",
               str(args.out)], "gpu_stability_gpu.py")
     for model in args.models.split(","):
-        prof = args.out / f"h200-{model}-fitted.json"
+        prof = args.out / f"h200-{model}{suffix}.json"
         if not args.skip_profile:
             t0 = time.perf_counter()
             _cli(["profile", "--model", model, "--random-weights", "--out", str(prof),
-                  "--samples", str(args.out / f"samples-{model}.json"), *flag_args,
+                  "--samples", str(args.out / f"samples-{model}.json"), *flag_args, *timing_args,
                   *(["--passes", args.passes] if args.passes else [])])
             print(f"   profile {model}: {time.perf_counter() - t0:.0f} s", flush=True)
         elif not prof.exists():
@@ -95,7 +104,8 @@ def main(argv=None) -> int:
             fid = args.out / f"fid-{model}-{label}.json"
             # two warm-ups: the first compiles kernels, the second is a clean repeat of the recorded run
             _cli(["fidelity", "--device", "cuda", "--model", model, "--random-weights", "--profile", str(prof),
-                  "--warmup-runs", "2", "--json", str(fid), *workload_args(model, label, extra), *flag_args])
+                  "--warmup-runs", "2", "--json", str(fid), *workload_args(model, label, extra), *flag_args,
+                  *async_args])
             d = json.loads(fid.read_text())
             e2e = d["end_to_end"]
             rows.append((model, label, d["per_iteration"]["mape"], d["per_iteration"]["p50"],

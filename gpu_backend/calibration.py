@@ -13,7 +13,10 @@ prefill chunks over cached prefixes, mixed batches, and swaps (group sizes x cop
 as a per-copy latency plus bytes over bandwidth, as FastSwitch models them: papers.md §5). Each
 shape is run a few times after a warm-up, in each of several passes over the whole sweep; the
 median wall time of ``execute`` is what the engine's clock would advance by, so that is what is
-fitted. Rows are weighted by 1/time, so the fit minimises relative error, and coefficients are
+fitted (``--timing wall``). Under asynchronous scheduling the host plans the next iteration while the
+device runs this one, and an iteration lasts its device time: ``--timing device`` fits each shape's
+median device time instead. The host's share moves from one lent machine to the next, the device's
+does not (BENCHMARKS.md, session 16), so such a profile also holds on other machines. Rows are weighted by 1/time, so the fit minimises relative error, and coefficients are
 kept non-negative (a negative cost per token would let the simulator predict shorter iterations
 for bigger batches).
 
@@ -28,7 +31,7 @@ import bisect
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +123,24 @@ def fit_decode_table(samples: list[Sample], graph_sizes: tuple[int, ...] | None 
                        round_up=round_up, per_longest_token_s=longest if any(longest) else ())
 
 
+TIMINGS = ("wall", "device")
+
+
+def timed_as(samples: list[Sample], timing: str) -> list[Sample]:
+    """The samples with ``duration_s`` as ``timing`` reads an iteration: ``"wall"``, the wall time of a
+    synchronous ``execute`` (host work included), or ``"device"``, its device time (what an iteration lasts
+    under asynchronous scheduling). Swap samples keep their wall time either way."""
+    if timing not in TIMINGS:
+        raise ValueError(f"timing must be one of {', '.join(TIMINGS)}, got {timing!r}")
+    if timing == "wall":
+        return list(samples)
+    lacking = sum(1 for s in samples if s.kind != "swap" and s.device_s <= 0)
+    if lacking:
+        raise ValueError(f"timing 'device' needs every iteration sample's device time; {lacking} of {len(samples)} "
+                         f"samples have none (samples files from before session 13 do not keep it)")
+    return [s if s.kind == "swap" else replace(s, duration_s=s.device_s) for s in samples]
+
+
 def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fit:
     """Decode iterations: a table per batch size (``DecodeTable``), when the sweep timed enough of
     them. The other iterations: weighted (1/time) non-negative least squares of ``LINEAR_FEATURES``
@@ -179,7 +200,12 @@ def _passes_text(samples: list[Sample]) -> str:
     return f" each the median of {passes} passes" if passes > 1 else ""
 
 
-def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[Sample]) -> dict:
+def _timing_text(timing: str) -> str:
+    return ("wall time of synchronous iterations" if timing == "wall"
+            else "device time of each iteration, for asynchronous scheduling")
+
+
+def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[Sample], timing: str = "wall") -> dict:
     """A profile file ``gpu_backend.profiles.load_profile`` reads: shape, device, KV and the fitted model."""
     d = executor.dims
     cap = executor.capacity()
@@ -191,7 +217,7 @@ def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[S
                         f"split_gemms={'on' if executor.split_gemms else 'off'}, "
                         f"epilogue_gemms={'on' if executor.epilogue_gemms else 'off'}, "
                         f"fused_rope={'on' if executor.fused_rope else 'off'}), {len(samples)} shapes"
-                        f"{_passes_text(samples)}, "
+                        f"{_passes_text(samples)}, {_timing_text(timing)}, "
                         f"in-sample MAPE {f.mape['all']:.1%} (max {f.max_ape:.1%})."),
         "model": {"name": d.name, "num_layers": shape.num_layers, "hidden_size": shape.hidden_size,
                   "num_heads": shape.num_heads, "num_kv_heads": shape.num_kv_heads,
@@ -207,26 +233,28 @@ def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[S
         "kv": {"block_size": cap.block_size, "num_gpu_blocks": cap.num_gpu_blocks,
                "num_host_blocks": cap.num_host_blocks, "max_model_len": cap.max_model_len},
         "cost_model": _cost_model_json(f),
-        "fit": {"mape": f.mape, "max_ape": f.max_ape, "num_samples": len(samples)},
+        "fit": {"mape": f.mape, "max_ape": f.max_ape, "num_samples": len(samples), "timing": timing},
     }
 
 
-def refit_profile_json(base: dict, samples: list[Sample], when: str) -> dict:
+def refit_profile_json(base: dict, samples: list[Sample], when: str, timing: str | None = None) -> dict:
     """``base`` (a fitted profile's JSON) with its cost model fitted again on ``samples``: the same
-    model, device and KV sizes, today's features. The decode table rounds up as ``base``'s did."""
+    model, device and KV sizes, today's features. The decode table rounds up as ``base``'s did; the
+    timing is ``timing``, or ``base``'s (wall for profiles that do not say)."""
     table = base.get("cost_model", {}).get("decode_table")
     graph_sizes = tuple(table["num_seqs"]) if table and table.get("round_up") else None
-    f = fit(samples, graph_sizes)
+    timing = timing or base.get("fit", {}).get("timing", "wall")
+    f = fit(timed_as(samples, timing), graph_sizes)
     out = json.loads(json.dumps(base))
     out["description"] = (f"{base.get('description', '')} Refitted on {when} from its {len(samples)} samples "
-                          f"with features {', '.join(LINEAR_FEATURES)}: in-sample MAPE {f.mape['all']:.1%} "
-                          f"(max {f.max_ape:.1%}).").strip()
+                          f"with features {', '.join(LINEAR_FEATURES)}, {_timing_text(timing)}: in-sample MAPE "
+                          f"{f.mape['all']:.1%} (max {f.max_ape:.1%}).").strip()
     out["cost_model"] = _cost_model_json(f)
     if f.copy_latency_s and f.host_bandwidth:
         out["device"]["copy_latency_s"] = f.copy_latency_s
         out["device"]["host_bandwidth"] = f.host_bandwidth
     out["device"]["iteration_overhead_s"] = max(f.coefficients["intercept"], 1e-6)
-    out["fit"] = {"mape": f.mape, "max_ape": f.max_ape, "num_samples": len(samples)}
+    out["fit"] = {"mape": f.mape, "max_ape": f.max_ape, "num_samples": len(samples), "timing": timing}
     return out
 
 
@@ -283,6 +311,9 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passes", type=_positive_int, default=Sweep().passes,
                    help="passes over the whole sweep; each shape keeps its median pass (default: %(default)s)")
     p.add_argument("--samples", type=Path, default=None, help="also write every timed sample as JSON")
+    p.add_argument("--timing", choices=TIMINGS, default="wall",
+                   help="fit each shape's wall time (synchronous scheduling) or its device time (asynchronous "
+                        "scheduling hides the host's work; default: %(default)s)")
     add_executor_flag_args(p)     # which were on is recorded in the profile's description
 
 
@@ -311,9 +342,9 @@ def run_profile(args: argparse.Namespace) -> int:
     if graph_sizes and not args.quick:
         sweep.decode_batches = graph_sizes      # one table row per captured decode graph
     samples = measure(ex, sweep)
-    f = fit(samples, graph_sizes)
+    f = fit(timed_as(samples, args.timing), graph_sizes)
     name = args.name or args.out.stem
-    prof = profile_json(name, ex, f, info, samples)
+    prof = profile_json(name, ex, f, info, samples, args.timing)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(prof, indent=2) + "\n")
     if args.samples is not None:

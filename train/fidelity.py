@@ -71,18 +71,43 @@ class RecordingExecutor:
     def decode_step_affine(self, num_seqs: int):
         return self.inner.decode_step_affine(num_seqs)
 
-    def execute(self, plan):
+    def _now(self) -> float:
+        return self.clock() if self.clock is not None else math.nan
+
+    def _copy(self, plan):
+        """The plan as the simulator sees it, and the requests it schedules for the first time."""
         from gpu_backend.plan import BatchPlan, PrefillChunk
 
-        start = self.clock() if self.clock is not None else math.nan
         ids = [c.seq_id for c in plan.prefills] + list(plan.decode_seq_ids)
         new_ids = tuple(dict.fromkeys(i for i in ids if i not in self._seen))
         self._seen.update(new_ids)
-        res = self.inner.execute(plan)
         copy = BatchPlan(
             prefills=[PrefillChunk(c.seq_id, c.start, c.num_tokens, [], c.samples) for c in plan.prefills],
             num_decode=plan.num_decode, decode_context_sum=plan.decode_context_sum,
             decode_context_max=plan.decode_context_max, swap_in=list(plan.swap_in), swap_out=list(plan.swap_out))
+        return copy, new_ids
+
+    def execute(self, plan):
+        start = self._now()
+        copy, new_ids = self._copy(plan)
+        res = self.inner.execute(plan)
+        self.records.append(IterationRecord(copy, res.duration_s, res.compute_s, start, new_ids))
+        return res
+
+
+class PipelinedRecordingExecutor(RecordingExecutor):
+    """``RecordingExecutor`` for asynchronous scheduling (``launch``/``collect``). An iteration is recorded when
+    it is collected, in launch order: the engine's clock then stands at the end of the one before, which is
+    when it began (the executor times it from there)."""
+
+    def launch(self, plan):
+        copy, new_ids = self._copy(plan)
+        return copy, new_ids, self.inner.launch(plan)
+
+    def collect(self, launched):
+        copy, new_ids, handle = launched
+        start = self._now()
+        res = self.inner.collect(handle)
         self.records.append(IterationRecord(copy, res.duration_s, res.compute_s, start, new_ids))
         return res
 
@@ -135,7 +160,7 @@ def _record_plan(rec: dict):
 
 def _settings(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in ("workload", "policy", "model", "num_requests", "rate", "seed", "batching",
-                                          "preemption", "max_num_batched_tokens", "max_num_seqs")}
+                                          "preemption", "max_num_batched_tokens", "max_num_seqs", "async_scheduling")}
 
 
 def _workload(settings: dict):
@@ -147,11 +172,14 @@ def _workload(settings: dict):
     return specs
 
 
-def _config(settings: dict, gpu_blocks: int, host_blocks: int) -> EngineConfig:
+def _config(settings: dict, gpu_blocks: int, host_blocks: int, real: bool) -> EngineConfig:
+    """Both runs' engine settings. Only the real run schedules asynchronously where the settings say so
+    (runs recorded before session 16 do not say: synchronous); the simulator has no host to hide."""
     return EngineConfig(max_num_batched_tokens=settings["max_num_batched_tokens"],
                         max_num_seqs=settings["max_num_seqs"], batching=settings["batching"],
                         preemption_mode=settings["preemption"], num_gpu_blocks=gpu_blocks,
-                        num_host_blocks=host_blocks, lazy_block_ids=False, multi_step=False)
+                        num_host_blocks=host_blocks, lazy_block_ids=False, multi_step=False,
+                        async_scheduling=real and settings.get("async_scheduling", False))
 
 
 def _real_run(args: argparse.Namespace, profile) -> dict:
@@ -175,14 +203,14 @@ def _real_run(args: argparse.Namespace, profile) -> dict:
     # the same KV memory in both runs
     gpu_blocks = min(cap.num_gpu_blocks, profile.num_gpu_blocks)
     host_blocks = min(cap.num_host_blocks, profile.num_host_blocks)
-    config = _config(settings, gpu_blocks, host_blocks)
+    config = _config(settings, gpu_blocks, host_blocks, real=True)
     kvb = cap.bytes_per_block // cap.block_size
     warmup_metrics = []
     for _ in range(args.warmup_runs):   # compiles kernels and warms the allocator for the shapes the run meets
         warm = ServingEngine(real_ex, make_policy(args.policy), config)
         warm.load(specs)
         warmup_metrics.append(compute_metrics(warm.run(), kv_bytes_per_token=kvb).to_dict())
-    rec = RecordingExecutor(real_ex)
+    rec = (PipelinedRecordingExecutor if config.async_scheduling else RecordingExecutor)(real_ex)
     engine = ServingEngine(rec, make_policy(args.policy), config)
     rec.clock = lambda: engine.clock
     engine.load(specs)
@@ -202,6 +230,10 @@ def judge(real: dict, profile) -> dict:
     from gpu_backend.sim_executor import SimExecutor
 
     settings = real["settings"]
+    if not real["records"]:
+        rejected = real["metrics"].get("num_rejected", 0)
+        raise ValueError(f"the real run of {settings['workload']} served no iteration ({rejected} requests rejected): "
+                         f"nothing to judge; give it KV memory for its requests")
     gpu_blocks, host_blocks = real["num_gpu_blocks"], real["num_host_blocks"]
     sim_ex = SimExecutor(profile, num_gpu_blocks=gpu_blocks, num_host_blocks=host_blocks)
     plans = [_record_plan(r) for r in real["records"]]
@@ -213,7 +245,7 @@ def judge(real: dict, profile) -> dict:
     host = host_time(real["records"], kinds)
     specs = _workload(settings)
     sim_engine = ServingEngine(SimExecutor(profile, num_gpu_blocks=gpu_blocks, num_host_blocks=host_blocks),
-                               make_policy(settings["policy"]), _config(settings, gpu_blocks, host_blocks))
+                               make_policy(settings["policy"]), _config(settings, gpu_blocks, host_blocks, real=False))
     sim_engine.load(specs)
     sim_record = sim_engine.run()
     m_real = real["metrics"]
@@ -348,6 +380,9 @@ def add_fidelity_args(p: argparse.ArgumentParser) -> None:
                    help="KV blocks of both runs (default: the smaller of the executor's and the profile's)")
     p.add_argument("--random-weights", action="store_true",
                    help="the model's shape with random weights (timing does not depend on the values)")
+    p.add_argument("--async-scheduling", action="store_true",
+                   help="the real run plans each iteration while the previous one runs (vLLM's --async-scheduling), "
+                        "so iterations last their device time: judge a profile fitted with --timing device")
     add_executor_flag_args(p)
     p.add_argument("--warmup-runs", type=int, default=1,
                    help="unrecorded runs of the workload first, so kernel compilation is not timed (default 1)")

@@ -170,6 +170,7 @@ def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):
     written = profile_json("cpu-tiny", ex, f, info, samples)
     # off CUDA neither optional kernel runs, and the description says so
     assert "CUDA graphs for decode, split_gemms=off, epilogue_gemms=off, fused_rope=off)" in written["description"]
+    assert written["fit"]["timing"] == "wall" and "wall time of synchronous iterations" in written["description"]
     path.write_text(json.dumps(written))
     prof = load_profile(str(path))
     assert isinstance(prof.cost, LinearCostModel)
@@ -338,3 +339,42 @@ def test_older_samples_files_are_refitted_with_todays_features(tmp_path):
     path.write_text(json.dumps(rows))
     with pytest.raises(ValueError, match=r"samples file .*samples.json: sample 3: a sample has 7 features; expected 12"):
         load_samples(path)
+
+
+def test_a_device_timed_fit_reads_each_iterations_device_time_and_the_swaps_wall_time(tmp_path):
+    """``--timing device`` (asynchronous scheduling): iteration samples are fitted on their device time, so host
+    work that varies from machine to machine leaves the coefficients alone; swap samples keep their copy times."""
+    from gpu_backend.calibration import refit_profile_json, timed_as
+    from gpu_backend.calibration_sweep import Sample
+    from gpu_backend.profiles import PROFILE_DIR
+
+    truth = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5, 6e-4, 3e-4, 5e-4)))
+    rng = np.random.default_rng(5)
+    samples = []
+    for _ in range(40):
+        f = _features(rng, prefill=True)
+        device = float(np.dot(f, list(truth.values())))
+        samples.append(Sample("mixed", f, device + float(rng.uniform(1e-4, 9e-4)), device_s=device))
+    samples += [Sample("swap", (), 1e-3, 1, 65536, 5e-6 + 65536 / 50e9),
+                Sample("swap", (), 1e-3, 8, 2**24, 8 * 5e-6 + 2**24 / 50e9)]
+    as_device = timed_as(samples, "device")
+    assert [s.duration_s for s in as_device[:40]] == [s.device_s for s in samples[:40]]
+    assert as_device[40:] == samples[40:] and timed_as(samples, "wall") == samples
+    base = json.loads((PROFILE_DIR / "fitted" / "h200-llama-1b-fitted.json").read_text())
+    out = refit_profile_json(base, samples, "2026-11-22", "device")
+    c = out["cost_model"]["coefficients"]
+    assert c["intercept"] + c["has_prefill"] == pytest.approx(3e-3, rel=1e-6)
+    for k, v in truth.items():
+        if k not in ("intercept", "has_prefill"):
+            assert c[k] == pytest.approx(v, rel=1e-6)
+    assert out["device"]["copy_latency_s"] == pytest.approx(5e-6, rel=1e-6)
+    assert out["fit"]["timing"] == "device" and "device time of each iteration" in out["description"]
+    # a refit keeps the base's timing unless told otherwise; profiles that do not say were fitted on wall time
+    assert refit_profile_json(out, samples, "2026-11-22")["fit"]["timing"] == "device"
+    assert refit_profile_json(base, samples, "2026-11-22")["fit"]["timing"] == "wall"
+
+    with pytest.raises(ValueError, match="timing must be one of wall, device, got 'host'"):
+        timed_as(samples, "host")
+    old = samples[:40] + [Sample("mixed", samples[0].features, 2e-3)] + samples[40:]
+    with pytest.raises(ValueError, match="timing 'device' needs every iteration sample's device time; 1 of 43 samples"):
+        timed_as(old, "device")

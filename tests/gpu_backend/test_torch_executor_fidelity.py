@@ -17,7 +17,9 @@ from gpu_backend.torch_executor import TorchExecutor
 from train.cli import build_parser
 
 
-def test_fidelity_compares_identical_plans_and_whole_runs(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def cpu_profile(tmp_path_factory) -> Path:
+    """A profile of the tiny model fitted on the CPU executor (wall time)."""
     ex = TorchExecutor("tiny", device="cpu", num_gpu_blocks=96, num_host_blocks=64)
     sweep = Sweep(decode_batches=(1, 4, 8), decode_contexts=(64, 256), prefill_tokens=(16, 128, 256),
                   prefill_starts=(0, 128), prefill_batches=(2,), mixed=((4, 64),), swap_groups=(1, 8),
@@ -25,8 +27,13 @@ def test_fidelity_compares_identical_plans_and_whole_runs(tmp_path, capsys):
     samples = measure(ex, sweep, log=lambda *a: None)
     info = {"name": "cpu", "memory_bytes": 2**34, "hbm_bandwidth": 1e11, "matmul_flops": 1e12,
             "host_bandwidth": 1e10, "date": "2026-11-21"}
-    prof = tmp_path / "cpu-tiny.json"
+    prof = tmp_path_factory.mktemp("profile") / "cpu-tiny.json"
     prof.write_text(json.dumps(profile_json("cpu-tiny", ex, fit(samples), info, samples)))
+    return prof
+
+
+def test_fidelity_compares_identical_plans_and_whole_runs(tmp_path, capsys, cpu_profile):
+    prof = cpu_profile
     out = tmp_path / "fid.json"
     args = build_parser().parse_args(
         ["fidelity", "--workload", "vtc-overload-2", "--model", "tiny", "--device", "cpu", "--profile", str(prof),
@@ -90,6 +97,48 @@ def test_fidelity_compares_identical_plans_and_whole_runs(tmp_path, capsys):
                                       str(replayed)])
     assert args.func(args) == 0
     assert json.loads(replayed.read_text())["per_iteration"] == data["per_iteration"]
+
+
+def test_an_asynchronous_real_run_is_recorded_in_launch_order_on_the_engines_clock(tmp_path, cpu_profile):
+    """With --async-scheduling the real engine plans each iteration while the previous one runs, through the
+    recorder's launch/collect; the simulator's run stays synchronous. Each record begins where the engine's
+    clock stood when the one before it ended, so the replay with the measured times gives the real run back."""
+    from train.fidelity import END_TO_END_KEYS
+    from train.fidelity_replay import replay_metrics
+
+    out = tmp_path / "fid.json"
+    args = build_parser().parse_args(
+        ["fidelity", "--workload", "vtc-overload-2", "--model", "tiny", "--device", "cpu", "--profile",
+         str(cpu_profile), "-n", "6", "--rate", "50", "--async-scheduling", "--warmup-runs", "0", "--json", str(out)])
+    assert args.func(args) == 0
+    data = json.loads(out.read_text())
+    real = data["real_run"]
+    assert real["settings"]["async_scheduling"] is True
+    assert len(real["records"]) == real["iterations"] == data["iterations"]["real"] > 0
+    assert sum(len(r["new_ids"]) for r in real["records"]) == 6
+    starts = [r["start_s"] for r in real["records"]]
+    ends = [r["start_s"] + r["s"] for r in real["records"]]
+    assert starts == sorted(starts) and all(b >= a for a, b in zip(ends, starts[1:]))
+    measured = np.array([r["s"] for r in real["records"]])
+    again = replay_metrics(real, measured, real["kv_bytes_per_token"])
+    assert {k: again[k] for k in END_TO_END_KEYS} == {k: real["metrics"][k] for k in END_TO_END_KEYS}
+
+
+def test_a_real_run_that_served_nothing_is_refused_by_name(tmp_path, cpu_profile):
+    args = build_parser().parse_args(
+        ["fidelity", "--workload", "shared-doc-qa", "--model", "tiny", "--device", "cpu", "--profile",
+         str(cpu_profile), "-n", "2", "--warmup-runs", "0"])
+    with pytest.raises(ValueError, match=r"the real run of shared-doc-qa served no iteration \(2 requests rejected\)"):
+        args.func(args)
+
+
+def test_runs_recorded_before_the_setting_existed_are_judged_as_synchronous():
+    from train.fidelity import _config
+
+    old = {"max_num_batched_tokens": 2048, "max_num_seqs": 8, "batching": "sarathi", "preemption": "swap"}
+    assert _config(old, 40, 8, real=True).async_scheduling is False
+    assert _config({**old, "async_scheduling": True}, 40, 8, real=True).async_scheduling is True
+    assert _config({**old, "async_scheduling": True}, 40, 8, real=False).async_scheduling is False
 
 
 def test_fidelity_rejects_bad_arguments(tmp_path):
