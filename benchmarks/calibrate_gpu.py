@@ -13,8 +13,8 @@ Usage (on the GPU machine, from the repository root)::
 
     python benchmarks/calibrate_gpu.py --out DIR [--models llama-1b,smollm2-135m,llama-8b] [--async-scheduling]
 
-``--async-scheduling``: the profiles are fitted on each iteration's device time (``servegym profile
---timing device``, written as ``h200-MODEL-async-fitted.json``) and judged on real runs that schedule
+``--async-scheduling``: the profiles are fitted on each iteration launched back to back (``servegym profile
+--timing async``, written as ``h200-MODEL-async-fitted.json``) and judged on real runs that schedule
 asynchronously (``servegym fidelity --async-scheduling``), where the host's work hides behind the device's.
 
 Models are built with random weights of their shape (timing does not depend on the values,
@@ -77,11 +77,11 @@ def main(argv=None) -> int:
     p.add_argument("--probe-seconds", type=float, default=20.0,
                    help="first time the lent machine's GPU and host for this long (gpu_stability_gpu.py; 0: skip)")
     p.add_argument("--async-scheduling", action="store_true",
-                   help="fit device time and judge asynchronously scheduled real runs (h200-MODEL-async-fitted)")
+                   help="fit back-to-back iterations and judge asynchronously scheduled real runs (h200-MODEL-async-fitted)")
     add_executor_flag_args(p)      # passed on to servegym profile and fidelity
     args = p.parse_args(argv)
     flag_args = [flag_spelling(name, on) for name, on in executor_flag_options(args).items()]
-    timing_args = ["--timing", "device"] if args.async_scheduling else []
+    timing_args = ["--timing", "async"] if args.async_scheduling else []
     async_args = ["--async-scheduling"] if args.async_scheduling else []
     suffix = "-async-fitted" if args.async_scheduling else "-fitted"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ gains a feature, the shapes already timed can be fitted again (features of older
 files are derived from the ones they have), and the result judged against kept real runs
 with ``servegym fidelity --replay``; only new shapes need the GPU.
 
-    python benchmarks/refit_profile.py --base PROFILE.json --samples SAMPLES.json --out NEW.json [--timing device]
+    python benchmarks/refit_profile.py --base PROFILE.json --samples SAMPLES.json --out NEW.json [--timing async]
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", type=Path, required=True, help="the fitted profile JSON the samples came with")
     p.add_argument("--samples", type=Path, required=True, help="its samples (servegym profile --samples)")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--timing", choices=("wall", "device"), default=None,
-                   help="fit wall or device time (default: the base profile's, wall if it does not say)")
+    p.add_argument("--timing", choices=("wall", "async"), default=None,
+                   help="fit wall or back-to-back time (default: the base profile's, wall if it does not say)")
     args = p.parse_args(argv)
 
     from gpu_backend.calibration import refit_profile_json

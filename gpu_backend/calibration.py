@@ -13,10 +13,11 @@ prefill chunks over cached prefixes, mixed batches, and swaps (group sizes x cop
 as a per-copy latency plus bytes over bandwidth, as FastSwitch models them: papers.md §5). Each
 shape is run a few times after a warm-up, in each of several passes over the whole sweep; the
 median wall time of ``execute`` is what the engine's clock would advance by, so that is what is
-fitted (``--timing wall``). Under asynchronous scheduling the host plans the next iteration while the
-device runs this one, and an iteration lasts its device time: ``--timing device`` fits each shape's
-median device time instead. The host's share moves from one lent machine to the next, the device's
-does not (BENCHMARKS.md, session 16), so such a profile also holds on other machines. Rows are weighted by 1/time, so the fit minimises relative error, and coefficients are
+fitted (``--timing wall``). Under asynchronous scheduling the host enqueues the next iteration while
+the device runs this one, and an iteration lasts from the end of the one before to its own end:
+``--timing async`` also times each shape so, launched back to back (``Sweep.pipelined``), and fits
+that. The host's share moves from one lent machine to the next and the device's far less
+(BENCHMARKS.md, session 16), so such a profile also holds on other machines. Rows are weighted by 1/time, so the fit minimises relative error, and coefficients are
 kept non-negative (a negative cost per token would let the simulator predict shorter iterations
 for bigger batches).
 
@@ -123,22 +124,22 @@ def fit_decode_table(samples: list[Sample], graph_sizes: tuple[int, ...] | None 
                        round_up=round_up, per_longest_token_s=longest if any(longest) else ())
 
 
-TIMINGS = ("wall", "device")
+TIMINGS = ("wall", "async")
 
 
 def timed_as(samples: list[Sample], timing: str) -> list[Sample]:
     """The samples with ``duration_s`` as ``timing`` reads an iteration: ``"wall"``, the wall time of a
-    synchronous ``execute`` (host work included), or ``"device"``, its device time (what an iteration lasts
-    under asynchronous scheduling). Swap samples keep their wall time either way."""
+    synchronous ``execute`` (host work included), or ``"async"``, its duration when launched while the one
+    before it runs (``Sample.async_s``). Swap samples keep their wall time either way."""
     if timing not in TIMINGS:
         raise ValueError(f"timing must be one of {', '.join(TIMINGS)}, got {timing!r}")
     if timing == "wall":
         return list(samples)
-    lacking = sum(1 for s in samples if s.kind != "swap" and s.device_s <= 0)
+    lacking = sum(1 for s in samples if s.kind != "swap" and s.async_s <= 0)
     if lacking:
-        raise ValueError(f"timing 'device' needs every iteration sample's device time; {lacking} of {len(samples)} "
-                         f"samples have none (samples files from before session 13 do not keep it)")
-    return [s if s.kind == "swap" else replace(s, duration_s=s.device_s) for s in samples]
+        raise ValueError(f"timing 'async' needs every iteration sample's back-to-back duration; {lacking} of "
+                         f"{len(samples)} samples have none (servegym profile --timing async measures it)")
+    return [s if s.kind == "swap" else replace(s, duration_s=s.async_s) for s in samples]
 
 
 def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fit:
@@ -202,7 +203,7 @@ def _passes_text(samples: list[Sample]) -> str:
 
 def _timing_text(timing: str) -> str:
     return ("wall time of synchronous iterations" if timing == "wall"
-            else "device time of each iteration, for asynchronous scheduling")
+            else "each iteration launched while the one before it runs, for asynchronous scheduling")
 
 
 def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[Sample], timing: str = "wall") -> dict:
@@ -312,8 +313,8 @@ def add_profile_args(p: argparse.ArgumentParser) -> None:
                    help="passes over the whole sweep; each shape keeps its median pass (default: %(default)s)")
     p.add_argument("--samples", type=Path, default=None, help="also write every timed sample as JSON")
     p.add_argument("--timing", choices=TIMINGS, default="wall",
-                   help="fit each shape's wall time (synchronous scheduling) or its device time (asynchronous "
-                        "scheduling hides the host's work; default: %(default)s)")
+                   help="fit each shape's wall time (synchronous scheduling) or its duration launched back to back "
+                        "(asynchronous scheduling hides the host's work; default: %(default)s)")
     add_executor_flag_args(p)     # which were on is recorded in the profile's description
 
 
@@ -338,6 +339,7 @@ def run_profile(args: argparse.Namespace) -> int:
                       swap_copies=(1, 8), repeats=3, warmup=1, decode_repeats=3, passes=1)
     else:
         sweep.passes = args.passes
+    sweep.pipelined = args.timing == "async"
     graph_sizes = tuple(ex.graphs.sizes) if ex.graphs is not None else None
     if graph_sizes and not args.quick:
         sweep.decode_batches = graph_sizes      # one table row per captured decode graph

@@ -34,6 +34,9 @@ class Sample:
     decode_context_max: int = 0   # the longest decode's context (0: none, or a samples file without it)
     pass_durations: tuple = ()    # the duration each sweep pass measured, in order (duration_s is their median)
     device_s: float = 0.0         # median device time of the compute (wall minus it: the host's share)
+    # median duration when launched while the iteration before it runs, as asynchronous scheduling's clock
+    # counts it (``Sweep.pipelined``; 0: not measured)
+    async_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -69,6 +72,10 @@ class Sweep:
     # 5-8% from one context to the next (two leases): decode shapes take many more, cheap, steps
     decode_repeats: int = 25
     passes: int = 3             # times the whole sweep is run; each shape keeps its median pass
+    # also time each shape's runs launched back to back, one in flight (``Sample.async_s``): the host
+    # enqueues an iteration while the device runs the one before, so the launch gaps that a synchronous
+    # run's device time includes are gone
+    pipelined: bool = False
 
 
 def shape_features(plan: BatchPlan) -> tuple:
@@ -173,10 +180,14 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
         runs = [executor.execute(plan) for _ in range(sweep.repeats)]
         return tuple(statistics.median(getattr(r, f) for r in runs) for f in ("duration_s", "swap_s", "compute_s"))
 
+    def pipelined(plans: list[BatchPlan]) -> float:
+        """Median duration of ``plans`` after the warm-up ones, each launched while the one before it runs."""
+        return statistics.median(pipelined_durations(executor, plans)[sweep.warmup:]) if sweep.pipelined else 0.0
+
     def run(kind: str, plan: BatchPlan) -> Sample:
         t, _, dev = timed(plan)
         return Sample(kind, shape_features(plan), t, decode_context_max=BatchShape.from_plan(plan).decode_context_max,
-                      device_s=dev)
+                      device_s=dev, async_s=pipelined([plan] * (sweep.warmup + sweep.repeats)))
 
     limit = executor.max_model_len
     steps = sweep.warmup + sweep.decode_repeats
@@ -198,7 +209,7 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
         # one live table per sequence, grown in place as in serving (the executor sends only
         # the entries a table gained; a new list object would be sent whole)
         live = [t[:p // bs + 1] for t, p in zip(full, starts)]
-        times, device, shapes, longest = [], [], [], []
+        times, device, shapes, longest, plans = [], [], [], [], []
         for k in range(steps):
             pos = [p + k for p in starts]
             for t, f, p in zip(live, full, pos):
@@ -208,13 +219,15 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
                              decode_input_ids=_tokens(b, vocab, rng), decode_context_sum=sum(pos) + b,
                              decode_context_max=max(pos) + 1)
             r = executor.execute(plan)
+            plans.append(plan)
             times.append(r.duration_s)
             device.append(r.compute_s)
             shapes.append(shape_features(plan))
             longest.append(plan.decode_context_max)
         mid = sweep.warmup + sweep.decode_repeats // 2
+        # the same steps again, back to back (their KV slots are written again with the same shapes)
         return Sample(kind, shapes[mid], statistics.median(times[sweep.warmup:]), decode_context_max=longest[mid],
-                      device_s=statistics.median(device[sweep.warmup:]))
+                      device_s=statistics.median(device[sweep.warmup:]), async_s=pipelined(plans))
 
     def decode_job(kind: str, ctxs: list[int]):
         return lambda: decode_batch(kind, ctxs)
@@ -301,6 +314,20 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
     return jobs
 
 
+def pipelined_durations(executor, plans: list[BatchPlan]) -> list[float]:
+    """Each plan launched while the one before it runs (``launch``/``collect``, as asynchronous scheduling
+    runs them): its duration as ``collect`` gives it. The first counts from its own launch."""
+    out, prev = [], None
+    for plan in plans:
+        handle = executor.launch(plan)
+        if prev is not None:
+            out.append(executor.collect(prev).duration_s)
+        prev = handle
+    if prev is not None:
+        out.append(executor.collect(prev).duration_s)
+    return out
+
+
 def load_samples(path: str | Path) -> list[Sample]:
     """Samples written by ``servegym profile --samples``, features in today's ``LINEAR_FEATURES`` order."""
     try:
@@ -316,7 +343,8 @@ def load_samples(path: str | Path) -> list[Sample]:
             out.append(Sample(r["kind"], feats, float(r["duration_s"]), int(r.get("swap_copies", 0)),
                               int(r.get("swap_bytes", 0)), float(r.get("swap_s", 0.0)),
                               int(r.get("decode_context_max", 0)),
-                              tuple(float(x) for x in r.get("pass_durations", ())), float(r.get("device_s", 0.0))))
+                              tuple(float(x) for x in r.get("pass_durations", ())), float(r.get("device_s", 0.0)),
+                              float(r.get("async_s", 0.0))))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"samples file {path}: sample {i}: {exc}") from None
     return out

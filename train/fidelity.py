@@ -382,7 +382,7 @@ def add_fidelity_args(p: argparse.ArgumentParser) -> None:
                    help="the model's shape with random weights (timing does not depend on the values)")
     p.add_argument("--async-scheduling", action="store_true",
                    help="the real run plans each iteration while the previous one runs (vLLM's --async-scheduling), "
-                        "so iterations last their device time: judge a profile fitted with --timing device")
+                        "so iterations last their device time: judge a profile fitted with --timing async")
     add_executor_flag_args(p)
     p.add_argument("--warmup-runs", type=int, default=1,
                    help="unrecorded runs of the workload first, so kernel compilation is not timed (default 1)")

@@ -4,7 +4,9 @@ it writes loads as a linear cost profile with the executor's KV geometry."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -341,9 +343,10 @@ def test_older_samples_files_are_refitted_with_todays_features(tmp_path):
         load_samples(path)
 
 
-def test_a_device_timed_fit_reads_each_iterations_device_time_and_the_swaps_wall_time(tmp_path):
-    """``--timing device`` (asynchronous scheduling): iteration samples are fitted on their device time, so host
-    work that varies from machine to machine leaves the coefficients alone; swap samples keep their copy times."""
+def test_an_async_timed_fit_reads_each_iterations_back_to_back_duration_and_the_swaps_wall_time(tmp_path):
+    """``--timing async`` (asynchronous scheduling): iteration samples are fitted on their duration launched back
+    to back, so host work that varies from machine to machine leaves the coefficients alone; swap samples keep
+    their copy times."""
     from gpu_backend.calibration import refit_profile_json, timed_as
     from gpu_backend.calibration_sweep import Sample
     from gpu_backend.profiles import PROFILE_DIR
@@ -353,28 +356,66 @@ def test_a_device_timed_fit_reads_each_iterations_device_time_and_the_swaps_wall
     samples = []
     for _ in range(40):
         f = _features(rng, prefill=True)
-        device = float(np.dot(f, list(truth.values())))
-        samples.append(Sample("mixed", f, device + float(rng.uniform(1e-4, 9e-4)), device_s=device))
+        back_to_back = float(np.dot(f, list(truth.values())))
+        samples.append(Sample("mixed", f, back_to_back + float(rng.uniform(1e-4, 9e-4)), device_s=back_to_back * 1.05,
+                              async_s=back_to_back))
     samples += [Sample("swap", (), 1e-3, 1, 65536, 5e-6 + 65536 / 50e9),
                 Sample("swap", (), 1e-3, 8, 2**24, 8 * 5e-6 + 2**24 / 50e9)]
-    as_device = timed_as(samples, "device")
-    assert [s.duration_s for s in as_device[:40]] == [s.device_s for s in samples[:40]]
-    assert as_device[40:] == samples[40:] and timed_as(samples, "wall") == samples
+    as_async = timed_as(samples, "async")
+    assert [s.duration_s for s in as_async[:40]] == [s.async_s for s in samples[:40]]
+    assert as_async[40:] == samples[40:] and timed_as(samples, "wall") == samples
     base = json.loads((PROFILE_DIR / "fitted" / "h200-llama-1b-fitted.json").read_text())
-    out = refit_profile_json(base, samples, "2026-11-22", "device")
+    out = refit_profile_json(base, samples, "2026-11-22", "async")
     c = out["cost_model"]["coefficients"]
     assert c["intercept"] + c["has_prefill"] == pytest.approx(3e-3, rel=1e-6)
     for k, v in truth.items():
         if k not in ("intercept", "has_prefill"):
             assert c[k] == pytest.approx(v, rel=1e-6)
     assert out["device"]["copy_latency_s"] == pytest.approx(5e-6, rel=1e-6)
-    assert out["fit"]["timing"] == "device" and "device time of each iteration" in out["description"]
+    assert out["fit"]["timing"] == "async" and "launched while the one before it runs" in out["description"]
     # a refit keeps the base's timing unless told otherwise; profiles that do not say were fitted on wall time
-    assert refit_profile_json(out, samples, "2026-11-22")["fit"]["timing"] == "device"
+    assert refit_profile_json(out, samples, "2026-11-22")["fit"]["timing"] == "async"
     assert refit_profile_json(base, samples, "2026-11-22")["fit"]["timing"] == "wall"
+    # samples files keep the back-to-back time
+    from gpu_backend.calibration_sweep import load_samples
 
-    with pytest.raises(ValueError, match="timing must be one of wall, device, got 'host'"):
-        timed_as(samples, "host")
-    old = samples[:40] + [Sample("mixed", samples[0].features, 2e-3)] + samples[40:]
-    with pytest.raises(ValueError, match="timing 'device' needs every iteration sample's device time; 1 of 43 samples"):
-        timed_as(old, "device")
+    path = tmp_path / "samples.json"
+    path.write_text(json.dumps([dataclasses.asdict(s) for s in samples]))
+    assert load_samples(path) == samples
+
+    with pytest.raises(ValueError, match="timing must be one of wall, async, got 'device'"):
+        timed_as(samples, "device")
+    old = samples[:40] + [Sample("mixed", samples[0].features, 2e-3, device_s=1e-3)] + samples[40:]
+    with pytest.raises(ValueError, match="timing 'async' needs every iteration sample's back-to-back duration; 1 of 43"):
+        timed_as(old, "async")
+
+
+def test_a_pipelined_sweep_times_every_iteration_shape_back_to_back_and_leaves_swaps_alone():
+    ex = TorchExecutor("tiny", device="cpu", num_gpu_blocks=256, num_host_blocks=32)
+    sweep = Sweep(decode_batches=(1, 4), decode_contexts=(64, 128), prefill_tokens=(16, 64), prefill_starts=(0, 32),
+                  prefill_batches=(2,), mixed=((2, 32),), prefix_chunks=(), grid_chunk_tokens=(), swap_groups=(1, 4),
+                  swap_copies=(1,), repeats=2, warmup=1, decode_repeats=3, passes=1, pipelined=True)
+    samples = measure(ex, sweep, log=lambda *a: None)
+    assert {s.kind for s in samples} >= {"decode", "prefill", "mixed", "swap"}
+    assert all(s.async_s > 0 for s in samples if s.kind != "swap")
+    assert all(s.async_s == 0 for s in samples if s.kind == "swap")
+    assert all(s.async_s == 0 for s in measure(ex, replace(sweep, pipelined=False), log=lambda *a: None))
+
+
+def test_pipelined_durations_keep_one_iteration_in_flight_and_time_each_from_the_one_before():
+    from gpu_backend.calibration_sweep import pipelined_durations
+
+    calls = []
+
+    class Executor:
+        def launch(self, plan):
+            calls.append(("launch", plan))
+            return plan
+
+        def collect(self, handle):
+            calls.append(("collect", handle))
+            return type("R", (), {"duration_s": 0.001 * handle})()
+
+    assert pipelined_durations(Executor(), [1, 2, 3]) == [0.001, 0.002, 0.003]
+    assert calls == [("launch", 1), ("launch", 2), ("collect", 1), ("launch", 3), ("collect", 2), ("collect", 3)]
+    assert pipelined_durations(Executor(), []) == []
