@@ -4,6 +4,11 @@ It takes exactly the ``BatchPlan`` a real executor takes and returns how long th
 would have run. It also accepts decode plans of ``num_steps > 1`` (identical decode
 iterations, context growing by one token per sequence per step) and times them in
 closed form, which is what makes the simulator fast enough to be an RL training loop.
+
+It also offers ``launch``/``collect``, so an engine with asynchronous scheduling runs on it with the
+same iteration order as on the GPU: requests arriving during an iteration join one iteration later.
+The prediction is the iteration's whole duration, so a profile fitted with ``--timing async`` belongs
+with it.
 """
 
 from __future__ import annotations
@@ -54,3 +59,10 @@ class SimExecutor:
         inc = step.increment(n)
         compute = k * first + inc * (k * (k - 1) / 2)
         return StepResult(compute, compute, 0.0, first, inc)
+
+    def launch(self, plan: BatchPlan) -> StepResult:
+        """Asynchronous scheduling's half of ``execute``: nothing runs, so the prediction is the handle."""
+        return self.execute(plan)
+
+    def collect(self, launched: StepResult) -> StepResult:
+        return launched

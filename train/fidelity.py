@@ -172,14 +172,14 @@ def _workload(settings: dict):
     return specs
 
 
-def _config(settings: dict, gpu_blocks: int, host_blocks: int, real: bool) -> EngineConfig:
-    """Both runs' engine settings. Only the real run schedules asynchronously where the settings say so
-    (runs recorded before session 16 do not say: synchronous); the simulator has no host to hide."""
+def _config(settings: dict, gpu_blocks: int, host_blocks: int) -> EngineConfig:
+    """Both runs' engine settings. Both schedule asynchronously where the settings say so (runs recorded
+    before session 16 do not say: synchronous), so the simulator's run lets arrivals join as late."""
     return EngineConfig(max_num_batched_tokens=settings["max_num_batched_tokens"],
                         max_num_seqs=settings["max_num_seqs"], batching=settings["batching"],
                         preemption_mode=settings["preemption"], num_gpu_blocks=gpu_blocks,
                         num_host_blocks=host_blocks, lazy_block_ids=False, multi_step=False,
-                        async_scheduling=real and settings.get("async_scheduling", False))
+                        async_scheduling=settings.get("async_scheduling", False))
 
 
 def _real_run(args: argparse.Namespace, profile) -> dict:
@@ -203,7 +203,7 @@ def _real_run(args: argparse.Namespace, profile) -> dict:
     # the same KV memory in both runs
     gpu_blocks = min(cap.num_gpu_blocks, profile.num_gpu_blocks)
     host_blocks = min(cap.num_host_blocks, profile.num_host_blocks)
-    config = _config(settings, gpu_blocks, host_blocks, real=True)
+    config = _config(settings, gpu_blocks, host_blocks)
     kvb = cap.bytes_per_block // cap.block_size
     warmup_metrics = []
     for _ in range(args.warmup_runs):   # compiles kernels and warms the allocator for the shapes the run meets
@@ -245,7 +245,7 @@ def judge(real: dict, profile) -> dict:
     host = host_time(real["records"], kinds)
     specs = _workload(settings)
     sim_engine = ServingEngine(SimExecutor(profile, num_gpu_blocks=gpu_blocks, num_host_blocks=host_blocks),
-                               make_policy(settings["policy"]), _config(settings, gpu_blocks, host_blocks, real=False))
+                               make_policy(settings["policy"]), _config(settings, gpu_blocks, host_blocks))
     sim_engine.load(specs)
     sim_record = sim_engine.run()
     m_real = real["metrics"]

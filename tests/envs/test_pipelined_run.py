@@ -16,7 +16,7 @@ from envs.policy import make_policy
 from envs.request import RequestSpec
 from envs.tokens import ConcatTokens, UniqueTokens
 from gpu_backend.models import LlamaWeights
-from gpu_backend.plan import PENDING_TOKEN
+from gpu_backend.plan import PENDING_TOKEN, BatchPlan
 from gpu_backend.executors import make_executor
 from gpu_backend.torch_executor import TorchExecutor
 from tests.gpu_backend.tiny_model import perturbed_tiny_model
@@ -136,6 +136,48 @@ def test_async_run_with_prefix_hits_and_follow_up_turns(hf, weights):
     greedy_continuations(hf, specs, ex.sampled)
 
 
+class ExecuteOnly:
+    """An executor without ``launch``/``collect``."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.supports_multi_step = False
+        self.needs_token_ids = False
+        self.needs_block_ids = False
+
+    def capacity(self):
+        return self.inner.capacity()
+
+    def decode_step_affine(self, num_seqs):
+        return self.inner.decode_step_affine(num_seqs)
+
+    def execute(self, plan):
+        return self.inner.execute(plan)
+
+
 def test_async_scheduling_needs_an_executor_that_launches():
-    with pytest.raises(ValueError, match="async_scheduling needs an executor .* SimExecutor"):
-        ServingEngine(make_executor("sim"), make_policy("fcfs"), EngineConfig(async_scheduling=True))
+    with pytest.raises(ValueError, match="async_scheduling needs an executor .* ExecuteOnly"):
+        ServingEngine(ExecuteOnly(make_executor("sim")), make_policy("fcfs"), EngineConfig(async_scheduling=True))
+
+
+def test_on_the_simulator_a_request_arriving_during_an_iteration_joins_one_iteration_later():
+    """The simulator runs asynchronous scheduling's order too (``SimExecutor.launch``/``collect``), so a
+    fidelity judgement of an asynchronous real run compares like with like. Request 1 arrives while request
+    0's prefill runs: synchronously it joins the next iteration, asynchronously the one after (that plan was
+    made before the prefill ended), so its first token comes one decode iteration of request 0 later."""
+    specs = [spec(0, UniqueTokens(1, 64), 8), spec(1, UniqueTokens(2, 32), 4, arrival=1e-6)]
+
+    def run(async_scheduling):
+        engine = ServingEngine(make_executor("sim", profile="h100-llama-1b"), make_policy("fcfs"),
+                               EngineConfig(max_num_batched_tokens=512, multi_step=False,
+                                            async_scheduling=async_scheduling))
+        engine.load(specs)
+        return engine, {r.request_id: r for r in engine.run().requests}
+
+    _, sync = run(False)
+    _, late = run(True)
+    sim = make_executor("sim", profile="h100-llama-1b")
+    first = sync[0].first_token_time
+    assert late[0].first_token_time == first
+    assert sync[1].first_token_time > first and late[1].first_token_time > sync[1].first_token_time
+    assert sim.launch is not None and sim.collect(sim.launch(BatchPlan())) == sim.execute(BatchPlan())

@@ -101,8 +101,8 @@ def test_fidelity_compares_identical_plans_and_whole_runs(tmp_path, capsys, cpu_
 
 def test_an_asynchronous_real_run_is_recorded_in_launch_order_on_the_engines_clock(tmp_path, cpu_profile):
     """With --async-scheduling the real engine plans each iteration while the previous one runs, through the
-    recorder's launch/collect; the simulator's run stays synchronous. Each record begins where the engine's
-    clock stood when the one before it ended, so the replay with the measured times gives the real run back."""
+    recorder's launch/collect, and so does the simulator's. Each record begins where the engine's clock stood
+    when the one before it ended, so the replay with the measured times gives the real run back."""
     from train.fidelity import END_TO_END_KEYS
     from train.fidelity_replay import replay_metrics
 
@@ -136,9 +136,8 @@ def test_runs_recorded_before_the_setting_existed_are_judged_as_synchronous():
     from train.fidelity import _config
 
     old = {"max_num_batched_tokens": 2048, "max_num_seqs": 8, "batching": "sarathi", "preemption": "swap"}
-    assert _config(old, 40, 8, real=True).async_scheduling is False
-    assert _config({**old, "async_scheduling": True}, 40, 8, real=True).async_scheduling is True
-    assert _config({**old, "async_scheduling": True}, 40, 8, real=False).async_scheduling is False
+    assert _config(old, 40, 8).async_scheduling is False
+    assert _config({**old, "async_scheduling": True}, 40, 8).async_scheduling is True
 
 
 def test_fidelity_rejects_bad_arguments(tmp_path):
