@@ -65,6 +65,12 @@ class Fit:
     mape: dict[str, float] = field(default_factory=dict)     # in-sample, per kind and overall
     max_ape: float = 0.0
     decode_table: DecodeTable | None = None
+    drained: tuple[float, float] = (0.0, 0.0)   # overhead and cost per copy of a plan with swaps, from idle
+
+
+# samples that are not one iteration's compute: swap-only plans, and decodes beside swaps launched on an idle
+# device (``Sweep.drained``), which fit what such a plan adds beyond its compute and its copies
+NOT_COMPUTE_KINDS = ("swap", "drained")
 
 
 def _weighted_nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -135,19 +141,20 @@ def timed_as(samples: list[Sample], timing: str) -> list[Sample]:
         raise ValueError(f"timing must be one of {', '.join(TIMINGS)}, got {timing!r}")
     if timing == "wall":
         return list(samples)
-    lacking = sum(1 for s in samples if s.kind != "swap" and s.async_s <= 0)
+    lacking = sum(1 for s in samples if s.kind not in NOT_COMPUTE_KINDS and s.async_s <= 0)
     if lacking:
         raise ValueError(f"timing 'async' needs every iteration sample's back-to-back duration; {lacking} of "
                          f"{len(samples)} samples have none (servegym profile --timing async measures it)")
-    return [s if s.kind == "swap" else replace(s, duration_s=s.async_s) for s in samples]
+    return [s if s.kind in NOT_COMPUTE_KINDS else replace(s, duration_s=s.async_s) for s in samples]
 
 
 def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fit:
     """Decode iterations: a table per batch size (``DecodeTable``), when the sweep timed enough of
     them. The other iterations: weighted (1/time) non-negative least squares of ``LINEAR_FEATURES``
     (of every iteration sample when there is no table). Swaps: per-copy latency plus bandwidth."""
-    it = [s for s in samples if s.kind != "swap"]
+    it = [s for s in samples if s.kind not in NOT_COMPUTE_KINDS]
     sw = [s for s in samples if s.kind == "swap"]
+    drained = [s for s in samples if s.kind == "drained"]
     if len(it) < len(LINEAR_FEATURES):
         raise ValueError(f"calibration needs >= {len(LINEAR_FEATURES)} iteration samples, got {len(it)}")
     table = fit_decode_table(it, graph_sizes)
@@ -174,7 +181,18 @@ def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fi
         bw = float(1.0 / lat_b[1]) if lat_b[1] > 0 else 0.0
         pt = A @ lat_b
         mape["swap"] = float((np.abs(pt - t) / t).mean())
-    return Fit({k: float(v) for k, v in zip(LINEAR_FEATURES, c)}, lat, bw, mape, float(ape.max()), table)
+    drained_fit = (0.0, 0.0)
+    if len(drained) >= 2 and bw > 0:
+        # what a plan with swaps takes beyond its compute (the back-to-back fit) and its copies, started on an
+        # idle device: an overhead plus a cost per copy
+        base = np.array([model.compute_time(BatchShape(*_shape_args(s))) + lat * s.swap_copies + s.swap_bytes / bw
+                         for s in drained])
+        t = np.array([s.duration_s for s in drained])
+        A = np.array([[1.0, s.swap_copies] for s in drained])
+        drained_fit = tuple(float(x) for x in nnls(A, np.maximum(t - base, 0.0)))
+        pd = base + A @ np.array(drained_fit)
+        mape["drained"] = float((np.abs(pd - t) / t).mean())
+    return Fit({k: float(v) for k, v in zip(LINEAR_FEATURES, c)}, lat, bw, mape, float(ape.max()), table, drained_fit)
 
 
 def _shape_args(sample: Sample) -> tuple:
@@ -193,7 +211,8 @@ def _cost_model_json(f: Fit) -> dict:
         "num_seqs": list(t.num_seqs), "intercept_s": list(t.intercept_s),
         "per_context_token_s": list(t.per_context_token_s), "round_up": t.round_up,
         **({"per_longest_token_s": list(t.per_longest_token_s)} if t.per_longest_token_s else {})}}
-    return {"kind": "linear", "coefficients": f.coefficients, **table}
+    drained = {} if not any(f.drained) else {"drained": {"overhead_s": f.drained[0], "per_copy_s": f.drained[1]}}
+    return {"kind": "linear", "coefficients": f.coefficients, **table, **drained}
 
 
 def _passes_text(samples: list[Sample]) -> str:

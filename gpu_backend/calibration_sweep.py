@@ -25,7 +25,7 @@ from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
 class Sample:
     """One measured batch shape."""
 
-    kind: str                  # decode, prefill, mixed or swap
+    kind: str                  # decode, prefill, mixed, swap, or drained (decodes beside swaps, from idle)
     features: tuple            # BatchShape features in LINEAR_FEATURES order (intercept first); swaps: ()
     duration_s: float          # median wall time of the iteration (swaps: of a plan that only swaps)
     swap_copies: int = 0
@@ -76,6 +76,10 @@ class Sweep:
     # enqueues an iteration while the device runs the one before, so the launch gaps that a synchronous
     # run's device time includes are gone
     pipelined: bool = False
+    # with ``pipelined``: decodes at 1,024 tokens beside swaps, each launched on an idle device, as a plan with
+    # swaps is (it waits for the iteration in flight): (decodes, copies, blocks a copy, "out" or "in")
+    drained: tuple = ((8, 1, 16, "out"), (64, 4, 4, "out"), (64, 16, 1, "out"), (256, 4, 4, "out"),
+                      (64, 4, 4, "in"), (8, 16, 1, "in"))
 
 
 def shape_features(plan: BatchPlan) -> tuple:
@@ -301,6 +305,32 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
             wall, s, _ = timed(BatchPlan(swap_out=moves))
             return Sample("swap", (), wall, len(moves), nbytes, s)
         return job
+
+    def drained_job(nd: int, copies: int, per_copy: int, direction: str):
+        def job() -> Sample | None:
+            blocks.reset()
+            ctx = min(1024, limit - 1)
+            tables = [blocks.take(-(-(ctx + 1) // bs)) for _ in range(nd)]
+            gpu = blocks.take(2 * copies * per_copy)
+            if gpu is None or any(t is None for t in tables) or copies * per_copy > cap.num_host_blocks:
+                return None
+            # every other run of per_copy blocks, so the copies cannot merge into one
+            moves = [GroupMove(gpu[2 * i * per_copy], i * per_copy, per_copy) if direction == "out"
+                     else GroupMove(i * per_copy, gpu[2 * i * per_copy], per_copy) for i in range(copies)]
+            plan = BatchPlan(decode_seq_ids=list(range(nd)), decode_positions=[ctx] * nd, decode_block_tables=tables,
+                             decode_input_ids=_tokens(nd, vocab, rng), decode_context_sum=nd * (ctx + 1),
+                             swap_out=moves if direction == "out" else [], swap_in=moves if direction == "in" else [])
+            runs = []
+            for _ in range(sweep.warmup + sweep.repeats):
+                runs.append(executor.collect(executor.launch(plan)))
+            runs = runs[sweep.warmup:]
+            return Sample("drained", shape_features(plan), statistics.median(r.duration_s for r in runs), copies,
+                          copies * per_copy * cap.bytes_per_block, statistics.median(r.swap_s for r in runs),
+                          decode_context_max=ctx + 1, device_s=statistics.median(r.compute_s for r in runs))
+        return job
+
+    if sweep.pipelined:
+        jobs.extend(drained_job(*spec) for spec in sweep.drained)
 
     host = cap.num_host_blocks
     for g in sweep.swap_groups:

@@ -45,8 +45,7 @@ class SimExecutor:
         return self.cost.decode_affine(num_seqs)
 
     def execute(self, plan: BatchPlan) -> StepResult:
-        swap = self.cost.swap_time(plan.swap_in) + self.cost.swap_time(plan.swap_out) \
-            if (plan.swap_in or plan.swap_out) else 0.0
+        swap = self.cost.plan_swap_time(plan.swap_in, plan.swap_out)
         k = plan.num_steps
         if k == 1:
             compute = self.cost.compute_time(BatchShape.from_plan(plan))
