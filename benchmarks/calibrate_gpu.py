@@ -45,12 +45,17 @@ WORKLOADS = (
 # preemptions in three real runs; 0 in the simulator); at 1,600 the simulator preempts 124 times.
 SWAP_GPU_BLOCKS = {"smollm2-135m": 1600}
 DEFAULT_SWAP_GPU_BLOCKS = 2000
+# Asynchronous scheduling serves the same workload faster, so fewer requests wait and fewer are preempted:
+# llama-1b at 2,000 blocks never preempted (S16d, S16e; 90-111 times synchronously), at 1,400 it did 158 times
+# (S16f); smollm2-135m at 1,600 only 9 times.
+ASYNC_SWAP_GPU_BLOCKS = {"smollm2-135m": 1100, "llama-1b": 1400}
 
 
-def workload_args(model: str, label: str, extra: list[str]) -> list[str]:
+def workload_args(model: str, label: str, extra: list[str], async_scheduling: bool = False) -> list[str]:
     """The fidelity arguments of one workload for one model."""
     if label == "swap":
-        return [*extra, "--num-gpu-blocks", str(SWAP_GPU_BLOCKS.get(model, DEFAULT_SWAP_GPU_BLOCKS))]
+        blocks = (ASYNC_SWAP_GPU_BLOCKS if async_scheduling else SWAP_GPU_BLOCKS).get(model, DEFAULT_SWAP_GPU_BLOCKS)
+        return [*extra, "--num-gpu-blocks", str(blocks)]
     return list(extra)
 
 
@@ -104,7 +109,7 @@ def main(argv=None) -> int:
             fid = args.out / f"fid-{model}-{label}.json"
             # two warm-ups: the first compiles kernels, the second is a clean repeat of the recorded run
             _cli(["fidelity", "--device", "cuda", "--model", model, "--random-weights", "--profile", str(prof),
-                  "--warmup-runs", "2", "--json", str(fid), *workload_args(model, label, extra), *flag_args,
+                  "--warmup-runs", "2", "--json", str(fid), *workload_args(model, label, extra, args.async_scheduling), *flag_args,
                   *async_args])
             d = json.loads(fid.read_text())
             e2e = d["end_to_end"]
