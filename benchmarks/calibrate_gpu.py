@@ -109,8 +109,8 @@ def main(argv=None) -> int:
             fid = args.out / f"fid-{model}-{label}.json"
             # two warm-ups: the first compiles kernels, the second is a clean repeat of the recorded run
             _cli(["fidelity", "--device", "cuda", "--model", model, "--random-weights", "--profile", str(prof),
-                  "--warmup-runs", "2", "--json", str(fid), *workload_args(model, label, extra, args.async_scheduling), *flag_args,
-                  *async_args])
+                  "--warmup-runs", "2", "--json", str(fid), *workload_args(model, label, extra, args.async_scheduling),
+                  *flag_args, *async_args])
             d = json.loads(fid.read_text())
             e2e = d["end_to_end"]
             rows.append((model, label, d["per_iteration"]["mape"], d["per_iteration"]["p50"],
