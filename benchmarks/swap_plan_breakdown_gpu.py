@@ -1,20 +1,25 @@
 """Where a plan with swaps spends its time under asynchronous scheduling, in serving and alone.
 
-Under asynchronous scheduling a plan with swaps waits for the iteration in flight, so it starts on an idle
-device and everything the host does before its forward pass shows in its duration. Fitted profiles predict
-that from the sweep's ``drained`` samples (decodes beside swaps, each launched on an idle device), and on
-session 16's leases plans with swaps took 0.48-0.54 ms beyond their forward pass in serving against about
-0.3 ms for the sweep's. This script serves the swap workload (``vtc-overload-2``, swap preemption, the same
-KV blocks as ``calibrate_gpu.py --async-scheduling``) asynchronously over ``TorchExecutor`` and times, for
-every iteration:
+Session 17 asked why plans with swaps took 0.48-0.54 ms beyond their forward pass in asynchronously
+scheduled serving, against about 0.3 ms (copies included) for the sweep's decodes beside swaps. Then a plan
+with swaps waited for the iteration in flight, so it started on an idle device and the host's whole launch
+path showed in its duration. This script answered it on the first run: the gap was the host's time from
+``launch`` to the forward pass (0.47-0.53 ms in serving, 0.23 ms for the same plans alone: the serving
+loop leaves the host's caches cold), not the copies. Plans with swaps are now launched behind the iteration
+in flight like any other, and the script shows what they cost that way.
+
+It serves the swap workload (``vtc-overload-2``, swap preemption, the same KV blocks as
+``calibrate_gpu.py --async-scheduling``) asynchronously over ``TorchExecutor`` and times, for every
+iteration:
 
   host    seconds inside ``launch``: issuing the swaps (``start_swaps``), the decode inputs and block-table
           update (``_decode_inputs``), staging (``_stage``), and from ``launch`` to the forward pass's start
-  device  from the iteration's first event to its forward pass (lead), the forward pass, the swap copies, and
-          the duration ``collect`` reports
+  device  the duration ``collect`` reports, the forward pass, the swap copies, and, for an iteration launched
+          on an idle device, from its first event to its forward pass (lead)
 
-Then it runs each plan with swaps again, alone (launch, collect; the decode inputs the serving run left
-pending become token 0), ``--repeats`` times: the same plan, with none of the serving loop around it.
+Then it runs each plan with swaps again, alone on an idle device (launch, collect; the decode inputs the
+serving run left pending become token 0), ``--repeats`` times: the same plan, with none of the serving loop
+around it.
 
 Usage (device machine): ``python3 benchmarks/swap_plan_breakdown_gpu.py [--model llama-1b] [--out DIR]``;
 full results in ``DIR/swap_plan_breakdown.json``, a short table last. Needs neither gymnasium nor

@@ -13,9 +13,10 @@ for ``ServingEngine.run`` over an executor with ``launch``/``collect`` (``TorchE
 What differs from the synchronous run, by design: requests arriving during iteration k join the plan
 after the next one (the plan of k+1 was made before k ended), policies see the clock at the end of
 iteration k-1 when they order k+1, and the policy's token hook is called when an iteration is planned.
-A plan with swaps or preemptions waits for the iteration in flight first (its copies and the blocks
-it frees must not race that iteration). Iteration durations are device time, back to back (see
-``TorchExecutor.collect``).
+A plan with swaps or preemptions is launched behind the iteration in flight like any other: the
+executor orders its copies after that iteration and its forward pass after its copies on the device
+(``PagedKVStore``), and the blocks it frees are only written by work enqueued after it. Iteration
+durations are device time, back to back (see ``TorchExecutor.collect``).
 """
 
 from __future__ import annotations
@@ -49,8 +50,6 @@ class _Pipeline:
 
     def launch(self, work) -> None:
         eng = self.eng
-        if work.plan.swap_out or work.plan.swap_in or work.preempted:
-            self.drain()
         handle = eng.executor.launch(work.plan)
         adv = eng._advance(work)
         if adv.finished:

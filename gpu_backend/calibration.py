@@ -65,12 +65,12 @@ class Fit:
     mape: dict[str, float] = field(default_factory=dict)     # in-sample, per kind and overall
     max_ape: float = 0.0
     decode_table: DecodeTable | None = None
-    drained: tuple[float, float] = (0.0, 0.0)   # overhead and cost per copy of a plan with swaps, from idle
+    swap_plan: tuple[float, float] = (0.0, 0.0)   # overhead and cost per copy of a plan with swaps, pipelined
 
 
-# samples that are not one iteration's compute: swap-only plans, and decodes beside swaps launched on an idle
-# device (``Sweep.drained``), which fit what such a plan adds beyond its compute and its copies
-NOT_COMPUTE_KINDS = ("swap", "drained")
+# samples that are not one iteration's compute: swap-only plans, and decodes beside swaps launched behind the same
+# decodes without them (``Sweep.swap_plans``), which fit what such a plan adds beyond its compute and its copies
+NOT_COMPUTE_KINDS = ("swap", "swap_plan")
 
 
 def _weighted_nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -154,7 +154,7 @@ def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fi
     (of every iteration sample when there is no table). Swaps: per-copy latency plus bandwidth."""
     it = [s for s in samples if s.kind not in NOT_COMPUTE_KINDS]
     sw = [s for s in samples if s.kind == "swap"]
-    drained = [s for s in samples if s.kind == "drained"]
+    swap_plans = [s for s in samples if s.kind == "swap_plan"]
     if len(it) < len(LINEAR_FEATURES):
         raise ValueError(f"calibration needs >= {len(LINEAR_FEATURES)} iteration samples, got {len(it)}")
     table = fit_decode_table(it, graph_sizes)
@@ -181,18 +181,19 @@ def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fi
         bw = float(1.0 / lat_b[1]) if lat_b[1] > 0 else 0.0
         pt = A @ lat_b
         mape["swap"] = float((np.abs(pt - t) / t).mean())
-    drained_fit = (0.0, 0.0)
-    if len(drained) >= 2 and bw > 0:
-        # what a plan with swaps takes beyond its compute (the back-to-back fit) and its copies, started on an
-        # idle device: an overhead plus a cost per copy
+    swap_plan_fit = (0.0, 0.0)
+    if len(swap_plans) >= 2 and bw > 0:
+        # what a plan with swaps takes beyond its compute (the back-to-back fit) and its copies, launched behind
+        # an iteration in flight (its copies wait for that one): an overhead plus a cost per copy
         base = np.array([model.compute_time(BatchShape(*_shape_args(s))) + lat * s.swap_copies + s.swap_bytes / bw
-                         for s in drained])
-        t = np.array([s.duration_s for s in drained])
-        A = np.array([[1.0, s.swap_copies] for s in drained])
-        drained_fit = tuple(float(x) for x in nnls(A, np.maximum(t - base, 0.0)))
-        pd = base + A @ np.array(drained_fit)
-        mape["drained"] = float((np.abs(pd - t) / t).mean())
-    return Fit({k: float(v) for k, v in zip(LINEAR_FEATURES, c)}, lat, bw, mape, float(ape.max()), table, drained_fit)
+                         for s in swap_plans])
+        t = np.array([s.duration_s for s in swap_plans])
+        A = np.array([[1.0, s.swap_copies] for s in swap_plans])
+        swap_plan_fit = tuple(float(x) for x in nnls(A, np.maximum(t - base, 0.0)))
+        pd = base + A @ np.array(swap_plan_fit)
+        mape["swap_plan"] = float((np.abs(pd - t) / t).mean())
+    return Fit({k: float(v) for k, v in zip(LINEAR_FEATURES, c)}, lat, bw, mape, float(ape.max()), table,
+               swap_plan_fit)
 
 
 def _shape_args(sample: Sample) -> tuple:
@@ -211,8 +212,9 @@ def _cost_model_json(f: Fit) -> dict:
         "num_seqs": list(t.num_seqs), "intercept_s": list(t.intercept_s),
         "per_context_token_s": list(t.per_context_token_s), "round_up": t.round_up,
         **({"per_longest_token_s": list(t.per_longest_token_s)} if t.per_longest_token_s else {})}}
-    drained = {} if not any(f.drained) else {"drained": {"overhead_s": f.drained[0], "per_copy_s": f.drained[1]}}
-    return {"kind": "linear", "coefficients": f.coefficients, **table, **drained}
+    swap_plan = {} if not any(f.swap_plan) else {
+        "swap_plan": {"overhead_s": f.swap_plan[0], "per_copy_s": f.swap_plan[1]}}
+    return {"kind": "linear", "coefficients": f.coefficients, **table, **swap_plan}
 
 
 def _passes_text(samples: list[Sample]) -> str:

@@ -25,7 +25,7 @@ from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
 class Sample:
     """One measured batch shape."""
 
-    kind: str                  # decode, prefill, mixed, swap, or drained (decodes beside swaps, from idle)
+    kind: str                  # decode, prefill, mixed, swap, or swap_plan (decodes beside swaps, pipelined)
     features: tuple            # BatchShape features in LINEAR_FEATURES order (intercept first); swaps: ()
     duration_s: float          # median wall time of the iteration (swaps: of a plan that only swaps)
     swap_copies: int = 0
@@ -76,9 +76,10 @@ class Sweep:
     # enqueues an iteration while the device runs the one before, so the launch gaps that a synchronous
     # run's device time includes are gone
     pipelined: bool = False
-    # with ``pipelined``: decodes at 1,024 tokens beside swaps, each launched on an idle device, as a plan with
-    # swaps is (it waits for the iteration in flight): (decodes, copies, blocks a copy, "out" or "in")
-    drained: tuple = ((8, 1, 16, "out"), (64, 4, 4, "out"), (64, 16, 1, "out"), (256, 4, 4, "out"),
+    # with ``pipelined``: decodes at 1,024 tokens beside swaps, each launched behind the same decodes without
+    # swaps, as asynchronous scheduling launches a plan with swaps (its copies wait for the iteration in
+    # flight): (decodes, copies, blocks a copy, "out" or "in")
+    swap_plans: tuple = ((8, 1, 16, "out"), (64, 4, 4, "out"), (64, 16, 1, "out"), (256, 4, 4, "out"),
                       (64, 4, 4, "in"), (8, 16, 1, "in"))
 
 
@@ -306,7 +307,7 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
             return Sample("swap", (), wall, len(moves), nbytes, s)
         return job
 
-    def drained_job(nd: int, copies: int, per_copy: int, direction: str):
+    def swap_plan_job(nd: int, copies: int, per_copy: int, direction: str):
         def job() -> Sample | None:
             blocks.reset()
             ctx = min(1024, limit - 1)
@@ -317,20 +318,26 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
             # every other run of per_copy blocks, so the copies cannot merge into one
             moves = [GroupMove(gpu[2 * i * per_copy], i * per_copy, per_copy) if direction == "out"
                      else GroupMove(i * per_copy, gpu[2 * i * per_copy], per_copy) for i in range(copies)]
-            plan = BatchPlan(decode_seq_ids=list(range(nd)), decode_positions=[ctx] * nd, decode_block_tables=tables,
-                             decode_input_ids=_tokens(nd, vocab, rng), decode_context_sum=nd * (ctx + 1),
-                             swap_out=moves if direction == "out" else [], swap_in=moves if direction == "in" else [])
+            plain = BatchPlan(decode_seq_ids=list(range(nd)), decode_positions=[ctx] * nd, decode_block_tables=tables,
+                              decode_input_ids=_tokens(nd, vocab, rng), decode_context_sum=nd * (ctx + 1))
+            plan = replace(plain, swap_out=moves if direction == "out" else [],
+                           swap_in=moves if direction == "in" else [])
             runs = []
+            ahead = executor.launch(plain)
             for _ in range(sweep.warmup + sweep.repeats):
-                runs.append(executor.collect(executor.launch(plan)))
+                swapping = executor.launch(plan)
+                executor.collect(ahead)
+                ahead = executor.launch(plain)
+                runs.append(executor.collect(swapping))     # timed from the end of the plain one before it
+            executor.collect(ahead)
             runs = runs[sweep.warmup:]
-            return Sample("drained", shape_features(plan), statistics.median(r.duration_s for r in runs), copies,
+            return Sample("swap_plan", shape_features(plan), statistics.median(r.duration_s for r in runs), copies,
                           copies * per_copy * cap.bytes_per_block, statistics.median(r.swap_s for r in runs),
                           decode_context_max=ctx + 1, device_s=statistics.median(r.compute_s for r in runs))
         return job
 
     if sweep.pipelined:
-        jobs.extend(drained_job(*spec) for spec in sweep.drained)
+        jobs.extend(swap_plan_job(*spec) for spec in sweep.swap_plans)
 
     host = cap.num_host_blocks
     for g in sweep.swap_groups:

@@ -327,7 +327,7 @@ class LinearCostModel(_AffineDecode):
 
     def __init__(self, coefficients: dict[str, float], copy_latency_s: float, host_bandwidth: float,
                  bytes_per_block: int, decode_table: DecodeTable | None = None,
-                 drained: tuple[float, float] = (0.0, 0.0)):
+                 swap_plan: tuple[float, float] = (0.0, 0.0)):
         coefficients = {**{f: 0.0 for f in _LATER_FEATURES}, **coefficients}
         missing = [f for f in LINEAR_FEATURES if f not in coefficients]
         if missing:
@@ -341,9 +341,9 @@ class LinearCostModel(_AffineDecode):
         self.host_bandwidth = host_bandwidth
         self.bytes_per_block = bytes_per_block
         self.decode_table = decode_table
-        if len(drained) != 2 or min(drained) < 0:
-            raise ValueError(f"linear cost model: drained must be (overhead_s, per_copy_s) >= 0, got {drained!r}")
-        self.drained = (float(drained[0]), float(drained[1]))
+        if len(swap_plan) != 2 or min(swap_plan) < 0:
+            raise ValueError(f"linear cost model: swap_plan must be (overhead_s, per_copy_s) >= 0, got {swap_plan!r}")
+        self.swap_plan = (float(swap_plan[0]), float(swap_plan[1]))
         self._table_cache: dict[int, DecodeStepTime] = {}
 
     def decode_affine(self, num_seqs: int) -> DecodeStepTime:
@@ -363,11 +363,10 @@ class LinearCostModel(_AffineDecode):
         return copy_time(moves, self.copy_latency_s, self.bytes_per_block, self.host_bandwidth)
 
     def plan_swap_time(self, swap_in: Sequence[GroupMove], swap_out: Sequence[GroupMove]) -> float:
-        """The copies, and for a profile fitted on asynchronous scheduling the cost of starting on an idle
-        device (``drained``: a plan with swaps waits for the iteration in flight, so the host's work on it no
-        longer hides behind the device's): an overhead plus a cost per copy."""
+        """The copies, and for a profile fitted on asynchronous scheduling what else a plan with swaps adds to
+        the forward pass it holds back (``swap_plan``: an overhead plus a cost per copy)."""
         if not (swap_in or swap_out):
             return 0.0
-        overhead, per_copy = self.drained
+        overhead, per_copy = self.swap_plan
         return (self.swap_time(swap_in) + self.swap_time(swap_out) + overhead
                 + per_copy * (len(swap_in) + len(swap_out)))

@@ -16,13 +16,16 @@ blocks being copied out were written by earlier iterations), copies every swap-o
 then every swap-in (one stream, so a block freed by a swap-out and refilled by a swap-in
 is copied in that order), and records an event; the compute stream waits for that event
 before the iteration's forward pass, so nothing reads or overwrites a block before its
-copy has completed. On the CPU the same copies run synchronously.
+copy has completed. Because both streams keep that order, an iteration with swaps may be
+enqueued while the one before it still runs (asynchronous scheduling): its copies start when
+that iteration ends. Each iteration's copy events travel with its ``SwapTiming``. On the CPU
+the same copies run synchronously.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -38,6 +41,7 @@ class SwapTiming:
     num_copies: int = 0
     num_bytes: int = 0
     seconds: float = 0.0
+    events: tuple | None = field(default=None, repr=False)   # CUDA: (start, end) of the copies, until finished
 
 
 class PagedKVStore:
@@ -67,7 +71,6 @@ class PagedKVStore:
         self.copy_stream = torch.cuda.Stream(self.device) if self.is_cuda else None
         # per layer: (K view, V view), each [num_blocks + 1, kv_heads, block_size, head_dim] (strided)
         self.layers = [(self.gpu[:, l, 0], self.gpu[:, l, 1]) for l in range(dims.num_layers)]
-        self._events: tuple | None = None
 
     # ------------------------------------------------------------------ swaps
     def _check_moves(self, moves: Sequence[GroupMove], src_n: int, dst_n: int, what: str) -> None:
@@ -112,16 +115,16 @@ class PagedKVStore:
                     host[m.src_start:m.src_start + m.num_blocks], non_blocking=True)
             end.record(side)
         compute.wait_event(end)  # nothing reads or overwrites a block before its copy completes
-        self._events = (start, end)
+        timing.events = (start, end)
         return timing
 
     def finish_swaps(self, timing: SwapTiming) -> None:
-        """After the iteration synchronised: read the copies' device time into ``timing``."""
-        if self._events is not None:
-            start, end = self._events
+        """Wait for ``timing``'s copies and read their device time into it."""
+        if timing.events is not None:
+            start, end = timing.events
             end.synchronize()
             timing.seconds = start.elapsed_time(end) / 1e3
-            self._events = None
+            timing.events = None
 
     # ------------------------------------------------------------------ inspection (tests)
     def gpu_blocks(self, block_ids: Sequence[int]) -> torch.Tensor:

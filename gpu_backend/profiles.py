@@ -167,12 +167,12 @@ def load_profile(name_or_path: str) -> CostProfile:
                 tuple(int(v) for v in table["num_seqs"]), tuple(float(v) for v in table["intercept_s"]),
                 tuple(float(v) for v in table["per_context_token_s"]), bool(table.get("round_up", False)),
                 tuple(float(v) for v in table.get("per_longest_token_s", ())))
-            drained = cm.get("drained", {})
-            if not isinstance(drained, dict):
-                raise ProfileError(f"{src}: cost_model.drained must be an object")
+            swap_plan = cm.get("swap_plan", {})
+            if not isinstance(swap_plan, dict):
+                raise ProfileError(f"{src}: cost_model.swap_plan must be an object")
             cost = LinearCostModel(coeffs, device.copy_latency_s, device.host_bandwidth, bytes_per_block,
-                                   decode_table, (float(drained.get("overhead_s", 0.0)),
-                                                  float(drained.get("per_copy_s", 0.0))))
+                                   decode_table, (float(swap_plan.get("overhead_s", 0.0)),
+                                                  float(swap_plan.get("per_copy_s", 0.0))))
         except KeyError as e:
             raise ProfileError(f"{src}: cost_model.decode_table lacks {e}") from e
         except (TypeError, ValueError) as e:

@@ -238,8 +238,8 @@ class TorchExecutor:
 
     def launch(self, plan: BatchPlan) -> LaunchedStep:
         """Enqueue one iteration and return without waiting for it (asynchronous scheduling). At most one
-        iteration may be in flight when another is launched, and a plan with swaps waits until none is.
-        Decode input ids of ``PENDING_TOKEN`` take the token the previous launched iteration samples for that
+        iteration may be in flight when another is launched; a plan with swaps may be too (its copies wait
+        for the iteration in flight on the device, ``PagedKVStore``). Decode input ids of ``PENDING_TOKEN`` take the token the previous launched iteration samples for that
         sequence. On the CPU the iteration runs here."""
         return self._launch(plan, ahead=True)
 
@@ -255,9 +255,9 @@ class TorchExecutor:
         t0 = time.perf_counter()
         if plan.num_steps != 1:
             raise ValueError(f"TorchExecutor runs one iteration per plan, got num_steps={plan.num_steps}")
-        if len(self._uncollected) > 1 or (self._uncollected and (plan.swap_out or plan.swap_in)):
+        if len(self._uncollected) > 1:
             raise RuntimeError(f"{len(self._uncollected)} iteration(s) in flight: collect them first (one may run "
-                               f"ahead of a plain iteration, none ahead of one with swaps)")
+                               f"ahead of the iteration being launched)")
         self._validate(plan)
         step = LaunchedStep(t0, None, [], after=self._uncollected[0] if self._uncollected else None)
         cuda_ahead = ahead and self.is_cuda

@@ -44,6 +44,7 @@ class LaunchRecorder:
         self.sampled: dict[int, list[int]] = {}
         self.pending_inputs = 0
         self.launched_ahead = 0
+        self.swaps_ahead = 0
         self.in_flight = 0
 
     def capacity(self):
@@ -60,6 +61,7 @@ class LaunchRecorder:
     def launch(self, plan):
         self.pending_inputs += sum(t == PENDING_TOKEN for t in plan.decode_input_ids or ())
         self.launched_ahead += self.in_flight > 0
+        self.swaps_ahead += self.in_flight > 0 and bool(plan.swap_in or plan.swap_out)
         self.in_flight += 1
         return self.inner.launch(plan)
 
@@ -118,6 +120,8 @@ def test_async_run_under_memory_pressure(hf, weights, mode):
     engine, ex = serve(weights, specs, config, num_gpu_blocks=12, num_host_blocks=64)
     c = engine.counters
     assert (c.preemptions_swap if mode == "swap" else c.preemptions_recompute) > 0
+    # plans with swaps are launched behind the iteration in flight like any other
+    assert ex.swaps_ahead > 0 if mode == "swap" else ex.swaps_ahead == 0
     assert all(r.finished for r in engine.records)
     greedy_continuations(hf, specs, ex.sampled)
 

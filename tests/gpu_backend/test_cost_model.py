@@ -376,29 +376,29 @@ def test_decode_table_interpolates_and_refuses_bad_tables():
         DecodeTable((1, 8), (1.0, -1.0), (1.0, 1.0))
 
 
-def test_a_plan_with_swaps_adds_its_copies_and_for_an_async_profile_the_start_on_an_idle_device():
+def test_a_plan_with_swaps_adds_its_copies_and_for_an_async_profile_its_fitted_overhead():
     coeffs = dict(zip(LINEAR_FEATURES, range(1, len(LINEAR_FEATURES) + 1)))
     moves_in, moves_out = [GroupMove(0, 0, 4)], [GroupMove(8, 8, 4), GroupMove(16, 16, 2)]
     plain = LinearCostModel(coeffs, copy_latency_s=0.25, host_bandwidth=64.0, bytes_per_block=32)
     assert plain.plan_swap_time(moves_in, moves_out) == plain.swap_time(moves_in) + plain.swap_time(moves_out)
     assert plain.plan_swap_time([], []) == 0.0
-    drained = LinearCostModel(coeffs, copy_latency_s=0.25, host_bandwidth=64.0, bytes_per_block=32,
-                              drained=(0.5, 0.125))
-    assert drained.plan_swap_time(moves_in, moves_out) == 3 * 0.25 + 10 * 32 / 64.0 + 0.5 + 3 * 0.125
-    assert drained.plan_swap_time([], []) == 0.0
+    with_overhead = LinearCostModel(coeffs, copy_latency_s=0.25, host_bandwidth=64.0, bytes_per_block=32,
+                              swap_plan=(0.5, 0.125))
+    assert with_overhead.plan_swap_time(moves_in, moves_out) == 3 * 0.25 + 10 * 32 / 64.0 + 0.5 + 3 * 0.125
+    assert with_overhead.plan_swap_time([], []) == 0.0
     assert RooflineCostModel(TINY, TINY_DEV, block_size=4).plan_swap_time([], moves_out) == \
         RooflineCostModel(TINY, TINY_DEV, block_size=4).swap_time(moves_out)
-    with pytest.raises(ValueError, match=r"drained must be \(overhead_s, per_copy_s\) >= 0, got \(0.5, -1.0\)"):
-        LinearCostModel(coeffs, 0.25, 64.0, 32, drained=(0.5, -1.0))
+    with pytest.raises(ValueError, match=r"swap_plan must be \(overhead_s, per_copy_s\) >= 0, got \(0.5, -1.0\)"):
+        LinearCostModel(coeffs, 0.25, 64.0, 32, swap_plan=(0.5, -1.0))
 
 
-def test_a_profiles_drained_term_is_read_and_a_malformed_one_refused(tmp_path):
+def test_a_profiles_swap_plan_term_is_read_and_a_malformed_one_refused(tmp_path):
     data = json.loads((PROFILE_DIR / "fitted" / "h200-llama-1b-fitted.json").read_text())
-    assert load_profile("h200-llama-1b-fitted").cost.drained == (0.0, 0.0)
-    data["cost_model"]["drained"] = {"overhead_s": 4e-4, "per_copy_s": 1.5e-5}
+    assert load_profile("h200-llama-1b-fitted").cost.swap_plan == (0.0, 0.0)
+    data["cost_model"]["swap_plan"] = {"overhead_s": 4e-4, "per_copy_s": 1.5e-5}
     (tmp_path / "p.json").write_text(json.dumps(data))
-    assert load_profile(str(tmp_path / "p.json")).cost.drained == (4e-4, 1.5e-5)
-    data["cost_model"]["drained"] = [4e-4]
+    assert load_profile(str(tmp_path / "p.json")).cost.swap_plan == (4e-4, 1.5e-5)
+    data["cost_model"]["swap_plan"] = [4e-4]
     (tmp_path / "p.json").write_text(json.dumps(data))
-    with pytest.raises(ProfileError, match="cost_model.drained must be an object"):
+    with pytest.raises(ProfileError, match="cost_model.swap_plan must be an object"):
         load_profile(str(tmp_path / "p.json"))

@@ -362,22 +362,23 @@ def test_an_async_timed_fit_reads_each_iterations_back_to_back_duration_and_the_
     samples += [Sample("swap", (), 1e-3, 1, 65536, 5e-6 + 65536 / 50e9),
                 Sample("swap", (), 1e-3, 8, 2**24, 8 * 5e-6 + 2**24 / 50e9)]
     as_async = timed_as(samples, "async")
-    # compute beside swaps, started on an idle device: 300 us plus 12 us a copy beyond the compute and the copies
+    # compute beside swaps, launched behind an iteration in flight: 300 us plus 12 us a copy beyond the
+    # compute and the copies
     base = json.loads((PROFILE_DIR / "fitted" / "h200-llama-1b-fitted.json").read_text())
-    drained = []
+    swap_plans = []
     for i, (copies, nbytes) in enumerate(((1, 2**20), (4, 2**22), (16, 2**22), (8, 2**23))):
         compute = samples[i].async_s
-        drained.append(Sample("drained", samples[i].features,
+        swap_plans.append(Sample("swap_plan", samples[i].features,
                               compute + 5e-6 * copies + nbytes / 50e9 + 3e-4 + 1.2e-5 * copies,
                               copies, nbytes, 0.0, device_s=compute))
-    with_drained = refit_profile_json(base, samples + drained, "2026-11-22", "async")
-    assert with_drained["cost_model"]["drained"]["overhead_s"] == pytest.approx(3e-4, rel=1e-6)
-    assert with_drained["cost_model"]["drained"]["per_copy_s"] == pytest.approx(1.2e-5, rel=1e-6)
-    assert with_drained["cost_model"]["coefficients"] == pytest.approx(
+    with_swap_plan = refit_profile_json(base, samples + swap_plans, "2026-11-22", "async")
+    assert with_swap_plan["cost_model"]["swap_plan"]["overhead_s"] == pytest.approx(3e-4, rel=1e-6)
+    assert with_swap_plan["cost_model"]["swap_plan"]["per_copy_s"] == pytest.approx(1.2e-5, rel=1e-6)
+    assert with_swap_plan["cost_model"]["coefficients"] == pytest.approx(
         refit_profile_json(base, samples, "2026-11-22", "async")["cost_model"]["coefficients"])
-    (tmp_path / "d.json").write_text(json.dumps(with_drained))
-    assert load_profile(str(tmp_path / "d.json")).cost.drained == pytest.approx((3e-4, 1.2e-5))
-    assert timed_as(samples + drained, "async")[-4:] == drained
+    (tmp_path / "d.json").write_text(json.dumps(with_swap_plan))
+    assert load_profile(str(tmp_path / "d.json")).cost.swap_plan == pytest.approx((3e-4, 1.2e-5))
+    assert timed_as(samples + swap_plans, "async")[-4:] == swap_plans
     assert [s.duration_s for s in as_async[:40]] == [s.async_s for s in samples[:40]]
     assert as_async[40:] == samples[40:] and timed_as(samples, "wall") == samples
     out = refit_profile_json(base, samples, "2026-11-22", "async")
@@ -410,17 +411,18 @@ def test_a_pipelined_sweep_times_every_iteration_shape_back_to_back_and_leaves_s
     sweep = Sweep(decode_batches=(1, 4), decode_contexts=(64, 128), prefill_tokens=(16, 64), prefill_starts=(0, 32),
                   prefill_batches=(2,), mixed=((2, 32),), prefix_chunks=(), grid_chunk_tokens=(), swap_groups=(1, 4),
                   swap_copies=(1,), repeats=2, warmup=1, decode_repeats=3, passes=1, pipelined=True,
-                  drained=((2, 2, 2, "out"), (1, 4, 1, "in"), (4, 2, 2, "out")))
+                  swap_plans=((2, 2, 2, "out"), (1, 4, 1, "in"), (4, 2, 2, "out")))
     samples = measure(ex, sweep, log=lambda *a: None)
-    assert {s.kind for s in samples} >= {"decode", "prefill", "mixed", "swap", "drained"}
-    assert all(s.async_s > 0 for s in samples if s.kind not in ("swap", "drained"))
-    assert all(s.async_s == 0 for s in samples if s.kind in ("swap", "drained"))
-    # decodes beside swaps, each launched on an idle device: every spec the executor has room for
-    drained = [s for s in samples if s.kind == "drained"]
-    fits = [d for d in sweep.drained if d[0] * 65 + 2 * d[1] * d[2] <= 256 and d[1] * d[2] <= 32]
-    assert [(s.swap_copies, s.swap_bytes) for s in drained] == [
+    assert {s.kind for s in samples} >= {"decode", "prefill", "mixed", "swap", "swap_plan"}
+    assert all(s.async_s > 0 for s in samples if s.kind not in ("swap", "swap_plan"))
+    assert all(s.async_s == 0 for s in samples if s.kind in ("swap", "swap_plan"))
+    # decodes beside swaps, each launched behind the same decodes without them: every spec the executor has
+    # room for
+    swap_plans = [s for s in samples if s.kind == "swap_plan"]
+    fits = [d for d in sweep.swap_plans if d[0] * 65 + 2 * d[1] * d[2] <= 256 and d[1] * d[2] <= 32]
+    assert [(s.swap_copies, s.swap_bytes) for s in swap_plans] == [
         (c, c * per * ex.capacity().bytes_per_block) for _, c, per, _ in fits]
-    assert all(s.duration_s > 0 and s.device_s > 0 and s.swap_s > 0 for s in drained)
+    assert all(s.duration_s > 0 and s.device_s > 0 and s.swap_s > 0 for s in swap_plans)
     assert all(s.async_s == 0 for s in measure(ex, replace(sweep, pipelined=False), log=lambda *a: None))
 
 
