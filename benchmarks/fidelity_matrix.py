@@ -11,8 +11,11 @@ latency error per run and profile, then how many runs meet each target.
 Usage::
 
     python benchmarks/fidelity_matrix.py --model llama-1b [--profiles NAME_OR_PATH,...] [--runs DIR]
+                                         [--async-scheduling]
 
-Profiles default to the shipped fitted one (``h200-MODEL-fitted``). Needs the simulator only.
+Profiles default to the shipped fitted one (``h200-MODEL-fitted``). ``--async-scheduling``: the runs served
+with asynchronous scheduling (``fidelity_runs/async/``) and the profile fitted for it
+(``h200-MODEL-async-fitted``). Needs the simulator only.
 """
 
 from __future__ import annotations
@@ -44,9 +47,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="smollm2-135m, llama-1b or llama-8b")
     p.add_argument("--profiles", default=None, help="comma-separated profile names or JSON paths")
-    p.add_argument("--runs", type=Path, default=RUNS)
+    p.add_argument("--runs", type=Path, default=None, help=f"default: {RUNS} (with --async-scheduling: its async/)")
+    p.add_argument("--async-scheduling", action="store_true",
+                   help="the asynchronously scheduled runs and h200-MODEL-async-fitted")
     args = p.parse_args(argv)
-    names = (args.profiles or f"h200-{args.model}-fitted").split(",")
+    if args.runs is None:
+        args.runs = RUNS / "async" if args.async_scheduling else RUNS
+    names = (args.profiles or f"h200-{args.model}{'-async' if args.async_scheduling else ''}-fitted").split(",")
     profiles = [load_profile(n) for n in names]
     files = run_files(args.runs, args.model)
     met = {n: [0, 0, 0, 0] for n in names}     # MAPE; MAPE and closed-loop E2E; replayable runs; MAPE and replay E2E

@@ -226,7 +226,8 @@ SHIPPED = {
 
 
 def test_list_profiles():
-    fitted = ["h200-llama-1b-fitted", "h200-llama-8b-fitted", "h200-smollm2-135m-fitted"]
+    fitted = ["h200-llama-1b-fitted", "h200-llama-8b-fitted", "h200-smollm2-135m-fitted", "h200-llama-1b-async-fitted",
+              "h200-llama-8b-async-fitted", "h200-smollm2-135m-async-fitted"]
     assert list_profiles() == sorted([*SHIPPED, *fitted])
     assert load_profile("h200-llama-8b-fitted").source == str(PROFILE_DIR / "fitted" / "h200-llama-8b-fitted.json")
 
@@ -247,9 +248,10 @@ def test_load_shipped_profile(name):
 
 
 def test_unknown_profile_lists_the_available_ones():
-    with pytest.raises(ProfileError, match=r"unknown profile 'a100-gpt'; available: "
-                                           r"h100-llama-1b, h100-llama-8b, h200-llama-1b, h200-llama-1b-fitted, "
-                                           r"h200-llama-8b, h200-llama-8b-fitted, h200-smollm2-135m-fitted"):
+    with pytest.raises(ProfileError, match=r"unknown profile 'a100-gpt'; available: h100-llama-1b, h100-llama-8b, "
+                                           r"h200-llama-1b, h200-llama-1b-async-fitted, h200-llama-1b-fitted, "
+                                           r"h200-llama-8b, h200-llama-8b-async-fitted, h200-llama-8b-fitted, "
+                                           r"h200-smollm2-135m-async-fitted, h200-smollm2-135m-fitted"):
         load_profile("a100-gpt")
 
 

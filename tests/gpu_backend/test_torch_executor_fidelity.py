@@ -170,20 +170,25 @@ def test_fidelity_rejects_bad_arguments(tmp_path):
         args.func(args)
 
 
-def test_the_kept_real_runs_replay_against_the_shipped_profile_of_their_model():
+@pytest.mark.parametrize("scheduling", ["sync", "async"])
+def test_the_kept_real_runs_replay_against_the_shipped_profile_of_their_model(scheduling):
     """benchmarks/data/fidelity_runs: one recorded real run per lease, model and workload; each belongs to a
-    model with a shipped fitted profile (same KV geometry) and holds one record per iteration it served."""
+    model with a shipped fitted profile (same KV geometry) and holds one record per iteration it served. The
+    runs in its ``async/`` were scheduled asynchronously, and their models have a profile fitted for that."""
     from gpu_backend.profiles import load_profile
     from train.fidelity import read_real_run
 
-    runs = sorted((Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "fidelity_runs").glob("*.json.gz"))
-    assert len(runs) >= 20
+    kept = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "fidelity_runs"
+    runs = sorted((kept / "async" if scheduling == "async" else kept).glob("*.json.gz"))
+    assert len(runs) >= (20 if scheduling == "sync" else 16)
+    suffix = "-async-fitted" if scheduling == "async" else "-fitted"
     for path in runs:
         lease, rest = path.name.split("-", 1)
         model = next(m for m in ("smollm2-135m", "llama-1b", "llama-8b") if rest.startswith(m + "-"))
         assert rest[len(model) + 1:] in ("prefix-heavy.json.gz", "swap.json.gz"), path.name
         real = read_real_run(path)
-        prof = load_profile(f"h200-{model}-fitted")
+        prof = load_profile(f"h200-{model}{suffix}")
         assert real["settings"]["model"] == model
+        assert real["settings"].get("async_scheduling", False) == (scheduling == "async"), path.name
         assert real["kv_bytes_per_token"] == prof.bytes_per_block // prof.block_size
         assert len(real["records"]) == real["iterations"] > 0

@@ -25,8 +25,9 @@ from train.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 TRACES = ("mooncake-conversation", "azure-conv", "arena-27")
-PROFILES = ("h100-llama-1b", "h100-llama-8b", "h200-llama-1b", "h200-llama-1b-fitted", "h200-llama-8b",
-            "h200-llama-8b-fitted", "h200-smollm2-135m-fitted")
+PROFILES = ("h100-llama-1b", "h100-llama-8b", "h200-llama-1b", "h200-llama-1b-async-fitted", "h200-llama-1b-fitted",
+            "h200-llama-8b", "h200-llama-8b-async-fitted", "h200-llama-8b-fitted", "h200-smollm2-135m-async-fitted",
+            "h200-smollm2-135m-fitted")
 WALL_KEYS = ("sim_wall_s", "sim_requests_per_s")
 REQUIRED_KEYS = ("num_requests", "num_finished", "num_rejected", "throughput_tok_s", "ttft_p50_s", "ttft_p99_s",
                  "tpot_p99_s", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s", "cache_hit_rate", "preemptions",
