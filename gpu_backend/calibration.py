@@ -66,11 +66,13 @@ class Fit:
     max_ape: float = 0.0
     decode_table: DecodeTable | None = None
     swap_plan: tuple[float, float] = (0.0, 0.0)   # overhead and cost per copy of a plan with swaps, pipelined
+    idle_start_s: float = 0.0   # what an iteration launched on an idle device adds to its back-to-back time
 
 
-# samples that are not one iteration's compute: swap-only plans, and decodes beside swaps launched behind the same
-# decodes without them (``Sweep.swap_plans``), which fit what such a plan adds beyond its compute and its copies
-NOT_COMPUTE_KINDS = ("swap", "swap_plan")
+# samples that are not one iteration's compute: swap-only plans, decodes beside swaps launched behind the same
+# decodes without them (``Sweep.swap_plans``), which fit what such a plan adds beyond its compute and its copies,
+# and prefills launched on an idle device (``Sweep.idle_starts``), which fit what that adds
+NOT_COMPUTE_KINDS = ("swap", "swap_plan", "idle_start")
 
 
 def _weighted_nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -192,8 +194,16 @@ def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fi
         swap_plan_fit = tuple(float(x) for x in nnls(A, np.maximum(t - base, 0.0)))
         pd = base + A @ np.array(swap_plan_fit)
         mape["swap_plan"] = float((np.abs(pd - t) / t).mean())
+    idle = [s for s in samples if s.kind == "idle_start" and s.async_s > 0]
+    idle_start = 0.0
+    if idle:
+        # one constant (least squares, >= 0): the host's launch path, about the same for every shape
+        t = np.array([s.duration_s for s in idle])
+        back_to_back = np.array([s.async_s for s in idle])
+        idle_start = float(nnls(np.ones((len(idle), 1)), t - back_to_back)[0])
+        mape["idle_start"] = float((np.abs(back_to_back + idle_start - t) / t).mean())
     return Fit({k: float(v) for k, v in zip(LINEAR_FEATURES, c)}, lat, bw, mape, float(ape.max()), table,
-               swap_plan_fit)
+               swap_plan_fit, idle_start)
 
 
 def _shape_args(sample: Sample) -> tuple:
@@ -214,7 +224,8 @@ def _cost_model_json(f: Fit) -> dict:
         **({"per_longest_token_s": list(t.per_longest_token_s)} if t.per_longest_token_s else {})}}
     swap_plan = {} if not any(f.swap_plan) else {
         "swap_plan": {"overhead_s": f.swap_plan[0], "per_copy_s": f.swap_plan[1]}}
-    return {"kind": "linear", "coefficients": f.coefficients, **table, **swap_plan}
+    idle = {"idle_start_s": f.idle_start_s} if f.idle_start_s else {}
+    return {"kind": "linear", "coefficients": f.coefficients, **table, **swap_plan, **idle}
 
 
 def _passes_text(samples: list[Sample]) -> str:

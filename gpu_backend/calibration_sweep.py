@@ -25,7 +25,8 @@ from gpu_backend.plan import BatchPlan, GroupMove, PrefillChunk
 class Sample:
     """One measured batch shape."""
 
-    kind: str                  # decode, prefill, mixed, swap, or swap_plan (decodes beside swaps, pipelined)
+    kind: str                  # decode, prefill, mixed, swap, swap_plan (decodes beside swaps, pipelined) or
+    #                            idle_start (a prefill launched on an idle device; async_s: launched back to back)
     features: tuple            # BatchShape features in LINEAR_FEATURES order (intercept first); swaps: ()
     duration_s: float          # median wall time of the iteration (swaps: of a plan that only swaps)
     swap_copies: int = 0
@@ -79,6 +80,9 @@ class Sweep:
     # with ``pipelined``: decodes at 1,024 tokens beside swaps, each launched behind the same decodes without
     # swaps, as asynchronous scheduling launches a plan with swaps (its copies wait for the iteration in
     # flight): (decodes, copies, blocks a copy, "out" or "in")
+    # with ``pipelined``: prefill chunks (tokens, cached tokens before them) launched on an idle device, as the
+    # first iteration after a pause is (the real executor times it from its own launch): what that adds
+    idle_starts: tuple = ((16, 0), (64, 0), (256, 0), (16, 4096), (64, 4096), (256, 4096))
     swap_plans: tuple = ((8, 1, 16, "out"), (64, 4, 4, "out"), (64, 16, 1, "out"), (256, 4, 4, "out"),
                       (64, 4, 4, "in"), (8, 16, 1, "in"))
 
@@ -336,8 +340,23 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
                           decode_context_max=ctx + 1, device_s=statistics.median(r.compute_s for r in runs))
         return job
 
+    def idle_start_job(n: int, start: int):
+        def job() -> Sample | None:
+            blocks.reset()
+            table = blocks.take(-(-(start + n) // bs))
+            if table is None:
+                return None
+            plan = BatchPlan(prefills=[PrefillChunk(0, start, n, table, True, _tokens(n, vocab, rng))])
+            runs = [executor.collect(executor.launch(plan)) for _ in range(sweep.warmup + sweep.repeats)]
+            runs = runs[sweep.warmup:]
+            return Sample("idle_start", shape_features(plan), statistics.median(r.duration_s for r in runs),
+                          device_s=statistics.median(r.compute_s for r in runs),
+                          async_s=pipelined([plan] * (sweep.warmup + sweep.repeats)))
+        return job
+
     if sweep.pipelined:
         jobs.extend(swap_plan_job(*spec) for spec in sweep.swap_plans)
+        jobs.extend(idle_start_job(n, start) for n, start in sweep.idle_starts if start + n <= limit)
 
     host = cap.num_host_blocks
     for g in sweep.swap_groups:

@@ -164,10 +164,16 @@ class CostModel(Protocol):
 
     def plan_swap_time(self, swap_in: Sequence[GroupMove], swap_out: Sequence[GroupMove]) -> float: ...
 
+    idle_start_s: float     # asynchronous scheduling: an iteration launched on an idle device takes this longer
+
 
 class _AffineDecode:
     """Shared by the cost models: a decode-only batch is timed by ``decode_affine`` exactly, so that
     stepping one iteration at a time and the closed-form runs use the same arithmetic."""
+
+    # under asynchronous scheduling, what an iteration launched on an idle device adds to its back-to-back
+    # time (the host's launch path no longer hides behind an iteration in flight); fitted profiles only
+    idle_start_s = 0.0
 
     def plan_swap_time(self, swap_in: Sequence[GroupMove], swap_out: Sequence[GroupMove]) -> float:
         """What an iteration's swaps add to it: both directions' copies."""
@@ -327,7 +333,7 @@ class LinearCostModel(_AffineDecode):
 
     def __init__(self, coefficients: dict[str, float], copy_latency_s: float, host_bandwidth: float,
                  bytes_per_block: int, decode_table: DecodeTable | None = None,
-                 swap_plan: tuple[float, float] = (0.0, 0.0)):
+                 swap_plan: tuple[float, float] = (0.0, 0.0), idle_start_s: float = 0.0):
         coefficients = {**{f: 0.0 for f in _LATER_FEATURES}, **coefficients}
         missing = [f for f in LINEAR_FEATURES if f not in coefficients]
         if missing:
@@ -344,6 +350,9 @@ class LinearCostModel(_AffineDecode):
         if len(swap_plan) != 2 or min(swap_plan) < 0:
             raise ValueError(f"linear cost model: swap_plan must be (overhead_s, per_copy_s) >= 0, got {swap_plan!r}")
         self.swap_plan = (float(swap_plan[0]), float(swap_plan[1]))
+        if not (math.isfinite(idle_start_s) and idle_start_s >= 0):
+            raise ValueError(f"linear cost model: idle_start_s must be finite and >= 0, got {idle_start_s!r}")
+        self.idle_start_s = float(idle_start_s)
         self._table_cache: dict[int, DecodeStepTime] = {}
 
     def decode_affine(self, num_seqs: int) -> DecodeStepTime:

@@ -170,9 +170,12 @@ def load_profile(name_or_path: str) -> CostProfile:
             swap_plan = cm.get("swap_plan", {})
             if not isinstance(swap_plan, dict):
                 raise ProfileError(f"{src}: cost_model.swap_plan must be an object")
+            idle_start = cm.get("idle_start_s", 0.0)
+            if isinstance(idle_start, bool) or not isinstance(idle_start, (int, float)):
+                raise ProfileError(f"{src}: cost_model.idle_start_s must be a number, got {idle_start!r}")
             cost = LinearCostModel(coeffs, device.copy_latency_s, device.host_bandwidth, bytes_per_block,
                                    decode_table, (float(swap_plan.get("overhead_s", 0.0)),
-                                                  float(swap_plan.get("per_copy_s", 0.0))))
+                                                  float(swap_plan.get("per_copy_s", 0.0))), float(idle_start))
         except KeyError as e:
             raise ProfileError(f"{src}: cost_model.decode_table lacks {e}") from e
         except (TypeError, ValueError) as e:

@@ -8,10 +8,14 @@ closed form, which is what makes the simulator fast enough to be an RL training 
 It also offers ``launch``/``collect``, so an engine with asynchronous scheduling runs on it with the
 same iteration order as on the GPU: requests arriving during an iteration join one iteration later.
 The prediction is the iteration's whole duration, so a profile fitted with ``--timing async`` belongs
-with it.
+with it. An iteration launched while none is in flight starts on an idle device, and the real
+executor times it from its own launch, so the host's launch path counts: the cost model's
+``idle_start_s`` is added to it.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from gpu_backend.cost_model import BatchShape
 from gpu_backend.plan import BatchPlan, DecodeStepTime, KVCapacity, StepResult, longest_context
@@ -35,6 +39,7 @@ class SimExecutor:
             raise ValueError(f"num_gpu_blocks must be >= 1, got {self._num_gpu_blocks}")
         if self._num_host_blocks < 0:
             raise ValueError(f"num_host_blocks must be >= 0, got {self._num_host_blocks}")
+        self._in_flight = 0     # launched and not yet collected
 
     def capacity(self) -> KVCapacity:
         p = self.profile
@@ -60,8 +65,16 @@ class SimExecutor:
         return StepResult(compute, compute, 0.0, first, inc)
 
     def launch(self, plan: BatchPlan) -> StepResult:
-        """Asynchronous scheduling's half of ``execute``: nothing runs, so the prediction is the handle."""
-        return self.execute(plan)
+        """Asynchronous scheduling's half of ``execute``: nothing runs, so the prediction is the handle; with
+        nothing in flight it includes the cost model's ``idle_start_s``."""
+        result = self.execute(plan)
+        if self._in_flight == 0 and self.cost.idle_start_s:
+            result = replace(result, duration_s=result.duration_s + self.cost.idle_start_s)
+        self._in_flight += 1
+        return result
 
     def collect(self, launched: StepResult) -> StepResult:
+        if self._in_flight == 0:
+            raise RuntimeError("collect without an iteration in flight: launch it first")
+        self._in_flight -= 1
         return launched

@@ -394,6 +394,21 @@ def test_a_plan_with_swaps_adds_its_copies_and_for_an_async_profile_its_fitted_o
         LinearCostModel(coeffs, 0.25, 64.0, 32, swap_plan=(0.5, -1.0))
 
 
+def test_a_profiles_idle_start_term_is_read_and_a_malformed_one_refused(tmp_path):
+    data = json.loads((PROFILE_DIR / "fitted" / "h200-llama-1b-fitted.json").read_text())
+    assert load_profile("h200-llama-1b-fitted").cost.idle_start_s == 0.0
+    assert load_profile("h200-llama-1b").cost.idle_start_s == 0.0     # analytic: none
+    data["cost_model"]["idle_start_s"] = 3.5e-4
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    assert load_profile(str(tmp_path / "p.json")).cost.idle_start_s == 3.5e-4
+    for bad, message in (("0.3 ms", "cost_model.idle_start_s must be a number, got '0.3 ms'"),
+                         (-1e-4, r"idle_start_s must be finite and >= 0, got -0.0001")):
+        data["cost_model"]["idle_start_s"] = bad
+        (tmp_path / "p.json").write_text(json.dumps(data))
+        with pytest.raises(ProfileError, match=message):
+            load_profile(str(tmp_path / "p.json"))
+
+
 def test_a_profiles_swap_plan_term_is_read_and_a_malformed_one_refused(tmp_path):
     data = json.loads((PROFILE_DIR / "fitted" / "h200-llama-1b-fitted.json").read_text())
     assert load_profile("h200-llama-1b-fitted").cost.swap_plan == (0.0, 0.0)

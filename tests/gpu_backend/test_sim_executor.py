@@ -113,3 +113,25 @@ def test_capacity_from_profile_and_overrides():
         SimExecutor(p, num_host_blocks=-1)
     ex = SimExecutor(p)
     assert ex.supports_multi_step and not ex.needs_token_ids
+
+
+def test_an_iteration_launched_on_an_idle_device_takes_the_profiles_idle_start_longer(tmp_path):
+    """Asynchronous scheduling on the simulator: the real executor times an iteration launched with none in
+    flight from its own launch, so the host's launch path counts; launched behind one it does not."""
+    d = json.loads((PROFILE_DIR / "fitted" / "h200-llama-1b-fitted.json").read_text())
+    d["cost_model"]["idle_start_s"] = 4e-4
+    (tmp_path / "p.json").write_text(json.dumps(d))
+    ex = SimExecutor(load_profile(str(tmp_path / "p.json")))
+    plan = decode_plan([100, 200])
+    alone = ex.execute(plan)
+    first = ex.launch(plan)
+    behind = ex.launch(plan)
+    assert first.duration_s == pytest.approx(alone.duration_s + 4e-4, rel=REL)
+    assert first.compute_s == alone.compute_s and behind == alone
+    assert ex.collect(first) == first and ex.collect(behind) == alone
+    assert ex.launch(plan) == first        # nothing in flight again
+    ex.collect(first)
+    with pytest.raises(RuntimeError, match="collect without an iteration in flight"):
+        ex.collect(first)
+    plain = SimExecutor("h200-llama-1b-fitted")
+    assert plain.collect(plain.launch(plan)) == plain.execute(plan)

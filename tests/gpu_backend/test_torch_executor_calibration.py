@@ -371,6 +371,16 @@ def test_an_async_timed_fit_reads_each_iterations_back_to_back_duration_and_the_
         swap_plans.append(Sample("swap_plan", samples[i].features,
                               compute + 5e-6 * copies + nbytes / 50e9 + 3e-4 + 1.2e-5 * copies,
                               copies, nbytes, 0.0, device_s=compute))
+    # prefills launched on an idle device: 350 us beyond their back-to-back time (one a little under, one over)
+    idle = [Sample("idle_start", samples[i].features, samples[i].async_s + 3.5e-4 + d, device_s=samples[i].async_s,
+                   async_s=samples[i].async_s) for i, d in ((0, -1e-5), (1, 1e-5), (2, 0.0))]
+    with_idle = refit_profile_json(base, samples + idle, "2026-11-22", "async")
+    assert with_idle["cost_model"]["idle_start_s"] == pytest.approx(3.5e-4, rel=1e-9)
+    assert with_idle["cost_model"]["coefficients"] == pytest.approx(
+        refit_profile_json(base, samples, "2026-11-22", "async")["cost_model"]["coefficients"])
+    (tmp_path / "i.json").write_text(json.dumps(with_idle))
+    assert load_profile(str(tmp_path / "i.json")).cost.idle_start_s == pytest.approx(3.5e-4, rel=1e-9)
+    assert "idle_start_s" not in refit_profile_json(base, samples, "2026-11-22", "async")["cost_model"]
     with_swap_plan = refit_profile_json(base, samples + swap_plans, "2026-11-22", "async")
     assert with_swap_plan["cost_model"]["swap_plan"]["overhead_s"] == pytest.approx(3e-4, rel=1e-6)
     assert with_swap_plan["cost_model"]["swap_plan"]["per_copy_s"] == pytest.approx(1.2e-5, rel=1e-6)
@@ -411,11 +421,17 @@ def test_a_pipelined_sweep_times_every_iteration_shape_back_to_back_and_leaves_s
     sweep = Sweep(decode_batches=(1, 4), decode_contexts=(64, 128), prefill_tokens=(16, 64), prefill_starts=(0, 32),
                   prefill_batches=(2,), mixed=((2, 32),), prefix_chunks=(), grid_chunk_tokens=(), swap_groups=(1, 4),
                   swap_copies=(1,), repeats=2, warmup=1, decode_repeats=3, passes=1, pipelined=True,
-                  swap_plans=((2, 2, 2, "out"), (1, 4, 1, "in"), (4, 2, 2, "out")))
+                  swap_plans=((2, 2, 2, "out"), (1, 4, 1, "in"), (4, 2, 2, "out")),
+                  idle_starts=((16, 0), (8, 32), (16, 4096)))
     samples = measure(ex, sweep, log=lambda *a: None)
-    assert {s.kind for s in samples} >= {"decode", "prefill", "mixed", "swap", "swap_plan"}
+    assert {s.kind for s in samples} >= {"decode", "prefill", "mixed", "swap", "swap_plan", "idle_start"}
     assert all(s.async_s > 0 for s in samples if s.kind not in ("swap", "swap_plan"))
     assert all(s.async_s == 0 for s in samples if s.kind in ("swap", "swap_plan"))
+    # prefills launched on an idle device, and back to back: every spec with room (not 4,096 cached tokens)
+    idle = [s for s in samples if s.kind == "idle_start"]
+    assert [(f[LINEAR_FEATURES.index("prefill_tokens")], f[LINEAR_FEATURES.index("prefill_kv_read_tokens")])
+            for f in (s.features for s in idle)] == [(16, 16), (8, 40)]
+    assert all(s.duration_s > 0 and s.device_s > 0 for s in idle)
     # decodes beside swaps, each launched behind the same decodes without them: every spec the executor has
     # room for
     swap_plans = [s for s in samples if s.kind == "swap_plan"]

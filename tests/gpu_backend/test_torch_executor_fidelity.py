@@ -119,9 +119,25 @@ def test_an_asynchronous_real_run_is_recorded_in_launch_order_on_the_engines_clo
     starts = [r["start_s"] for r in real["records"]]
     ends = [r["start_s"] + r["s"] for r in real["records"]]
     assert starts == sorted(starts) and all(b >= a for a, b in zip(ends, starts[1:]))
+    # each record says whether it was launched with none in flight; an iteration that began after the one
+    # before it ended (the engine waited for an arrival) always was
+    idle = [r["idle_start"] for r in real["records"]]
+    assert idle[0] and not all(idle)
+    assert all(idle[i + 1] for i, (a, b) in enumerate(zip(ends, starts[1:])) if b > a)
     measured = np.array([r["s"] for r in real["records"]])
     again = replay_metrics(real, measured, real["kv_bytes_per_token"])
     assert {k: again[k] for k in END_TO_END_KEYS} == {k: real["metrics"][k] for k in END_TO_END_KEYS}
+
+
+def test_idle_starts_are_read_from_the_records_or_inferred_from_their_clock_for_older_runs():
+    from train.fidelity import idle_started
+
+    said = [{"s": 1.0, "start_s": 0.0, "idle_start": True}, {"s": 1.0, "start_s": 1.0, "idle_start": True}]
+    assert idle_started(said).tolist() == [True, True]
+    older = [{"s": 1.0, "start_s": 0.0}, {"s": 1.0, "start_s": 1.0}, {"s": 0.5, "start_s": 3.0},
+             {"s": 1.0, "start_s": 3.5}]
+    assert idle_started(older).tolist() == [True, False, True, False]
+    assert idle_started([]).tolist() == []
 
 
 def test_a_real_run_that_served_nothing_is_refused_by_name(tmp_path, cpu_profile):
