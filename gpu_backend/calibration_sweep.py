@@ -251,13 +251,18 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
                 jobs.append(decode_job("decode_unequal", [ctx] * (b - b // 2) + [max(1, ctx // 4)] * (b // 2)))
         smaller = b
 
+    def one_chunk(start: int, n: int) -> BatchPlan | None:
+        """A plan of one chunk of ``n`` tokens after ``start`` cached ones (None without the KV blocks)."""
+        blocks.reset()
+        table = blocks.take(-(-(start + n) // bs))
+        if table is None:
+            return None
+        return BatchPlan(prefills=[PrefillChunk(0, start, n, table, True, _tokens(n, vocab, rng))])
+
     def prefill_job(start: int, n: int):
         def job() -> Sample | None:
-            blocks.reset()
-            table = blocks.take(-(-(start + n) // bs))
-            if table is None:
-                return None
-            return run("prefill", BatchPlan(prefills=[PrefillChunk(0, start, n, table, True, _tokens(n, vocab, rng))]))
+            plan = one_chunk(start, n)
+            return None if plan is None else run("prefill", plan)
         return job
 
     for start in sweep.prefill_starts:
@@ -342,11 +347,9 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
 
     def idle_start_job(n: int, start: int):
         def job() -> Sample | None:
-            blocks.reset()
-            table = blocks.take(-(-(start + n) // bs))
-            if table is None:
+            plan = one_chunk(start, n)
+            if plan is None:
                 return None
-            plan = BatchPlan(prefills=[PrefillChunk(0, start, n, table, True, _tokens(n, vocab, rng))])
             runs = [executor.collect(executor.launch(plan)) for _ in range(sweep.warmup + sweep.repeats)]
             runs = runs[sweep.warmup:]
             return Sample("idle_start", shape_features(plan), statistics.median(r.duration_s for r in runs),
