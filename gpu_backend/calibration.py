@@ -249,7 +249,8 @@ def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[S
                         f"TorchExecutor ({executor.dtype}, CUDA graphs for decode, "
                         f"split_gemms={'on' if executor.split_gemms else 'off'}, "
                         f"epilogue_gemms={'on' if executor.epilogue_gemms else 'off'}, "
-                        f"fused_rope={'on' if executor.fused_rope else 'off'}), {len(samples)} shapes"
+                        f"fused_rope={'on' if executor.fused_rope else 'off'}, "
+                        f"fine_decode_ranges={'on' if executor.fine_decode_ranges else 'off'}), {len(samples)} shapes"
                         f"{_passes_text(samples)}, {_timing_text(timing)}, "
                         f"in-sample MAPE {f.mape['all']:.1%} (max {f.max_ape:.1%})."),
         "model": {"name": d.name, "num_layers": shape.num_layers, "hidden_size": shape.hidden_size,

@@ -14,6 +14,8 @@ FLAGS = {
     "split_gemms": "few-row QKV, output and down products cut into batched K slices (CUDA)",
     "epilogue_gemms": "the gate/up product applies SwiGLU itself where measured faster (compute capability 9.0+)",
     "fused_rope": "decode-only batches apply RoPE and write the new KV inside the attention kernel (CUDA)",
+    "fine_decode_ranges": "iterations with prefill chunks replay a graph whose decode range, and so its key "
+                          "splits, fits their decodes within 2x, not only 8 rows or all (CUDA graphs)",
 }
 
 

@@ -92,8 +92,10 @@ class TorchExecutor:
     step at batch 256 1.03-1.06x faster on an H200 (1.49-1.54x its byte roofline against 1.56-1.61x
     on three leases: BENCHMARKS.md, session 12); the shipped fitted profiles time the executor with
     both. ``fused_rope`` (default: on CUDA) runs each layer's RoPE, KV write and decode attention of a
-    decode-only batch as one kernel (``gpu_backend.rope_decode_attention``). ``True`` where the device
-    lacks what they need is an error; ``False`` turns them off.
+    decode-only batch as one kernel (``gpu_backend.rope_decode_attention``). ``fine_decode_ranges``
+    (default: on CUDA) gives each whole-iteration graph bucket decode ranges between 8 rows and all, so
+    decodes beside a chunk get about the key splits of a batch of their size (``full_graphs.decode_ranges``).
+    ``True`` where the device lacks what they need is an error; ``False`` turns them off.
     """
 
     supports_multi_step = False
@@ -108,7 +110,7 @@ class TorchExecutor:
                  seed: int = 0, keep_logits: bool = False, random_weights: bool = False,
                  tune_gemms: bool = False, full_graph_max_tokens: int | None = None,
                  split_gemms: bool | None = None, epilogue_gemms: bool | None = None,
-                 fused_rope: bool | None = None):
+                 fused_rope: bool | None = None, fine_decode_ranges: bool | None = None):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -152,9 +154,15 @@ class TorchExecutor:
         if fused_rope and (self.device.type != "cuda" or triton is None):
             raise ValueError(f"fused_rope=True needs a CUDA device with triton (it is one Triton kernel), "
                              f"device is {self.device.type!r}")
+        if fine_decode_ranges is None:
+            fine_decode_ranges = self.device.type == "cuda"
+        if fine_decode_ranges and self.device.type != "cuda":
+            raise ValueError(f"fine_decode_ranges=True needs a CUDA device (it shapes captured graphs), "
+                             f"device is {self.device.type!r}")
         self.split_gemms = split_gemms
         self.epilogue_gemms = epilogue_gemms
         self.fused_rope = fused_rope
+        self.fine_decode_ranges = fine_decode_ranges
         self.max_model_len = max_model_len
         self.block_size = block_size
         elt = torch.empty((), dtype=self.dtype).element_size()
@@ -206,7 +214,7 @@ class TorchExecutor:
                 full_graph_max_tokens = auto_full_graph_tokens(self.weights)
             sizes = tuple(n for n in MIXED_BUCKETS if n <= full_graph_max_tokens)
             if sizes:
-                self.full = FullGraphs(self.model, self.tables, max_num_seqs, sizes)
+                self.full = FullGraphs(self.model, self.tables, max_num_seqs, sizes, fine_ranges=fine_decode_ranges)
         self.last_swap = None
 
     def _default_gpu_blocks(self, bytes_per_block: int, util: float, reserve: int) -> int:

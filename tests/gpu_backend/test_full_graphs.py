@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpu_backend.full_graphs import FullLayout
+from gpu_backend.full_graphs import FullLayout, decode_ranges
 from gpu_backend.models import LlamaWeights
 from gpu_backend.paged_prefill import BLOCK_M
 from gpu_backend.plan import BatchPlan, PrefillChunk
@@ -95,6 +95,42 @@ def test_each_bucket_has_a_graph_for_a_few_decodes_and_one_for_many(hf):
     assert full.bucket(30, 17, 1, 18) is None        # more decodes than the executor takes
 
 
+def h200_like_splits(rows: int, kv_heads: int = 3) -> int:
+    """``wave_splits`` on 132 SMs: a power of two up to 16 giving two waves of (row, KV head, split) programs."""
+    want, s = -(-264 // (rows * kv_heads)), 1
+    while s < want and s < 16:
+        s *= 2
+    return s
+
+
+def test_decode_ranges_keep_each_doubling_that_buys_more_splits():
+    # three KV heads: 8 rows -> 16 splits, 16 -> 8, 32 -> 4, 64 -> 2, 128 and 256 -> 1
+    assert decode_ranges(256, 8, h200_like_splits) == [8, 16, 32, 64, 256]
+    assert decode_ranges(256, 8, h200_like_splits, fine=False) == [8, 256]
+    assert decode_ranges(64, 8, h200_like_splits) == [8, 16, 32, 64]
+    # eight KV heads: 64 rows already take one split like 256
+    assert decode_ranges(256, 8, lambda r: h200_like_splits(r, 8)) == [8, 16, 32, 256]
+    assert decode_ranges(12, 8, h200_like_splits) == [8, 12] and decode_ranges(4, 8, h200_like_splits) == [4]
+    assert decode_ranges(256, 8, lambda r: 1) == [8, 256]          # off CUDA every batch takes one split
+
+
+def test_an_iteration_takes_the_smallest_decode_range_holding_its_decodes(hf, monkeypatch):
+    import gpu_backend.full_graphs as fg
+
+    monkeypatch.setattr(fg, "decode_splits", lambda rows, kv_heads, device: h200_like_splits(rows, kv_heads))
+    ex = TorchExecutor(LlamaWeights.from_hf(hf, "tiny"), device="cpu", num_gpu_blocks=16, num_host_blocks=0,
+                       max_model_len=64)
+    kv_heads = ex.dims.num_kv_heads
+    full = EagerFullGraphs(ex.model, ex.tables, max_decodes=64, sizes=(16, 128))
+    want = decode_ranges(64, 8, lambda r: h200_like_splits(r, kv_heads))
+    assert full.keys == [(16, 8), (16, 16)] + [(128, r) for r in want] and len(want) > 2
+    assert full.bucket(100, 9, 1, 10) == (128, 16) and full.bucket(100, 8, 1, 9) == (128, 8)
+    assert full.bucket(100, want[-2] + 1, 1, want[-2] + 2) == (128, want[-1])
+    assert full.decode_splits[(128, 16)] == h200_like_splits(16, kv_heads)
+    coarse = EagerFullGraphs(ex.model, ex.tables, max_decodes=64, sizes=(128,), fine_ranges=False)
+    assert coarse.keys == [(128, 8), (128, 64)] and coarse.bucket(100, 9, 1, 10) == (128, 64)
+
+
 def test_a_negative_token_limit_for_the_graphs_is_refused():
     with pytest.raises(ValueError, match=r"full_graph_max_tokens must be >= 0 .* got -1"):
         TorchExecutor("tiny", device="cpu", num_gpu_blocks=8, num_host_blocks=0, max_model_len=64,
@@ -118,3 +154,36 @@ def test_static_attention_launches_the_decode_kernel_with_the_fixed_configuratio
     fg.static_attention(model, 0, q, q, tiles=None, decode_tables=None, decode_ctx=torch.zeros(256), decode_splits_=2)
     assert [c[0] for c in calls] == ["prefill", "decode"]
     assert calls[1][1]["config"] == {"num_splits": 2, **DECODE_CONFIG}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_decodes_beside_a_chunk_in_a_middle_decode_range_sample_what_the_eager_path_samples(hf):
+    """24 decodes at 300-token contexts beside a 40-token chunk: a captured graph of the 32-row range, whose
+    decode kernel takes more key splits than the whole range's, samples the eager executor's tokens (fp32)."""
+    import copy
+
+    w = LlamaWeights.from_hf(copy.deepcopy(hf).to("cuda"), "tiny")
+    kw = dict(device="cuda", dtype=torch.float32, num_gpu_blocks=600, num_host_blocks=0, max_model_len=512)
+    graphs, eager = TorchExecutor(w, **kw), TorchExecutor(w, keep_logits=True, **kw)
+    assert graphs.fine_decode_ranges and (64, 32) in graphs.full.keys
+    used = []
+    run = graphs.full.run
+    graphs.full.run = lambda n, staged, k: used.append(n) or run(n, staged, k)
+    prompts = {i: tokens(300, 100 + i) for i in range(24)}
+    tables = {i: list(range(20 * i, 20 * i + 20)) for i in range(24)}
+    first: dict[int, dict[int, int]] = {}
+    for name, ex in (("graphs", graphs), ("eager", eager)):
+        for start in range(0, 24, 4):
+            res = ex.execute(BatchPlan(prefills=[PrefillChunk(i, 0, 300, tables[i], True, prompts[i])
+                                                 for i in range(start, start + 4)]))
+            first.setdefault(name, {}).update(res.sampled_tokens)
+    assert first["graphs"] == first["eager"]
+    new = tokens(40, 99)
+    mixed = BatchPlan(prefills=[PrefillChunk(50, 0, 40, [580, 581, 582], True, new)],
+                      decode_seq_ids=list(range(24)), decode_positions=[300] * 24,
+                      decode_block_tables=[tables[i] for i in range(24)],
+                      decode_input_ids=[first["eager"][i] for i in range(24)])
+    got, want = graphs.execute(mixed).sampled_tokens, eager.execute(mixed).sampled_tokens
+    assert used[-1] == (64, 32) and graphs.full.decode_splits[(64, 32)] > graphs.full.decode_splits[(64, 64)]
+    assert got == want and len(got) == 25

@@ -171,7 +171,8 @@ def test_sweep_on_the_cpu_executor_writes_a_loadable_profile(tmp_path):
     path = tmp_path / "cpu-tiny.json"
     written = profile_json("cpu-tiny", ex, f, info, samples)
     # off CUDA neither optional kernel runs, and the description says so
-    assert "CUDA graphs for decode, split_gemms=off, epilogue_gemms=off, fused_rope=off)" in written["description"]
+    assert ("CUDA graphs for decode, split_gemms=off, epilogue_gemms=off, fused_rope=off, fine_decode_ranges=off)"
+            in written["description"])
     assert written["fit"]["timing"] == "wall" and "wall time of synchronous iterations" in written["description"]
     path.write_text(json.dumps(written))
     prof = load_profile(str(path))

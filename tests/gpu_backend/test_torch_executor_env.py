@@ -119,10 +119,22 @@ def test_fused_rope_flags_are_refused_off_cuda_and_off_the_torch_backend(capsys)
     assert "--fused-rope changes the real executor; it needs --backend torch" in capsys.readouterr().err
 
 
+def test_fine_decode_ranges_flags_are_refused_off_cuda_and_off_the_torch_backend(capsys):
+    rc = main(["simulate", "--backend", "torch", "--model", "tiny", "--device", "cpu", "-n", "1",
+               "--fine-decode-ranges"])
+    assert rc == 2
+    assert ("servegym simulate: error: fine_decode_ranges=True needs a CUDA device (it shapes captured graphs), "
+            "device is 'cpu'") in capsys.readouterr().err
+    rc = main(["simulate", "-n", "1", "--no-fine-decode-ranges"])
+    assert rc == 2
+    assert "--no-fine-decode-ranges changes the real executor; it needs --backend torch" in capsys.readouterr().err
+
+
 def test_turning_the_kernels_off_on_the_cpu_runs(tmp_path, capsys):
     out = tmp_path / "run.json"
     rc = main(["simulate", "--backend", "torch", "--model", "tiny", "--device", "cpu", "-n", "2",
-               "--no-split-gemms", "--no-epilogue-gemms", "--no-fused-rope", "--json", str(out)])
+               "--no-split-gemms", "--no-epilogue-gemms", "--no-fused-rope", "--no-fine-decode-ranges",
+               "--json", str(out)])
     assert rc == 0
     assert json.loads(out.read_text())["num_finished"] == 2
 
