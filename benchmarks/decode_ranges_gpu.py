@@ -30,8 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from full_graphs_gpu import build_plan, timed  # noqa: E402  (beside this script)
-from gpu_backend.full_graphs import FullGraphs  # noqa: E402
-from gpu_backend.mixed_graphs import MIXED_BUCKETS  # noqa: E402
+from gpu_backend.full_graphs import FULL_BUCKETS, FullGraphs  # noqa: E402
 from gpu_backend.models import load_weights  # noqa: E402
 from gpu_backend.plan import BatchPlan  # noqa: E402
 from gpu_backend.torch_executor import TorchExecutor  # noqa: E402
@@ -60,7 +59,7 @@ def measure(model: str, rng) -> list[dict]:
     weights = load_weights(model, "cuda", torch.bfloat16, random_weights=True)
     t0 = time.perf_counter()
     ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=blocks_needed(16), num_host_blocks=0,
-                       max_model_len=MAX_CONTEXT, full_graph_max_tokens=max(MIXED_BUCKETS))
+                       max_model_len=MAX_CONTEXT, full_graph_max_tokens=max(FULL_BUCKETS))
     fine = ex.full
     build_fine = time.perf_counter() - t0
     t0 = time.perf_counter()

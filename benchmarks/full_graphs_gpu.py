@@ -8,7 +8,8 @@ within 1% of the logits' spread.
 
 Part 2 (speed): for each model, iterations of several shapes (chunks x tokens over cached
 tokens, beside decodes at a context), median wall and device time of ``execute`` with the
-whole-iteration graphs and with the piecewise ones, same executor, same run.
+whole-iteration graphs and with the piecewise ones (past their largest bucket, 2,048 tokens, the eager
+path), same executor, same run.
 
     python3 benchmarks/full_graphs_gpu.py [--models smollm2-135m,llama-1b,llama-8b] [--out FILE.json]
 """
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from gpu_backend.mixed_graphs import MIXED_BUCKETS  # noqa: E402
+from gpu_backend.full_graphs import FULL_BUCKETS  # noqa: E402
 from gpu_backend.models import load_weights  # noqa: E402
 from gpu_backend.plan import BatchPlan, PrefillChunk  # noqa: E402
 from gpu_backend.torch_executor import TorchExecutor  # noqa: E402
@@ -35,7 +36,8 @@ from gpu_backend.torch_executor import TorchExecutor  # noqa: E402
 # (chunks, new tokens each, cached tokens before each chunk, decodes, decode context)
 SHAPES = ((1, 64, 0, 0, 0), (1, 64, 2048, 8, 1024), (1, 256, 0, 32, 1024), (8, 64, 1024, 0, 0),
           (1, 52, 7888, 4, 4096), (1, 512, 0, 128, 1024), (1, 1920, 0, 128, 512), (1, 2048, 0, 0, 0),
-          (16, 32, 512, 64, 2048))
+          (16, 32, 512, 64, 2048), (1, 2048, 0, 1, 1024), (1, 4096, 0, 0, 0), (1, 2048, 2048, 64, 1024),
+          (8, 512, 0, 0, 0), (1, 8192, 0, 0, 0))
 
 
 def correctness(weights, rng) -> dict:
@@ -115,7 +117,7 @@ def speed(model: str, rng) -> list[dict]:
     # every bucket gets a whole-iteration graph here, whatever the default threshold, so each row compares
     # the two paths (a row past the threshold would otherwise time the piecewise path twice)
     ex = TorchExecutor(weights, device="cuda", num_gpu_blocks=12_000, num_host_blocks=0, max_model_len=8192,
-                       full_graph_max_tokens=max(MIXED_BUCKETS))
+                       full_graph_max_tokens=max(FULL_BUCKETS))
     print(f"   {model}: executor with graphs built in {time.perf_counter() - t0:.1f} s", flush=True)
     ex.store.gpu.normal_()
     full = ex.full

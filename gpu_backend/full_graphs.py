@@ -49,6 +49,11 @@ from gpu_backend.paged_prefill import BLOCK_M, DevicePrefillTiles, paged_prefill
 
 FULL_MAX_CHUNKS = 32
 FEW_DECODES = 8
+# past the piecewise graphs' largest bucket an iteration runs eagerly, one launch per kernel from Python: on
+# a small model that is host bound (smollm2-135m on an H200: a fresh 4,096-token chunk took 11.4 ms, 2,048
+# tokens plus one decode 14.0 ms, against 3.8 ms for 2,048 tokens in a whole-iteration graph; session 18),
+# so whole-iteration graphs go on to larger buckets where the executor's token threshold allows them
+FULL_BUCKETS = MIXED_BUCKETS + (3072, 4096, 6144, 8192)
 _FIELDS = ("ids", "pos", "row_slot", "dctx", "tile_seg", "tile_row", "seg_row", "seg_start", "seg_len", "seg_slot",
            "logit_rows")
 
@@ -191,7 +196,7 @@ class FullGraphs:
     """
 
     def __init__(self, model: LlamaForward, tables: DeviceBlockTables, max_decodes: int,
-                 sizes: tuple[int, ...] = MIXED_BUCKETS, max_chunks: int = FULL_MAX_CHUNKS,
+                 sizes: tuple[int, ...] = FULL_BUCKETS, max_chunks: int = FULL_MAX_CHUNKS,
                  few_decodes: int = FEW_DECODES, fine_ranges: bool = True):
         d = model.dims
         dev = model.store.device

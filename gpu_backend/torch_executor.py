@@ -31,8 +31,8 @@ from gpu_backend.epilogue_gemms import supported as epilogue_gemms_supported
 from gpu_backend.kv_store import PagedKVStore
 from gpu_backend.launched_step import LaunchedStep, PinnedPair, fill_pending, pending_rows
 from gpu_backend.llama_forward import ForwardBatch, LlamaForward, PrefillSegment
-from gpu_backend.full_graphs import FullGraphs
-from gpu_backend.mixed_graphs import MIXED_BUCKETS, MixedGraphs
+from gpu_backend.full_graphs import FULL_BUCKETS, FullGraphs
+from gpu_backend.mixed_graphs import MixedGraphs
 from gpu_backend.paged_prefill import DevicePrefillTiles, PrefillTiles, compile_kernel_variants, triton
 from gpu_backend.models import LlamaWeights, load_weights
 from gpu_backend.plan import BatchPlan, DecodeStepTime, KVCapacity, StepResult
@@ -45,7 +45,7 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 # more than the GPU work: an H200 ran smollm2-135m's iterations with prefill 1.1-5.7x faster with them up
 # to 2,048 tokens, llama-1b's 1.1-2.2x up to 640 tokens but 0.94x at 2,048 fresh tokens, llama-8b's 1.0-1.4x
 # up to 72 tokens and 0.94-1.03x from 288 up (BENCHMARKS.md). So by default they take the token buckets up to
-# this many token-parameter products (matrix parameters x tokens): smollm2 all, llama-1b up to 1,024 tokens,
+# this many token-parameter products (matrix parameters x tokens): smollm2 up to 8,192, llama-1b up to 1,024 tokens,
 # llama-8b up to 128.
 FULL_GRAPH_TOKEN_PARAMS = 1.5e12
 
@@ -212,7 +212,7 @@ class TorchExecutor:
             self.mixed = MixedGraphs(self.model)
             if full_graph_max_tokens is None:
                 full_graph_max_tokens = auto_full_graph_tokens(self.weights)
-            sizes = tuple(n for n in MIXED_BUCKETS if n <= full_graph_max_tokens)
+            sizes = tuple(n for n in FULL_BUCKETS if n <= full_graph_max_tokens)
             if sizes:
                 self.full = FullGraphs(self.model, self.tables, max_num_seqs, sizes, fine_ranges=fine_decode_ranges)
         self.last_swap = None
