@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--timing", choices=("wall", "async"), default=None,
                    help="fit wall or back-to-back time (default: the base profile's, wall if it does not say)")
+    p.add_argument("--token-regimes", default=None,
+                   help="comma-separated token counts past which the executor took another path, fitted apart "
+                        "(default: the base profile's; '' for none)")
     args = p.parse_args(argv)
 
     from gpu_backend.calibration import refit_profile_json
@@ -35,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = json.loads(args.base.read_text())
         samples = load_samples(args.samples)
-        out = refit_profile_json(base, samples, time.strftime("%Y-%m-%d"), args.timing)
+        regimes = None if args.token_regimes is None else tuple(
+            int(b) for b in args.token_regimes.split(",") if b.strip())
+        out = refit_profile_json(base, samples, time.strftime("%Y-%m-%d"), args.timing, regimes)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"refit_profile.py: {exc}") from None
     args.out.parent.mkdir(parents=True, exist_ok=True)

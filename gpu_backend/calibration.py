@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -67,6 +68,9 @@ class Fit:
     decode_table: DecodeTable | None = None
     swap_plan: tuple[float, float] = (0.0, 0.0)   # overhead and cost per copy of a plan with swaps, pipelined
     idle_start_s: float = 0.0   # what an iteration launched on an idle device adds to its back-to-back time
+    # (above_tokens, coefficients): iterations of more tokens fitted apart (``LinearCostModel``'s regimes)
+    regimes: tuple[tuple[int, dict[str, float]], ...] = ()
+    token_regimes: tuple[int, ...] = ()     # the token counts the executor changes paths at (asked for)
 
 
 # samples that are not one iteration's compute: swap-only plans, decodes beside swaps launched behind the same
@@ -150,10 +154,32 @@ def timed_as(samples: list[Sample], timing: str) -> list[Sample]:
     return [s if s.kind in NOT_COMPUTE_KINDS else replace(s, duration_s=s.async_s) for s in samples]
 
 
-def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fit:
+def _sample_tokens(s: Sample) -> int:
+    f = dict(zip(LINEAR_FEATURES, s.features))
+    return int(f["prefill_tokens"] + f["num_decode"])
+
+
+def populated_regimes(tokens: list[int], bounds: tuple[int, ...]) -> list[int]:
+    """The bounds of ``bounds`` (ascending) kept as regime edges: each regime they make, from the bottom, holds
+    at least one sample per feature; a bound that would leave fewer below or above it is dropped, so its samples
+    join the regime below."""
+    need = len(LINEAR_FEATURES)
+    t = np.array(tokens)
+    kept: list[int] = []
+    for b in sorted(set(bounds)):
+        lower = kept[-1] if kept else -1
+        if np.count_nonzero((t > lower) & (t <= b)) >= need and np.count_nonzero(t > b) >= need:
+            kept.append(b)
+    return kept
+
+
+def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None,
+        token_regimes: tuple[int, ...] = ()) -> Fit:
     """Decode iterations: a table per batch size (``DecodeTable``), when the sweep timed enough of
     them. The other iterations: weighted (1/time) non-negative least squares of ``LINEAR_FEATURES``
-    (of every iteration sample when there is no table). Swaps: per-copy latency plus bandwidth."""
+    (of every iteration sample when there is no table), one fit per token regime (``token_regimes``: the
+    token counts past which the executor takes another path; ``populated_regimes``). Swaps: per-copy
+    latency plus bandwidth."""
     it = [s for s in samples if s.kind not in NOT_COMPUTE_KINDS]
     sw = [s for s in samples if s.kind == "swap"]
     swap_plans = [s for s in samples if s.kind == "swap_plan"]
@@ -163,10 +189,17 @@ def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fi
     rest = [s for s in it if s.kind not in DECODE_KINDS] if table is not None else it
     if len(rest) < len(LINEAR_FEATURES):
         table, rest = None, it
-    X = np.array([s.features for s in rest], dtype=np.float64)
-    y = np.array([s.duration_s for s in rest], dtype=np.float64)
-    c = _weighted_nnls(X, y)
-    model = LinearCostModel(dict(zip(LINEAR_FEATURES, c)), 1.0, 1.0, 1, table)
+    tokens = [_sample_tokens(s) for s in rest]
+    edges = populated_regimes(tokens, token_regimes)
+    fits = []
+    for lower, upper in zip([-1, *edges], [*edges, math.inf]):
+        part = [s for s, n in zip(rest, tokens) if lower < n <= upper]
+        X = np.array([s.features for s in part], dtype=np.float64)
+        y = np.array([s.duration_s for s in part], dtype=np.float64)
+        fits.append(dict(zip(LINEAR_FEATURES, (float(v) for v in _weighted_nnls(X, y)))))
+    regimes = tuple(zip(edges, fits[1:]))
+    c = fits[0]
+    model = LinearCostModel(c, 1.0, 1.0, 1, table, regimes=regimes)
     y_all = np.array([s.duration_s for s in it])
     pred = np.array([model.compute_time(BatchShape(*_shape_args(s))) for s in it])
     ape = np.abs(pred - y_all) / y_all
@@ -202,8 +235,7 @@ def fit(samples: list[Sample], graph_sizes: tuple[int, ...] | None = None) -> Fi
         back_to_back = np.array([s.async_s for s in idle])
         idle_start = float(nnls(np.ones((len(idle), 1)), t - back_to_back)[0])
         mape["idle_start"] = float((np.abs(back_to_back + idle_start - t) / t).mean())
-    return Fit({k: float(v) for k, v in zip(LINEAR_FEATURES, c)}, lat, bw, mape, float(ape.max()), table,
-               swap_plan_fit, idle_start)
+    return Fit(c, lat, bw, mape, float(ape.max()), table, swap_plan_fit, idle_start, regimes, tuple(token_regimes))
 
 
 def _shape_args(sample: Sample) -> tuple:
@@ -225,7 +257,13 @@ def _cost_model_json(f: Fit) -> dict:
     swap_plan = {} if not any(f.swap_plan) else {
         "swap_plan": {"overhead_s": f.swap_plan[0], "per_copy_s": f.swap_plan[1]}}
     idle = {"idle_start_s": f.idle_start_s} if f.idle_start_s else {}
-    return {"kind": "linear", "coefficients": f.coefficients, **table, **swap_plan, **idle}
+    regimes = {"regimes": [{"above_tokens": above, "coefficients": c} for above, c in f.regimes]} if f.regimes else {}
+    return {"kind": "linear", "coefficients": f.coefficients, **table, **swap_plan, **idle, **regimes}
+
+
+def _fit_json(f: Fit, samples: list[Sample], timing: str) -> dict:
+    return {"mape": f.mape, "max_ape": f.max_ape, "num_samples": len(samples), "timing": timing,
+            **({"token_regimes": list(f.token_regimes)} if f.token_regimes else {})}
 
 
 def _passes_text(samples: list[Sample]) -> str:
@@ -267,18 +305,22 @@ def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[S
         "kv": {"block_size": cap.block_size, "num_gpu_blocks": cap.num_gpu_blocks,
                "num_host_blocks": cap.num_host_blocks, "max_model_len": cap.max_model_len},
         "cost_model": _cost_model_json(f),
-        "fit": {"mape": f.mape, "max_ape": f.max_ape, "num_samples": len(samples), "timing": timing},
+        "fit": _fit_json(f, samples, timing),
     }
 
 
-def refit_profile_json(base: dict, samples: list[Sample], when: str, timing: str | None = None) -> dict:
+def refit_profile_json(base: dict, samples: list[Sample], when: str, timing: str | None = None,
+                       token_regimes: tuple[int, ...] | None = None) -> dict:
     """``base`` (a fitted profile's JSON) with its cost model fitted again on ``samples``: the same
     model, device and KV sizes, today's features. The decode table rounds up as ``base``'s did; the
-    timing is ``timing``, or ``base``'s (wall for profiles that do not say)."""
+    timing is ``timing``, or ``base``'s (wall for profiles that do not say); the token regimes are
+    ``token_regimes``, or ``base``'s (none for profiles that do not say)."""
     table = base.get("cost_model", {}).get("decode_table")
     graph_sizes = tuple(table["num_seqs"]) if table and table.get("round_up") else None
     timing = timing or base.get("fit", {}).get("timing", "wall")
-    f = fit(timed_as(samples, timing), graph_sizes)
+    if token_regimes is None:
+        token_regimes = tuple(int(b) for b in base.get("fit", {}).get("token_regimes", ()))
+    f = fit(timed_as(samples, timing), graph_sizes, token_regimes)
     out = json.loads(json.dumps(base))
     out["description"] = (f"{base.get('description', '')} Refitted on {when} from its {len(samples)} samples "
                           f"with features {', '.join(LINEAR_FEATURES)}, {_timing_text(timing)}: in-sample MAPE "
@@ -288,7 +330,7 @@ def refit_profile_json(base: dict, samples: list[Sample], when: str, timing: str
         out["device"]["copy_latency_s"] = f.copy_latency_s
         out["device"]["host_bandwidth"] = f.host_bandwidth
     out["device"]["iteration_overhead_s"] = max(f.coefficients["intercept"], 1e-6)
-    out["fit"] = {"mape": f.mape, "max_ape": f.max_ape, "num_samples": len(samples), "timing": timing}
+    out["fit"] = _fit_json(f, samples, timing)
     return out
 
 
@@ -377,7 +419,7 @@ def run_profile(args: argparse.Namespace) -> int:
     if graph_sizes and not args.quick:
         sweep.decode_batches = graph_sizes      # one table row per captured decode graph
     samples = measure(ex, sweep)
-    f = fit(timed_as(samples, args.timing), graph_sizes)
+    f = fit(timed_as(samples, args.timing), graph_sizes, ex.token_regimes())
     name = args.name or args.out.stem
     prof = profile_json(name, ex, f, info, samples, args.timing)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -388,6 +430,8 @@ def run_profile(args: argparse.Namespace) -> int:
           + ", ".join(f"{k} {v:.1%}" for k, v in f.mape.items()) + f"; wrote {args.out}")
     print("coefficients: " + ", ".join(f"{k} {v:.3e}" for k, v in f.coefficients.items())
           + f"; swap latency {f.copy_latency_s * 1e6:.1f} us, bandwidth {f.host_bandwidth / 1e9:.1f} GB/s")
+    if f.token_regimes:
+        print(f"token regimes asked for at {list(f.token_regimes)}; fitted apart above {[a for a, _ in f.regimes]}")
     return 0
 
 

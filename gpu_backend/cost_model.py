@@ -265,6 +265,18 @@ def linear_features(s: BatchShape) -> tuple[float, ...]:
             has_prefill, float(s.num_prefill_chunks), has_prefill * with_decode, has_cached, has_cached * with_decode)
 
 
+def _coefficients(coefficients: dict[str, float], where: str) -> dict[str, float]:
+    """``coefficients`` checked and in ``LINEAR_FEATURES`` order; features added later default to 0."""
+    coefficients = {**{f: 0.0 for f in _LATER_FEATURES}, **coefficients}
+    missing = [f for f in LINEAR_FEATURES if f not in coefficients]
+    if missing:
+        raise ValueError(f"{where}: missing coefficients {missing}")
+    unknown = sorted(set(coefficients) - set(LINEAR_FEATURES))
+    if unknown:
+        raise ValueError(f"{where}: unknown coefficients {unknown}; known: {list(LINEAR_FEATURES)}")
+    return {k: float(coefficients[k]) for k in LINEAR_FEATURES}
+
+
 @dataclass(frozen=True, slots=True)
 class DecodeTable:
     """Measured decode iterations: for each batch size, time = intercept + per-token * context tokens
@@ -329,20 +341,27 @@ class LinearCostModel(_AffineDecode):
     latency-plus-bandwidth form with fitted constants. With a ``DecodeTable`` (profiles fitted
     since it exists), decode-only iterations are timed from the table and the coefficients
     describe iterations with prefill chunks.
+
+    ``regimes``: (``above_tokens``, coefficients) pairs, ascending: an iteration of more tokens than
+    ``above_tokens`` takes those coefficients instead (the last such pair). Why: the real executor
+    runs an iteration as one captured graph, as piecewise graphs or eagerly depending on its token
+    count, and the eager path of a small model is bound by the host's launches, a cost no linear
+    function of the shape shares with the graph paths (smollm2-135m on an H200: 2,048 tokens in a
+    graph 3.8 ms, 2,049 eagerly 14 ms; session 18).
     """
 
     def __init__(self, coefficients: dict[str, float], copy_latency_s: float, host_bandwidth: float,
                  bytes_per_block: int, decode_table: DecodeTable | None = None,
-                 swap_plan: tuple[float, float] = (0.0, 0.0), idle_start_s: float = 0.0):
-        coefficients = {**{f: 0.0 for f in _LATER_FEATURES}, **coefficients}
-        missing = [f for f in LINEAR_FEATURES if f not in coefficients]
-        if missing:
-            raise ValueError(f"linear cost model: missing coefficients {missing}")
-        unknown = sorted(set(coefficients) - set(LINEAR_FEATURES))
-        if unknown:
-            raise ValueError(f"linear cost model: unknown coefficients {unknown}; known: {list(LINEAR_FEATURES)}")
-        self.c = {k: float(coefficients[k]) for k in LINEAR_FEATURES}
+                 swap_plan: tuple[float, float] = (0.0, 0.0), idle_start_s: float = 0.0,
+                 regimes: Sequence[tuple[int, dict[str, float]]] = ()):
+        self.c = _coefficients(coefficients, "linear cost model")
         self._vector = tuple(self.c[k] for k in LINEAR_FEATURES)
+        bounds = [above for above, _ in regimes]
+        if any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in bounds) or bounds != sorted(set(bounds)):
+            raise ValueError(f"linear cost model: regimes need whole above_tokens >= 1, strictly rising, got {bounds}")
+        self.regimes = tuple((above, _coefficients(c, f"linear cost model, regime above {above} tokens"))
+                             for above, c in regimes)
+        self._regime_vectors = tuple((above, tuple(c[k] for k in LINEAR_FEATURES)) for above, c in self.regimes)
         self.copy_latency_s = copy_latency_s
         self.host_bandwidth = host_bandwidth
         self.bytes_per_block = bytes_per_block
@@ -366,7 +385,12 @@ class LinearCostModel(_AffineDecode):
         return DecodeStepTime(a, c["decode_context_tokens"])
 
     def _mixed_time(self, s: BatchShape) -> float:
-        return sum(c * x for c, x in zip(self._vector, linear_features(s)))
+        vector = self._vector
+        for above, v in self._regime_vectors:
+            if s.num_tokens <= above:
+                break
+            vector = v
+        return sum(c * x for c, x in zip(vector, linear_features(s)))
 
     def swap_time(self, moves: Sequence[GroupMove]) -> float:
         return copy_time(moves, self.copy_latency_s, self.bytes_per_block, self.host_bandwidth)

@@ -66,6 +66,19 @@ def _field(obj: dict, key: str, where: str, kind=(int, float)):
     return v
 
 
+def _regimes(raw, src: str) -> list[tuple[int, dict]]:
+    """``cost_model.regimes``: a list of {"above_tokens": N, "coefficients": {...}}."""
+    if not isinstance(raw, list):
+        raise ProfileError(f"{src}: cost_model.regimes must be a list, got {type(raw).__name__}")
+    out = []
+    for i, r in enumerate(raw):
+        if not (isinstance(r, dict) and isinstance(r.get("above_tokens"), int) and isinstance(r.get("coefficients"), dict)):
+            raise ProfileError(f"{src}: cost_model.regimes[{i}] must be an object with a whole above_tokens and "
+                               f"a coefficients object, got {r!r}")
+        out.append((r["above_tokens"], r["coefficients"]))
+    return out
+
+
 def _opt(obj: dict, key: str, default, where: str, kind=(int, float)):
     """An optional field: ``default`` when absent, else type-checked like ``_field``."""
     return _field(obj, key, where, kind) if key in obj else default
@@ -175,7 +188,8 @@ def load_profile(name_or_path: str) -> CostProfile:
                 raise ProfileError(f"{src}: cost_model.idle_start_s must be a number, got {idle_start!r}")
             cost = LinearCostModel(coeffs, device.copy_latency_s, device.host_bandwidth, bytes_per_block,
                                    decode_table, (float(swap_plan.get("overhead_s", 0.0)),
-                                                  float(swap_plan.get("per_copy_s", 0.0))), float(idle_start))
+                                                  float(swap_plan.get("per_copy_s", 0.0))), float(idle_start),
+                                   _regimes(cm.get("regimes", []), src))
         except KeyError as e:
             raise ProfileError(f"{src}: cost_model.decode_table lacks {e}") from e
         except (TypeError, ValueError) as e:

@@ -217,6 +217,14 @@ class TorchExecutor:
                 self.full = FullGraphs(self.model, self.tables, max_num_seqs, sizes, fine_ranges=fine_decode_ranges)
         self.last_swap = None
 
+    def token_regimes(self) -> tuple[int, ...]:
+        """The token counts past which an iteration with prefill takes another path: past the whole-iteration
+        graphs' largest bucket the piecewise graphs, past theirs the eager path (none without graphs). A fitted
+        profile fits each stretch apart (``LinearCostModel``'s regimes)."""
+        full = max(self.full.layouts)[0] if self.full is not None else 0
+        piecewise = max(self.mixed.sizes) if self.mixed is not None else 0
+        return tuple(b for b in sorted({full, piecewise}) if b > 0 and b >= full)
+
     def _default_gpu_blocks(self, bytes_per_block: int, util: float, reserve: int) -> int:
         if not 0 < util <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {util}")
