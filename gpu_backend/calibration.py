@@ -271,6 +271,14 @@ def _passes_text(samples: list[Sample]) -> str:
     return f" each the median of {passes} passes" if passes > 1 else ""
 
 
+def _regimes_text(f: Fit) -> str:
+    if not f.token_regimes:
+        return ""
+    apart = ", ".join(str(a) for a, _ in f.regimes) or "none (too few samples past them)"
+    return (f", token regimes at {', '.join(str(b) for b in f.token_regimes)} tokens asked for, iterations with "
+            f"prefill fitted apart above: {apart}")
+
+
 def _timing_text(timing: str) -> str:
     return ("wall time of synchronous iterations" if timing == "wall"
             else "each iteration launched while the one before it runs, for asynchronous scheduling")
@@ -289,7 +297,7 @@ def profile_json(name: str, executor, f: Fit, device_info: dict, samples: list[S
                         f"epilogue_gemms={'on' if executor.epilogue_gemms else 'off'}, "
                         f"fused_rope={'on' if executor.fused_rope else 'off'}, "
                         f"fine_decode_ranges={'on' if executor.fine_decode_ranges else 'off'}), {len(samples)} shapes"
-                        f"{_passes_text(samples)}, {_timing_text(timing)}, "
+                        f"{_passes_text(samples)}, {_timing_text(timing)}{_regimes_text(f)}, "
                         f"in-sample MAPE {f.mape['all']:.1%} (max {f.max_ape:.1%})."),
         "model": {"name": d.name, "num_layers": shape.num_layers, "hidden_size": shape.hidden_size,
                   "num_heads": shape.num_heads, "num_kv_heads": shape.num_kv_heads,
@@ -323,8 +331,8 @@ def refit_profile_json(base: dict, samples: list[Sample], when: str, timing: str
     f = fit(timed_as(samples, timing), graph_sizes, token_regimes)
     out = json.loads(json.dumps(base))
     out["description"] = (f"{base.get('description', '')} Refitted on {when} from its {len(samples)} samples "
-                          f"with features {', '.join(LINEAR_FEATURES)}, {_timing_text(timing)}: in-sample MAPE "
-                          f"{f.mape['all']:.1%} (max {f.max_ape:.1%}).").strip()
+                          f"with features {', '.join(LINEAR_FEATURES)}, {_timing_text(timing)}{_regimes_text(f)}: "
+                          f"in-sample MAPE {f.mape['all']:.1%} (max {f.max_ape:.1%}).").strip()
     out["cost_model"] = _cost_model_json(f)
     if f.copy_latency_s and f.host_bandwidth:
         out["device"]["copy_latency_s"] = f.copy_latency_s

@@ -218,12 +218,14 @@ class TorchExecutor:
         self.last_swap = None
 
     def token_regimes(self) -> tuple[int, ...]:
-        """The token counts past which an iteration with prefill takes another path: past the whole-iteration
-        graphs' largest bucket the piecewise graphs, past theirs the eager path (none without graphs). A fitted
-        profile fits each stretch apart (``LinearCostModel``'s regimes)."""
+        """The token counts where the buckets an iteration with prefill runs in change family: the whole-iteration
+        graphs' largest and the piecewise graphs' largest (none without graphs). Past the first the piecewise
+        graphs or the eager path take it, and where whole-iteration graphs go past the piecewise ones' largest
+        (small models), their buckets beyond it are the ones that stand in for the eager path. A fitted profile
+        fits each stretch apart (``LinearCostModel``'s regimes)."""
         full = max(self.full.layouts)[0] if self.full is not None else 0
-        piecewise = max(self.mixed.sizes) if self.mixed is not None else 0
-        return tuple(b for b in sorted({full, piecewise}) if b > 0 and b >= full)
+        piecewise = self.mixed.max_tokens if self.mixed is not None else 0
+        return tuple(b for b in sorted({full, piecewise}) if b > 0)
 
     def _default_gpu_blocks(self, bytes_per_block: int, util: float, reserve: int) -> int:
         if not 0 < util <= 1:
