@@ -4,6 +4,7 @@ profile loading with its error messages."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -419,3 +420,29 @@ def test_a_profiles_swap_plan_term_is_read_and_a_malformed_one_refused(tmp_path)
     (tmp_path / "p.json").write_text(json.dumps(data))
     with pytest.raises(ProfileError, match="cost_model.swap_plan must be an object"):
         load_profile(str(tmp_path / "p.json"))
+
+
+def test_an_iteration_past_a_regime_bound_takes_that_regimes_coefficients():
+    eager = {**{k: 0.0 for k in LINEAR_FEATURES}, "intercept": 100.0, "prefill_tokens": 1.0}
+    cm = LinearCostModel(COEFFS, 1.0, 1.0, 1, regimes=[(16, eager), (64, {**eager, "intercept": 1000.0})])
+    s = BatchShape(prefill_tokens=10, prefill_attention_pairs=100.0, prefill_kv_read_tokens=20,
+                   num_decode=6, decode_context_tokens=40, num_sampled=7, num_prefill_chunks=1)
+    assert cm.compute_time(s) == LinearCostModel(COEFFS, 1.0, 1.0, 1).compute_time(s)     # 16 tokens: the base
+    assert cm.compute_time(dataclasses.replace(s, prefill_tokens=11)) == 100.0 + 11       # 17 tokens
+    assert cm.compute_time(dataclasses.replace(s, prefill_tokens=59)) == 1000.0 + 59      # 65 tokens
+    assert cm.decode_affine(3) == LinearCostModel(COEFFS, 1.0, 1.0, 1).decode_affine(3)   # decodes keep theirs
+    with pytest.raises(ValueError, match=r"regimes need whole above_tokens >= 1, strictly rising, got \[64, 16\]"):
+        LinearCostModel(COEFFS, 1.0, 1.0, 1, regimes=[(64, eager), (16, eager)])
+    with pytest.raises(ValueError, match=r"regime above 16 tokens: unknown coefficients \['bogus'\]"):
+        LinearCostModel(COEFFS, 1.0, 1.0, 1, regimes=[(16, {**eager, "bogus": 1.0})])
+
+
+def test_a_profile_with_regimes_loads_them_and_a_malformed_one_is_refused(tmp_path):
+    d = base_profile()
+    d["cost_model"] = {"kind": "linear", "coefficients": COEFFS,
+                       "regimes": [{"above_tokens": 2048, "coefficients": {**COEFFS, "intercept": 50.0}}]}
+    p = load_profile(write(tmp_path, d))
+    assert p.cost.regimes == ((2048, {**{k: float(v) for k, v in COEFFS.items()}, "intercept": 50.0}),)
+    d["cost_model"]["regimes"] = [{"above_tokens": "2048", "coefficients": COEFFS}]
+    with pytest.raises(ProfileError, match=r"cost_model.regimes\[0\] must be an object with a whole above_tokens"):
+        load_profile(write(tmp_path, d))

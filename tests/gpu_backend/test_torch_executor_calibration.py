@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from gpu_backend.calibration import fit, nnls, profile_json
+from gpu_backend.calibration import fit, nnls, populated_regimes, profile_json, refit_profile_json
 from gpu_backend.calibration_sweep import Sample, Sweep, measure
 from gpu_backend.cost_model import LINEAR_FEATURES, BatchShape, LinearCostModel
 from gpu_backend.decode_graphs import bucket_sizes
@@ -460,3 +460,50 @@ def test_pipelined_durations_keep_one_iteration_in_flight_and_time_each_from_the
     assert pipelined_durations(Executor(), [1, 2, 3]) == [0.001, 0.002, 0.003]
     assert calls == [("launch", 1), ("launch", 2), ("collect", 1), ("launch", 3), ("collect", 2), ("collect", 3)]
     assert pipelined_durations(Executor(), []) == []
+
+
+def test_populated_regimes_drop_a_bound_with_too_few_samples_on_either_side():
+    need = len(LINEAR_FEATURES)
+    tokens = [10] * need + [100] * need + [300] * (need - 1)
+    assert populated_regimes(tokens, (50, 200)) == [50]          # past 200: one sample too few
+    assert populated_regimes(tokens + [300], (200, 50)) == [50, 200]
+    assert populated_regimes(tokens, (5,)) == []                 # nothing at or below 5
+    assert populated_regimes(tokens, ()) == []
+
+
+def test_fit_recovers_two_token_regimes_and_a_refit_keeps_them():
+    graph = dict(zip(LINEAR_FEATURES, (1e-3, 2e-6, 1e-10, 3e-9, 5e-6, 4e-9, 7e-6, 2e-3, 4e-5, 6e-4, 3e-4, 5e-4)))
+    eager = {**graph, "intercept": 9e-3, "prefill_tokens": 5e-7, "num_prefill_chunks": 4e-4}
+    rng = np.random.default_rng(3)
+    samples = []
+    for _ in range(80):
+        f = _features(rng, prefill=True)
+        truth = eager if f[1] + f[4] > 2048 else graph
+        samples.append(Sample("mixed", f, float(np.dot(f, list(truth.values())))))
+    f = fit(samples, token_regimes=(2048,))
+    assert f.token_regimes == (2048,) and [a for a, _ in f.regimes] == [2048]
+    for fitted, truth in ((f.coefficients, graph), (f.regimes[0][1], eager)):
+        for k in LINEAR_FEATURES:     # every sample has prefill: only the intercept + has_prefill sum is known
+            if k not in ("intercept", "has_prefill"):
+                assert fitted[k] == pytest.approx(truth[k], rel=1e-6, abs=1e-15)
+        assert fitted["intercept"] + fitted["has_prefill"] == pytest.approx(truth["intercept"] + truth["has_prefill"])
+    assert f.mape["all"] < 1e-9
+    one = fit(samples)
+    assert one.regimes == () and one.mape["all"] > 0.05           # one linear model cannot fit both
+    base = {"cost_model": {}, "device": {}, "fit": {"timing": "wall", "token_regimes": [2048]}, "description": "b"}
+    refit = refit_profile_json(base, samples, "2026-11-22")
+    assert refit["cost_model"]["regimes"][0]["above_tokens"] == 2048 and refit["fit"]["token_regimes"] == [2048]
+    assert "token regimes at 2048 tokens asked for, iterations with prefill fitted apart above: 2048" in \
+        refit["description"]
+    assert "regimes" not in refit_profile_json(base, samples, "2026-11-22", token_regimes=())["cost_model"]
+
+
+def test_the_executor_names_where_its_graph_buckets_change_family():
+    ex = TorchExecutor("tiny", device="cpu", num_gpu_blocks=16, num_host_blocks=0, max_model_len=64)
+    assert ex.token_regimes() == ()                      # no graphs off CUDA
+    from types import SimpleNamespace
+    ex.mixed = SimpleNamespace(max_tokens=2048)
+    ex.full = SimpleNamespace(layouts={(16, 8): None, (1024, 8): None, (1024, 256): None})
+    assert ex.token_regimes() == (1024, 2048)
+    ex.full = SimpleNamespace(layouts={(4096, 8): None})
+    assert ex.token_regimes() == (2048, 4096)
