@@ -52,7 +52,8 @@ FEW_DECODES = 8
 # past the piecewise graphs' largest bucket an iteration runs eagerly, one launch per kernel from Python: on
 # a small model that is host bound (smollm2-135m on an H200: a fresh 4,096-token chunk took 11.4 ms, 2,048
 # tokens plus one decode 14.0 ms, against 3.8 ms for 2,048 tokens in a whole-iteration graph; session 18),
-# so whole-iteration graphs go on to larger buckets where the executor's token threshold allows them
+# so whole-iteration graphs go on to larger buckets where the executor's token threshold allows them; not past
+# 4,096: one fresh 8,192-token chunk took 27.3 ms in a graph (the paged prefill kernel) against 17.2 ms eagerly
 FULL_BUCKETS = MIXED_BUCKETS + (3072, 4096)
 _FIELDS = ("ids", "pos", "row_slot", "dctx", "tile_seg", "tile_row", "seg_row", "seg_start", "seg_len", "seg_slot",
            "logit_rows")
