@@ -423,6 +423,7 @@ def run_profile(args: argparse.Namespace) -> int:
     else:
         sweep.passes = args.passes
     sweep.pipelined = args.timing == "async"
+    sweep.regime_bounds = ex.token_regimes()
     graph_sizes = tuple(ex.graphs.sizes) if ex.graphs is not None else None
     if graph_sizes and not args.quick:
         sweep.decode_batches = graph_sizes      # one table row per captured decode graph

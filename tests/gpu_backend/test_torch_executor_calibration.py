@@ -507,3 +507,23 @@ def test_the_executor_names_where_its_graph_buckets_change_family():
     assert ex.token_regimes() == (1024, 2048)
     ex.full = SimpleNamespace(layouts={(4096, 8): None})
     assert ex.token_regimes() == (2048, 4096)
+
+
+def test_sweep_times_chunks_on_both_sides_of_each_regime_bound():
+    """Each token count where the executor changes paths gets chunks below and above it, so that every
+    regime the fit keeps apart has samples of its own; chunks past the context limit are left out."""
+    ex = TorchExecutor("tiny", device="cpu", num_gpu_blocks=512, num_host_blocks=0, max_model_len=256)
+    none = dict(decode_batches=(), prefill_tokens=(), prefill_starts=(), prefill_batches=(), mixed=(),
+                prefix_chunks=(), grid_chunk_tokens=(), swap_groups=(), repeats=1, warmup=0, passes=1)
+    assert measure(ex, Sweep(**none), log=lambda *a: None) == []
+    sweep = Sweep(**none, regime_bounds=(64, 160), regime_scales=(0.75, 1.5), regime_starts=(0, 32),
+                  regime_decodes=(0, 3))
+    samples = measure(ex, sweep, log=lambda *a: None)
+    assert {s.kind for s in samples} == {"regime_edge"}
+    # (tokens, cached tokens before the chunk, decodes): bound 64 gives chunks of 48 and 96, bound 160 of 120
+    # and 240; 240 after 32 cached tokens passes the 256-token limit
+    shapes = [(int(s.features[1]), int(s.features[3] - s.features[1]), int(s.features[4])) for s in samples]
+    assert shapes == [(48, 0, 0), (48, 0, 3), (48, 32, 0), (48, 32, 3), (96, 0, 0), (96, 0, 3), (96, 32, 0),
+                      (96, 32, 3), (120, 0, 0), (120, 0, 3), (120, 32, 0), (120, 32, 3), (240, 0, 0), (240, 0, 3)]
+    # the decodes sit at 1,024 tokens of context, or the longest the executor admits
+    assert {s.features[5] for s in samples if s.features[4]} == {3 * 256.0}
