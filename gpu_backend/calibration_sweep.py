@@ -65,11 +65,13 @@ class Sweep:
     grid_chunk_starts: tuple = (0, 2048, 8192)     # 8,192: a question over a long shared document
     grid_decodes: tuple = (1, 8, 64, 192)
     grid_decode_contexts: tuple = (1024, 4096, 8192)
-    # one chunk around each token count where the executor changes paths (``TorchExecutor.token_regimes()``;
-    # the profile CLI fills it in), so that each regime the fit keeps apart has samples of its own: a chunk of
-    # bound x scale tokens after each start, beside each count of decodes at 1,024 tokens of context
+    # iterations around each token count where the executor changes paths (``TorchExecutor.token_regimes()``;
+    # the profile CLI fills it in), so that each regime the fit keeps apart has samples of its own: bound x scale
+    # tokens in all, one chunk after each start beside each count of decodes at 1,024 tokens of context. Scale 1
+    # fills the bound exactly, as a chunked-prefill engine whose token budget is the bound fills nearly every
+    # iteration with prefill (llama-8b's prefix-heavy run on S19a: 188 of 188 at 2,048 tokens)
     regime_bounds: tuple = ()
-    regime_scales: tuple = (0.75, 1.25, 1.5, 2.0)
+    regime_scales: tuple = (0.75, 1.0, 1.25, 1.5, 2.0)
     regime_starts: tuple = (0, 2048)
     regime_decodes: tuple = (0, 16, 128)
     swap_groups: tuple = (1, 4, 16, 64, 256)
@@ -369,11 +371,10 @@ def sweep_jobs(executor, sweep: Sweep) -> list:
         jobs.extend(idle_start_job(n, start) for n, start in sweep.idle_starts if start + n <= limit)
 
     for bound in sweep.regime_bounds:
-        for n in sorted({round(bound * scale) for scale in sweep.regime_scales}):
+        for total in sorted({round(bound * scale) for scale in sweep.regime_scales}):
             for start in sweep.regime_starts:
-                if start + n <= limit:
-                    jobs.extend(with_decodes_job("regime_edge", nd, ctx_mixed, [(start, n)])
-                                for nd in sweep.regime_decodes)
+                jobs.extend(with_decodes_job("regime_edge", nd, ctx_mixed, [(start, total - nd)])
+                            for nd in sweep.regime_decodes if nd < total and start + total - nd <= limit)
 
     host = cap.num_host_blocks
     for g in sweep.swap_groups:

@@ -512,18 +512,22 @@ def test_the_executor_names_where_its_graph_buckets_change_family():
 def test_sweep_times_chunks_on_both_sides_of_each_regime_bound():
     """Each token count where the executor changes paths gets chunks below and above it, so that every
     regime the fit keeps apart has samples of its own; chunks past the context limit are left out."""
-    ex = TorchExecutor("tiny", device="cpu", num_gpu_blocks=512, num_host_blocks=0, max_model_len=256)
+    ex = TorchExecutor("tiny", device="cpu", num_gpu_blocks=2048, num_host_blocks=0, max_model_len=256)
     none = dict(decode_batches=(), prefill_tokens=(), prefill_starts=(), prefill_batches=(), mixed=(),
                 prefix_chunks=(), grid_chunk_tokens=(), swap_groups=(), repeats=1, warmup=0, passes=1)
     assert measure(ex, Sweep(**none), log=lambda *a: None) == []
-    sweep = Sweep(**none, regime_bounds=(64, 160), regime_scales=(0.75, 1.5), regime_starts=(0, 32),
-                  regime_decodes=(0, 3))
+    sweep = Sweep(**none, regime_bounds=(64, 160), regime_scales=(1.0, 1.5), regime_starts=(0, 32),
+                  regime_decodes=(0, 3, 64))
     samples = measure(ex, sweep, log=lambda *a: None)
     assert {s.kind for s in samples} == {"regime_edge"}
-    # (tokens, cached tokens before the chunk, decodes): bound 64 gives chunks of 48 and 96, bound 160 of 120
-    # and 240; 240 after 32 cached tokens passes the 256-token limit
+    # (chunk tokens, cached tokens before the chunk, decodes): bound 64 gives iterations of 64 and 96 tokens in
+    # all, bound 160 of 160 and 240, the chunk taking what the decodes leave; 64 decodes leave nothing of 64, and
+    # a 240-token iteration's chunk after 32 cached tokens passes the 256-token limit unless 64 decodes share it
     shapes = [(int(s.features[1]), int(s.features[3] - s.features[1]), int(s.features[4])) for s in samples]
-    assert shapes == [(48, 0, 0), (48, 0, 3), (48, 32, 0), (48, 32, 3), (96, 0, 0), (96, 0, 3), (96, 32, 0),
-                      (96, 32, 3), (120, 0, 0), (120, 0, 3), (120, 32, 0), (120, 32, 3), (240, 0, 0), (240, 0, 3)]
+    assert shapes == [(64, 0, 0), (61, 0, 3), (64, 32, 0), (61, 32, 3),
+                      (96, 0, 0), (93, 0, 3), (32, 0, 64), (96, 32, 0), (93, 32, 3), (32, 32, 64),
+                      (160, 0, 0), (157, 0, 3), (96, 0, 64), (160, 32, 0), (157, 32, 3), (96, 32, 64),
+                      (240, 0, 0), (237, 0, 3), (176, 0, 64), (176, 32, 64)]
+    assert {int(s.features[1] + s.features[4]) for s in samples} == {64, 96, 160, 240}
     # the decodes sit at 1,024 tokens of context, or the longest the executor admits
-    assert {s.features[5] for s in samples if s.features[4]} == {3 * 256.0}
+    assert {s.features[5] / s.features[4] for s in samples if s.features[4]} == {256.0}
