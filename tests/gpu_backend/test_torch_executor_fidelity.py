@@ -208,3 +208,36 @@ def test_the_kept_real_runs_replay_against_the_shipped_profile_of_their_model(sc
         assert real["settings"].get("async_scheduling", False) == (scheduling == "async"), path.name
         assert real["kv_bytes_per_token"] == prof.bytes_per_block // prof.block_size
         assert len(real["records"]) == real["iterations"] > 0
+
+
+def test_the_judge_adds_the_idle_start_term_to_iterations_launched_on_an_idle_device(tmp_path):
+    """Under asynchronous scheduling an iteration launched with none in flight is timed from its own launch, so
+    the judge adds the profile's ``idle_start_s`` to its prediction, and only to those; a synchronous run's
+    iterations never get it. Pinned on a kept real run whose times are set to the profile's own predictions
+    plus 2 ms on its idle starts: only the judge that adds the term predicts them exactly."""
+    import baselines  # noqa: F401  (registers the policy the run was served with, for the simulator's own run)
+    from gpu_backend.profiles import PROFILE_DIR, load_profile
+    from gpu_backend.sim_executor import SimExecutor
+    from train.fidelity import _record_plan, idle_started, judge, read_real_run
+
+    kept = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "fidelity_runs" / "async"
+    real = read_real_run(kept / "S18b-smollm2-135m-swap.json.gz")
+    base = json.loads((PROFILE_DIR / "fitted" / "h200-smollm2-135m-async-fitted.json").read_text())
+    paths = {}
+    for idle in (0.0, 0.002):
+        prof = json.loads(json.dumps(base))
+        prof["cost_model"]["idle_start_s"] = idle
+        paths[idle] = tmp_path / f"idle-{idle}.json"
+        paths[idle].write_text(json.dumps(prof))
+    plain = load_profile(str(paths[0.0]))
+    ex = SimExecutor(plain, num_gpu_blocks=real["num_gpu_blocks"], num_host_blocks=real["num_host_blocks"])
+    idle = idle_started(real["records"])
+    assert 0 < idle.sum() < len(idle)
+    for r, was_idle in zip(real["records"], idle):
+        r["s"] = ex.execute(_record_plan(r)).duration_s + (0.002 if was_idle else 0.0)
+    with_term = judge(real, load_profile(str(paths[0.002])))["per_iteration"]
+    assert with_term["max"] == pytest.approx(0.0, abs=1e-12)
+    without = judge(real, plain)["per_iteration"]
+    assert without["max"] > 0.0 and without["p50"] == pytest.approx(0.0, abs=1e-12)   # most iterations had one in flight
+    real["settings"] = {**real["settings"], "async_scheduling": False}
+    assert judge(real, load_profile(str(paths[0.002])))["per_iteration"] == without
